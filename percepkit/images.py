@@ -1,0 +1,144 @@
+"""Reading, writing and arranging images as float tensors in [0, 1].
+
+Odd inputs (grayscale, palette, RGBA, 16-bit, CMYK, EXIF-rotated) are normalised here, and
+unreadable files raise :class:`~percepkit.errors.ImageError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def list_images(path: str | Path, recursive: bool = True) -> list[Path]:
+    """Image files under ``path`` (a file, or a folder searched recursively), sorted."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise ImageError(f"{path}: no such file or folder")
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in path.glob(pattern)
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    """Float32 HxWxC array in [0, 1] from any PIL mode, keeping 1 channel for gray images."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return (np.clip(arr / peak, 0.0, 1.0)[..., None]).astype(np.float32)
+    if img.mode == "F":
+        return np.clip(np.asarray(img, dtype=np.float32), 0, 1)[..., None]
+    if img.mode in ("L", "LA", "1"):
+        img = img.convert("L")
+    elif img.mode != "RGB":
+        img = img.convert("RGBA").convert("RGB") if "A" in img.mode or img.mode == "P" \
+            else img.convert("RGB")
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def read_image(path: str | Path, mode: Literal["RGB", "keep"] = "RGB") -> torch.Tensor:
+    """Read an image as a float32 CxHxW tensor in [0, 1].
+
+    ``mode="RGB"`` always returns 3 channels (gray is replicated, alpha dropped);
+    ``mode="keep"`` returns 1 channel for single-channel files (how SR benchmarks score them).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            arr = _to_array(img)
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: unreadable image ({e}); the file may be truncated") from None
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"{path}: empty image")
+    tensor = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    if mode == "RGB" and tensor.shape[0] == 1:
+        tensor = tensor.expand(3, -1, -1).contiguous()
+    return tensor
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """HxWxC (or HxW for 1 channel) uint8 array from a CxHxW float tensor in [0, 1]."""
+    arr = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+    arr = arr.permute(1, 2, 0).numpy()
+    return arr[..., 0] if arr.shape[2] == 1 else arr
+
+
+def write_image(path: str | Path, image: torch.Tensor) -> Path:
+    """Write a CxHxW float tensor in [0, 1] as an 8-bit image, atomically; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil = Image.fromarray(to_uint8(image))
+    suffix = path.suffix.lower()
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(suffix, Image.registered_extensions().get(suffix))
+    if fmt is None:
+        raise ImageError(f"{path}: unknown image extension {suffix!r}")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pil.save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def image_grid(
+    images: Sequence[torch.Tensor],
+    labels: Sequence[str] | None = None,
+    pad: int = 4,
+    height: int | None = None,
+) -> torch.Tensor:
+    """Side-by-side 3xHxW grid of images (resized by nearest to a common height), with labels.
+
+    Nearest-neighbour resizing keeps pixels visible so people can compare details.
+    """
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    height = height or max(int(im.shape[-2]) for im in images)
+    tiles = []
+    for im in images:
+        im = im.detach().float().cpu().clamp(0, 1)
+        im = im.expand(3, -1, -1) if im.shape[0] == 1 else im[:3]
+        if im.shape[-2] != height:
+            width = max(1, round(im.shape[-1] * height / im.shape[-2]))
+            im = torch.nn.functional.interpolate(im[None], size=(height, width), mode="nearest")[0]
+        tiles.append(im)
+    label_h = 16 if labels else 0
+    width = sum(t.shape[-1] for t in tiles) + pad * (len(tiles) + 1)
+    canvas = torch.ones(3, height + 2 * pad + label_h, width)
+    x = pad
+    for t in tiles:
+        canvas[:, pad + label_h:pad + label_h + height, x:x + t.shape[-1]] = t
+        x += t.shape[-1] + pad
+    if labels:
+        pil = Image.fromarray(to_uint8(canvas))
+        draw = ImageDraw.Draw(pil)
+        x = pad
+        for t, label in zip(tiles, labels):
+            draw.text((x + 2, pad), str(label), fill=(0, 0, 0))
+            x += t.shape[-1] + pad
+        canvas = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return canvas
