@@ -1,0 +1,157 @@
+"""Checkpoints as safetensors files (never pickle), written atomically.
+
+A checkpoint holds a nested *state* (model weights, optimiser/scheduler/scaler state, EMA
+weights, RNG states: any mix of dicts, lists, tensors and JSON scalars) and JSON *metadata*
+(recipe text, the transform spec, step, versions). Tensors are stored flat under dotted keys;
+the structure and the metadata go into the safetensors header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import CheckpointError
+
+FORMAT = "percepkit-checkpoint"
+VERSION = 1
+_TENSOR = "__tensor__"
+_TUPLE = "__tuple__"
+_NDARRAY = "__ndarray__"
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace tensors in a nested structure by references, collecting them in ``tensors``."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous().clone()
+        return {_TENSOR: prefix}
+    if isinstance(obj, np.ndarray):
+        tensors[prefix] = torch.from_numpy(np.ascontiguousarray(obj)).clone()
+        return {_NDARRAY: prefix}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            out[str(k)] = _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors)
+        if any(not isinstance(k, str) for k in obj):
+            out["__intkeys__"] = True
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+        return {_TUPLE: items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix!r} in a checkpoint")
+
+
+def _unflatten(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if _TENSOR in obj:
+            return tensors[obj[_TENSOR]]
+        if _NDARRAY in obj:
+            return tensors[obj[_NDARRAY]].numpy()
+        if _TUPLE in obj:
+            return tuple(_unflatten(v, tensors) for v in obj[_TUPLE])
+        intkeys = obj.get("__intkeys__", False)
+        return {(int(k) if intkeys and k.lstrip("-").isdigit() else k): _unflatten(v, tensors)
+                for k, v in obj.items() if k != "__intkeys__"}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any], metadata: Mapping[str, Any]
+                    ) -> Path:
+    """Write ``state`` and ``metadata`` to ``path`` atomically (temp file, fsync, rename)."""
+    from safetensors.torch import save
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _flatten(dict(state), "", tensors)
+    header = {"format": FORMAT, "version": str(VERSION), "tree": json.dumps(tree),
+              "metadata": json.dumps(dict(metadata))}
+    data = save(tensors, metadata=header)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Only the metadata of a checkpoint (cheap: reads the header)."""
+    return load_checkpoint(path, tensors=False)[1]
+
+
+def load_checkpoint(path: str | Path, tensors: bool = True) -> tuple[dict[str, Any], dict]:
+    """Read ``(state, metadata)``; a truncated or foreign file raises :class:`CheckpointError`."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            if header.get("format") != FORMAT:
+                raise CheckpointError(f"{path}: a safetensors file, but not a percepkit "
+                                      "checkpoint (no percepkit metadata)")
+            if int(header.get("version", 0)) > VERSION:
+                raise CheckpointError(f"{path}: written by a newer percepkit (format "
+                                      f"{header['version']}); upgrade percepkit to read it")
+            flat = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+            tree = json.loads(header["tree"])
+            metadata = json.loads(header["metadata"])
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable percepkit checkpoint ({type(e).__name__}: "
+                              f"{e}); the file may be truncated or from another program") from None
+    return (_unflatten(tree, flat) if tensors else {}), metadata
+
+
+def load_transform(path: str | Path, device: str | torch.device = "cpu", ema: bool = True
+                   ) -> torch.nn.Module:
+    """Rebuild a checkpoint's transform network from its metadata and load its weights.
+
+    EMA weights are used when present and ``ema`` is true. The module is in eval mode.
+    """
+    from .registry import TRANSFORMS
+
+    state, meta = load_checkpoint(path)
+    spec = meta.get("transform")
+    if not isinstance(spec, Mapping):
+        raise CheckpointError(f"{path}: checkpoint metadata has no transform spec")
+    model = TRANSFORMS.build(spec, where=f"{path}: transform")
+    weights = state.get("ema") if ema and state.get("ema") else state.get("model")
+    if not weights:
+        raise CheckpointError(f"{path}: checkpoint holds no model weights")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit {spec.get('name')}: "
+                              f"{str(e).splitlines()[0]}") from None
+    return model.to(device).eval()

@@ -1,0 +1,340 @@
+"""Recipes: YAML files that combine registered parts by name.
+
+A recipe has these top-level keys (``{name: ..., **kwargs}`` blocks go to a registry, and their
+other keys are constructor arguments)::
+
+    name: sr_x4_feat             # optional; defaults to the file name
+    task: sr                     # sr | style
+    transform: {name: johnson_sr, scale: 4}
+    loss_network: {name: vgg16, weights: imagenet}   # needed if a loss term uses features
+    losses:
+      - {name: feature, layers: [relu2_2], weight: 1.0}
+    data:
+      train: {name: sr_patches, root: data/coco, patch_size: 288, scale: 4, blur_sigma: 1.0}
+      val: {name: set5, scale: 4}                    # optional
+      style_image: styles/candy.jpg                  # style task only
+      style_size: 256
+    optimizer: {name: adam, lr: 1.0e-3}
+    scheduler: {name: constant}                      # optional
+    train: {iterations: 200000, batch_size: 4, seed: 0}
+    checkpoint: {every: 1000, keep_last: 3}
+
+Errors name the file, the key path (``losses[1].weight``) and what was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import PercepkitError, RecipeError
+from .registry import (
+    DATASETS,
+    LOSS_NETWORKS,
+    LOSSES,
+    OPTIMIZERS,
+    SCHEDULERS,
+    TRANSFORMS,
+    Registry,
+    check_arguments,
+)
+
+
+@dataclass
+class TrainSettings:
+    """The ``train:`` block: how long and how to train."""
+
+    iterations: int = 1000
+    batch_size: int = 4
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
+    grad_clip: float | None = None
+    ema: float | None = None
+    workers: int = 2
+    log_every: int = 50
+    sample_every: int = 1000
+    val_every: int = 1000
+
+
+@dataclass
+class CheckpointSettings:
+    """The ``checkpoint:`` block: how often to save and what to keep."""
+
+    every: int = 1000
+    keep_last: int = 3
+    keep_best: bool = True
+
+
+@dataclass
+class DataSettings:
+    """The ``data:`` block: training and validation datasets, and the style image."""
+
+    train: dict[str, Any] = field(default_factory=dict)
+    val: dict[str, Any] | None = None
+    style_image: str | None = None
+    style_size: int | None = 256
+
+
+TOP_LEVEL = ("name", "task", "transform", "loss_network", "losses", "data", "optimizer",
+             "scheduler", "train", "checkpoint")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """Parse YAML safely; syntax errors name the file and line."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise RecipeError(f"{source}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: the raw mapping plus typed settings."""
+
+    raw: dict[str, Any]
+    source: str = "<recipe>"
+
+    @property
+    def name(self) -> str:
+        return str(self.raw.get("name") or Path(self.source).stem)
+
+    @property
+    def task(self) -> Literal["sr", "style"]:
+        return self.raw.get("task", "sr")
+
+    @property
+    def train(self) -> TrainSettings:
+        return TrainSettings(**self.raw.get("train", {}))
+
+    @property
+    def checkpoint(self) -> CheckpointSettings:
+        return CheckpointSettings(**self.raw.get("checkpoint", {}))
+
+    @property
+    def data(self) -> DataSettings:
+        return DataSettings(**self.raw.get("data", {}))
+
+    def to_yaml(self) -> str:
+        """The resolved recipe as YAML text (stored in run dirs and checkpoints)."""
+        return yaml.safe_dump(self.raw, sort_keys=False)
+
+    # -- building ------------------------------------------------------------------------------
+    def build_transform(self):
+        """The transform network."""
+        return TRANSFORMS.build(self.raw["transform"], where="transform")
+
+    def build_loss(self):
+        """The composite loss (building the loss network only if a term needs features)."""
+        from .losses import build_loss
+
+        specs = self.raw["losses"]
+        needs_net = any(_term_layers(s) for s in specs)
+        net = None
+        if needs_net or "loss_network" in self.raw:
+            net = LOSS_NETWORKS.build(self.raw.get("loss_network", "vgg16"), where="loss_network")
+        return build_loss(specs, net)
+
+    def build_optimizer(self, params):
+        """The optimiser over ``params``."""
+        return OPTIMIZERS.build(self.raw.get("optimizer", "adam"), where="optimizer",
+                                params=params)
+
+    def build_scheduler(self, optimizer):
+        """The learning-rate schedule."""
+        return SCHEDULERS.build(self.raw.get("scheduler", "constant"), where="scheduler",
+                                optimizer=optimizer, iterations=self.train.iterations)
+
+
+def _term_layers(spec: Any) -> list[str]:
+    """Loss-network layers a loss spec asks for (without building it)."""
+    if not isinstance(spec, Mapping):
+        return []
+    try:
+        obj = LOSSES.get(spec.get("name", ""))
+    except PercepkitError:
+        return []
+    if "layers" in spec:
+        return list(spec["layers"] or [])
+    import inspect
+
+    params = inspect.signature(obj).parameters
+    default = params["layers"].default if "layers" in params else ()
+    return list(default or [])
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Load, override (``key.sub=value``) and validate a recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe file")
+    raw = parse_yaml(path.read_text(), str(path))
+    return recipe_from_mapping(raw, str(path), overrides)
+
+
+def recipe_from_mapping(raw: Any, source: str = "<recipe>", overrides: Sequence[str] = ()
+                        ) -> Recipe:
+    """Validate a recipe given as a mapping (e.g. from a checkpoint's metadata)."""
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"{source}: expected a mapping of recipe keys at the top level, "
+                          f"got {type(raw).__name__}")
+    raw = copy.deepcopy(dict(raw))
+    for item in overrides:
+        apply_override(raw, item, source)
+    problems = validate(raw)
+    if problems:
+        listing = "; ".join(problems)
+        raise RecipeError(f"{source}: invalid recipe: {listing}")
+    return Recipe(raw, source)
+
+
+def apply_override(raw: dict, item: str, source: str = "<recipe>") -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML; list items by index: ``losses.1.weight``)."""
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected KEY.PATH=VALUE")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"--set {key}: {'.'.join(parts[:i + 1])} is not an index of "
+                                  f"a list of {len(node)}")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, [] if nxt.isdigit() else {})
+    last = parts[-1]
+    parsed = parse_yaml(value, f"--set {key}") if value.strip() else None
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) > len(node):
+            raise RecipeError(f"--set {key}: {last!r} is not an index of a list of {len(node)}")
+        if int(last) == len(node):
+            node.append(parsed)
+        else:
+            node[int(last)] = parsed
+    elif isinstance(node, dict):
+        node[last] = parsed
+    else:
+        raise RecipeError(f"--set {key}: {'.'.join(parts[:-1])} is not a mapping")
+
+
+def _check_block(registry: Registry, spec: Any, where: str, supplied: Sequence[str] = ()
+                 ) -> list[str]:
+    try:
+        name, kwargs = registry.resolve(spec, where=where)
+        obj = registry.get(name)
+    except PercepkitError as e:
+        return [str(e)]
+    kwargs = {**kwargs, **{k: None for k in supplied if k not in kwargs}}
+    bad = check_arguments(obj, kwargs)
+    return [f"{where}: {p}" for p in bad]
+
+
+def _check_settings(cls: type, value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, Mapping):
+        return [f"{where}: expected a mapping with keys {', '.join(f.name for f in fields(cls))}"]
+    return [f"{where}: {p}" for p in check_arguments(cls, value)]
+
+
+def validate(raw: Mapping[str, Any]) -> list[str]:
+    """All problems with a recipe mapping, each naming its key path."""
+    problems = []
+    for key in raw:
+        if key not in TOP_LEVEL:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), TOP_LEVEL, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"unknown top-level key {key!r}{hint}; expected some of "
+                            f"{', '.join(TOP_LEVEL)}")
+    for key in ("transform", "losses"):
+        if key not in raw:
+            problems.append(f"missing required key {key!r}")
+    if raw.get("task", "sr") not in ("sr", "style"):
+        problems.append(f"task: expected 'sr' or 'style', got {raw.get('task')!r}")
+    if "transform" in raw:
+        problems += _check_block(TRANSFORMS, raw["transform"], "transform")
+    if "loss_network" in raw:
+        problems += _check_block(LOSS_NETWORKS, raw["loss_network"], "loss_network")
+    losses = raw.get("losses")
+    if losses is not None and (not isinstance(losses, list) or not losses):
+        problems.append("losses: expected a non-empty list of {name: ..., weight: ...} terms")
+    elif isinstance(losses, list):
+        for i, spec in enumerate(losses):
+            problems += _check_block(LOSSES, spec, f"losses[{i}]")
+        problems += _check_layers(raw)
+    problems += _check_settings(TrainSettings, raw.get("train"), "train")
+    problems += _check_settings(CheckpointSettings, raw.get("checkpoint"), "checkpoint")
+    problems += _check_settings(DataSettings, raw.get("data"), "data")
+    data = raw.get("data") or {}
+    if isinstance(data, Mapping):
+        for split in ("train", "val"):
+            if data.get(split):
+                problems += _check_block(DATASETS, data[split], f"data.{split}")
+        if raw.get("task") == "style" and not data.get("style_image"):
+            problems.append("data.style_image: a style recipe needs a style image path")
+    if "optimizer" in raw:
+        problems += _check_block(OPTIMIZERS, raw["optimizer"], "optimizer", ["params"])
+    if "scheduler" in raw:
+        problems += _check_block(SCHEDULERS, raw["scheduler"], "scheduler",
+                                 ["optimizer", "iterations"])
+    return problems
+
+
+def _check_layers(raw: Mapping[str, Any]) -> list[str]:
+    """Layer names of VGG loss networks can be checked without building the network."""
+    from .lossnets import vgg_layer_names
+
+    net = raw.get("loss_network", "vgg16")
+    name = net.get("name") if isinstance(net, Mapping) else net
+    arch = {"vgg16": "vgg16", "vgg19": "vgg19"}.get(str(name))
+    if isinstance(net, Mapping) and name == "vgg16" and net.get("arch"):
+        arch = net["arch"]
+    if arch not in ("vgg16", "vgg19"):
+        return []
+    names = vgg_layer_names(arch)
+    problems = []
+    for i, spec in enumerate(raw["losses"]):
+        for layer in _term_layers(spec):
+            if layer not in names:
+                import difflib
+
+                close = difflib.get_close_matches(str(layer), names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"losses[{i}].layers: {arch} has no layer {layer!r}{hint}")
+    return problems
+
+
+def settings_dict(settings: Any) -> dict[str, Any]:
+    """A settings dataclass as a plain dict."""
+    return asdict(settings)
+
+
+def expand_path(value: str) -> Path:
+    """Expand ``~`` and environment variables in a recipe path."""
+    return Path(os.path.expandvars(os.path.expanduser(value)))

@@ -1,0 +1,140 @@
+"""Finding pretrained weights: local path, weights directory, torch cache, then a checked download.
+
+Search order for ``weights: imagenet``:
+
+1. every folder in ``PERCEPKIT_WEIGHTS`` (``os.pathsep``-separated),
+2. torch's hub cache (``$TORCH_HOME/hub/checkpoints``), where torchvision keeps its downloads,
+3. a download from torchvision's URL, checked against the SHA-256 prefix in its file name
+   (skipped when ``PERCEPKIT_OFFLINE=1``).
+
+If none works, :class:`MissingWeightsError` says in one sentence which file is missing and how to
+supply it. Nothing here ever falls back to random weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import MissingWeightsError
+
+
+@dataclass(frozen=True)
+class KnownWeights:
+    """Where the ImageNet weights of one torchvision backbone can be found."""
+
+    arch: str
+    url: str
+    local_names: tuple[str, ...]
+
+    @property
+    def cache_name(self) -> str:
+        return self.url.rsplit("/", 1)[1]
+
+
+TORCHVISION_WEIGHTS = {
+    w.arch: w
+    for w in (
+        KnownWeights("vgg16", "https://download.pytorch.org/models/vgg16-397923af.pth",
+                     ("vgg16_features_imagenet1k_v1.safetensors", "vgg16-397923af.pth")),
+        KnownWeights("vgg19", "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+                     ("vgg19_features_imagenet1k_v1.safetensors", "vgg19-dcbb9e9d.pth")),
+        KnownWeights("alexnet", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+                     ("alexnet_features_imagenet1k_v1.safetensors", "alexnet-owt-7be5be79.pth")),
+    )
+}
+
+
+def weights_dirs() -> list[Path]:
+    """Folders listed in ``PERCEPKIT_WEIGHTS``."""
+    env = os.environ.get("PERCEPKIT_WEIGHTS", "")
+    return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+
+
+def torch_cache_dir() -> Path:
+    """torch's hub checkpoint cache, where torchvision stores downloaded weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def offline() -> bool:
+    """True when ``PERCEPKIT_OFFLINE`` forbids downloads."""
+    return os.environ.get("PERCEPKIT_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
+def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a ``.safetensors`` or ``.pth`` state dict (``.pth`` with ``weights_only=True``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingWeightsError(f"weights file {path} does not exist.")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise MissingWeightsError(f"weights file {path} could not be read ({e}).") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise MissingWeightsError(f"weights file {path} does not hold a state dict.")
+    return state
+
+
+def find_local(names: tuple[str, ...]) -> Path | None:
+    """The first of ``names`` found in the weights directories or the torch cache."""
+    for folder in [*weights_dirs(), torch_cache_dir()]:
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def download(url: str, dest: Path) -> Path:
+    """Download ``url`` to ``dest`` atomically, checking the SHA-256 prefix in its name."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stem = dest.name.split(".")[0]
+    prefix = stem.rsplit("-", 1)[1] if "-" in stem else None
+    torch.hub.download_url_to_file(url, str(dest), hash_prefix=prefix, progress=True)
+    return dest
+
+
+def torchvision_features_state(arch: str, weights: str = "imagenet") -> dict[str, torch.Tensor]:
+    """State dict of torchvision ``<arch>.features`` (keys ``features.N.weight``/``.bias``).
+
+    ``weights`` is ``"imagenet"`` (search and download as described above) or a local file.
+    """
+    if weights != "imagenet":
+        state = load_state_file(weights)
+    else:
+        known = TORCHVISION_WEIGHTS[arch]
+        path = find_local((*known.local_names, known.cache_name))
+        if path is None:
+            path = _download_or_explain(known)
+        state = load_state_file(path)
+    features = {k: v for k, v in state.items() if k.startswith("features.")}
+    if not features:
+        raise MissingWeightsError(
+            f"weights for {arch} have no 'features.*' keys (torchvision layout expected)."
+        )
+    return features
+
+
+def _download_or_explain(known: KnownWeights) -> Path:
+    dest = torch_cache_dir() / known.cache_name
+    reason = "downloads are disabled (PERCEPKIT_OFFLINE=1)"
+    if not offline():
+        try:
+            return download(known.url, dest)
+        except Exception as e:  # no network, bad hash, disk full: explain, never go random
+            reason = f"the download from {known.url} failed ({type(e).__name__}: {e})"
+    dirs = ", ".join(str(d) for d in weights_dirs()) or "unset"
+    raise MissingWeightsError(
+        f"ImageNet weights for {known.arch} are missing: none of "
+        f"{', '.join(known.local_names)} is in PERCEPKIT_WEIGHTS ({dirs}) or {torch_cache_dir()}, "
+        f"and {reason}; put one of those files in a folder and set PERCEPKIT_WEIGHTS to it, "
+        f"or pass 'weights: /path/to/file'."
+    )
