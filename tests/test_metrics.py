@@ -1,0 +1,158 @@
+"""PSNR/SSIM against scikit-image on Y and RGB arrays; LPIPS with real (never random) weights."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from percepkit.errors import MissingWeightsError, PercepkitError
+from percepkit.metrics import LPIPS, PSNR, SSIM, Metric, rgb_to_y
+from percepkit.registry import METRICS
+
+
+def _pair(seed: int = 0, channels: int = 3, h: int = 40, w: int = 36) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, 256, (2, channels, h, w), generator=g).double() / 255
+    noise = torch.randint(-20, 21, target.shape, generator=g).double() / 255
+    output = (target + noise).clamp(0, 1)
+    return output, target
+
+
+def _y_numpy(img: torch.Tensor) -> np.ndarray:
+    """BT.601 studio-range Y, written out independently of percepkit (HxW, 0..255)."""
+    r, g, b = (img[i].numpy().astype(np.float64) for i in range(3))
+    return 16.0 + (65.481 * r + 128.553 * g + 24.966 * b)
+
+
+SK_SSIM = dict(data_range=255, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+
+
+@pytest.mark.parametrize("crop", [0, 4])
+def test_y_channel_matches_skimage(crop):
+    out, tgt = _pair()
+    c = slice(crop, -crop) if crop else slice(None)
+    psnr = PSNR(crop_border=crop)(out, tgt)
+    ssim = SSIM(crop_border=crop)(out, tgt)
+    assert psnr.shape == ssim.shape == (2,)
+    for b in range(2):
+        ya, yb = _y_numpy(out[b])[c, c], _y_numpy(tgt[b])[c, c]
+        assert psnr[b].item() == pytest.approx(
+            peak_signal_noise_ratio(yb, ya, data_range=255), abs=1e-10)
+        assert ssim[b].item() == pytest.approx(structural_similarity(ya, yb, **SK_SSIM), abs=1e-10)
+
+
+def test_rgb_matches_skimage():
+    out, tgt = _pair(1)
+    psnr = METRICS.build({"name": "psnr", "channel": "rgb", "crop_border": 2})(out, tgt)
+    ssim = METRICS.build("ssim_rgb", crop_border=2)(out, tgt)
+    for b in range(2):
+        a = out[b].permute(1, 2, 0).numpy()[2:-2, 2:-2] * 255
+        t = tgt[b].permute(1, 2, 0).numpy()[2:-2, 2:-2] * 255
+        assert psnr[b].item() == pytest.approx(peak_signal_noise_ratio(t, a, data_range=255),
+                                               abs=1e-10)
+        assert ssim[b].item() == pytest.approx(
+            structural_similarity(a, t, channel_axis=-1, **SK_SSIM), abs=1e-10)
+
+
+def test_single_channel_scored_on_raw_values():
+    out, tgt = _pair(2, channels=1)
+    a, t = out[0, 0].numpy() * 255, tgt[0, 0].numpy() * 255
+    assert PSNR()(out, tgt)[0].item() == pytest.approx(
+        peak_signal_noise_ratio(t, a, data_range=255), abs=1e-10)
+    assert SSIM()(out, tgt)[0].item() == pytest.approx(structural_similarity(a, t, **SK_SSIM),
+                                                       abs=1e-10)
+    # the same gray image stored as RGB is scored on studio-range Y: 219/255 of the error
+    rgb = PSNR()(out.expand(-1, 3, -1, -1), tgt.expand(-1, 3, -1, -1))
+    assert (rgb - PSNR()(out, tgt))[0].item() == pytest.approx(20 * math.log10(255 / 219))
+
+
+def test_studio_range_y_is_1_32_db_above_full_range_yiq():
+    out, tgt = _pair(3)
+    ours = PSNR()(out, tgt)
+    full = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(1, 3, 1, 1)
+    mse = ((out - tgt) * full * 255).sum(1).pow(2).flatten(1).mean(1)
+    yiq = 10 * torch.log10(255**2 / mse)
+    torch.testing.assert_close(ours - yiq, torch.full((2,), 20 * math.log10(255 / 219),
+                                                      dtype=torch.float64))
+
+
+def test_y_conversion_values():
+    px = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0]],
+                      dtype=torch.float64).T.reshape(1, 3, 1, 3)
+    torch.testing.assert_close(rgb_to_y(px).flatten(), torch.tensor(
+        [16.0, 235.0, 16.0 + 65.481], dtype=torch.float64))
+
+
+def test_identical_images_and_shape_errors():
+    _, tgt = _pair(4)
+    assert torch.isinf(PSNR()(tgt, tgt)).all()
+    torch.testing.assert_close(SSIM()(tgt, tgt), torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="differ in shape"):
+        PSNR()(tgt, tgt[..., :-1])
+    with pytest.raises(PercepkitError, match="too small"):
+        SSIM(crop_border=15)(tgt, tgt)
+
+
+def test_batched_equals_single_and_float32_inputs():
+    out, tgt = _pair(5)
+    both = SSIM(crop_border=3)(out.float(), tgt.float())
+    one = SSIM(crop_border=3)(out[1:], tgt[1:])
+    assert both[1].item() == pytest.approx(one[0].item(), abs=1e-9)
+
+
+def test_registry_and_conventions():
+    names = METRICS.list()
+    for name in ("psnr", "ssim", "lpips", "psnr_rgb", "ssim_rgb"):
+        assert name in names
+    m = METRICS.build({"name": "ssim", "crop_border": 4})
+    assert isinstance(m, Metric) and m.higher_is_better
+    assert "65.481" in m.convention and "11x11" in m.convention and "4 px" in m.convention
+    with pytest.raises(PercepkitError, match="channel"):
+        METRICS.build({"name": "psnr", "channel": "yiq"})
+
+
+def test_lpips_without_weights_refuses(isolated_weights):
+    with pytest.raises(MissingWeightsError, match="PERCEPKIT_WEIGHTS"):
+        LPIPS()
+
+
+@pytest.mark.realweights
+def test_lpips_real_backbone_matches_independent_computation(real_weights_dir, monkeypatch):
+    """LPIPS-alex recomputed from torchvision AlexNet + the lpips linear heads, by hand."""
+    import lpips as lpips_pkg
+    import torchvision
+
+    monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(real_weights_dir))
+    metric = LPIPS()
+    out, tgt = _pair(6, h=64, w=64)
+    out, tgt = out.float(), tgt.float()
+    got = metric(out, tgt)
+    assert torch.all(metric(tgt, tgt) == 0)
+
+    from safetensors.torch import load_file
+
+    alex = torchvision.models.alexnet(weights=None).features.eval()
+    state = load_file(str(real_weights_dir / "alexnet_features_imagenet1k_v1.safetensors"))
+    alex.load_state_dict({k.removeprefix("features."): v for k, v in state.items()})
+    heads = torch.load(f"{lpips_pkg.__path__[0]}/weights/v0.1/alex.pth", map_location="cpu")
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+
+    def feats(x: torch.Tensor) -> list[torch.Tensor]:
+        h, taps = (x * 2 - 1 - shift) / scale, []
+        for i, layer in enumerate(alex):
+            h = layer(h)
+            if i in (1, 4, 7, 9, 11):  # relu1..relu5
+                taps.append(h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
+        return taps
+
+    with torch.no_grad():
+        total = sum((heads[f"lin{k}.model.1.weight"] * (fa - fb) ** 2).sum(1).mean((1, 2))
+                    for k, (fa, fb) in enumerate(zip(feats(out), feats(tgt), strict=True)))
+    torch.testing.assert_close(got.float(), total, atol=1e-5, rtol=1e-4)
+    conv1 = metric.model.net.slice1[0].weight
+    torch.testing.assert_close(conv1, state["features.0.weight"])  # the real backbone, not random
