@@ -205,8 +205,8 @@ def recipe_from_mapping(raw: Any, source: str = "<recipe>", overrides: Sequence[
         apply_override(raw, item, source)
     problems = validate(raw)
     if problems:
-        listing = "; ".join(problems)
-        raise RecipeError(f"{source}: invalid recipe: {listing}")
+        listing = "".join(f"\n  - {p}" for p in problems)
+        raise RecipeError(f"{source}: invalid recipe:{listing}")
     return Recipe(raw, source)
 
 
@@ -248,8 +248,7 @@ def _check_block(registry: Registry, spec: Any, where: str, supplied: Sequence[s
         obj = registry.get(name)
     except PercepkitError as e:
         return [str(e)]
-    kwargs = {**kwargs, **{k: None for k in supplied if k not in kwargs}}
-    bad = check_arguments(obj, kwargs)
+    bad = check_arguments(obj, kwargs, supplied)
     return [f"{where}: {p}" for p in bad]
 
 

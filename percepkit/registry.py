@@ -242,15 +242,21 @@ def _type_hints(obj: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
-def check_arguments(obj: Callable[..., Any], kwargs: Mapping[str, Any]) -> list[str]:
-    """Problems with calling ``obj(**kwargs)``: unknown, missing or mistyped arguments."""
+def check_arguments(obj: Callable[..., Any], kwargs: Mapping[str, Any],
+                    supplied: Sequence[str] = ()) -> list[str]:
+    """Problems with calling ``obj(**kwargs)``: unknown, missing or mistyped arguments.
+
+    ``supplied`` names arguments the calling code provides itself (not checked here).
+    """
     params = {n: p for n, p in _signature(obj).parameters.items() if n != "self"}
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     hints = _type_hints(obj)
     problems = []
     for key, value in kwargs.items():
-        if key not in named:
+        if key in supplied:
+            problems.append(f"key {key!r} is set by percepkit itself, not by the recipe")
+        elif key not in named:
             if accepts_any:
                 continue
             close = difflib.get_close_matches(key, list(named), n=1, cutoff=0.6)
@@ -260,7 +266,7 @@ def check_arguments(obj: Callable[..., Any], kwargs: Mapping[str, Any]) -> list[
         elif key in hints and not _matches(value, hints[key]):
             problems.append(f"key {key!r}: expected {_describe(hints[key])}, got {value!r}")
     for name, p in named.items():
-        if p.default is p.empty and name not in kwargs:
+        if p.default is p.empty and name not in kwargs and name not in supplied:
             problems.append(f"missing required key {name!r}")
     return problems
 
@@ -374,7 +380,7 @@ def reset_plugins_for_tests() -> None:
 TRANSFORMS = Registry("transform", ["percepkit.transforms"])
 LOSS_NETWORKS = Registry("loss network", ["percepkit.lossnets"])
 LOSSES = Registry("loss", ["percepkit.losses"])
-DATASETS = Registry("dataset", ["percepkit.datasets"])
+DATASETS = Registry("dataset", ["percepkit.datasets", "percepkit.benchmarks"])
 METRICS = Registry("metric", ["percepkit.metrics"])
 OPTIMIZERS = Registry("optimizer", ["percepkit.optim"])
 SCHEDULERS = Registry("scheduler", ["percepkit.optim"])

@@ -38,7 +38,7 @@ def conv_block(c_in: int, c_out: int, kernel: int, stride: int = 1, norm: Norm =
     """Reflection-padded convolution, normalisation, ReLU."""
     layers: list[nn.Module] = [
         nn.ReflectionPad2d(kernel // 2),
-        nn.Conv2d(c_in, c_out, kernel, stride=stride, bias=norm != "batch"),
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, bias=norm == "none"),
         _norm(norm, c_out),
     ]
     if relu:
@@ -51,7 +51,7 @@ def upsample_block(c_in: int, c_out: int, mode: Upsample, norm: Norm) -> nn.Sequ
     if mode == "deconv":
         return nn.Sequential(
             nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1,
-                               bias=norm != "batch"),
+                               bias=norm == "none"),
             _norm(norm, c_out),
             nn.ReLU(inplace=True),
         )

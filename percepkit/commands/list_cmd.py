@@ -1,0 +1,32 @@
+"""``percepkit list``: the registered parts, plugins included."""
+
+from __future__ import annotations
+
+import click
+
+from ..registry import REGISTRIES
+
+
+@click.command("list")
+@click.argument("kind", required=False, type=click.Choice(sorted(REGISTRIES)))
+@click.option("--filter", "pattern", default="*", show_default=True,
+              help="Shell-style wildcard on names, e.g. 'vgg*'.")
+def command(kind: str | None, pattern: str) -> None:
+    """Show registered transforms, loss networks, losses, datasets, metrics, optimisers."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for key in [kind] if kind else list(REGISTRIES):
+        registry = REGISTRIES[key]
+        table = Table(title=f"{key} ({registry.kind})", title_justify="left")
+        table.add_column("name", style="bold cyan", no_wrap=True)
+        table.add_column("aliases")
+        table.add_column("from")
+        table.add_column("description")
+        matched = set(registry.list(pattern))
+        for entry in registry.entries():
+            if entry.name in matched:
+                table.add_row(entry.display_name, ", ".join(entry.aliases), entry.source,
+                              entry.description)
+        console.print(table)

@@ -1,0 +1,76 @@
+"""Transform networks: output shapes and parameter counts of every configuration.
+
+All networks here are randomly initialised: these tests check shapes and plumbing only.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from percepkit.registry import TRANSFORMS
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# Counts by hand, e.g. johnson_sr x4 with batch norm (convs before BN have no bias):
+# c9s1-64: 3*64*81 + 2*64(BN) = 15680; R64: 2*(64*64*9 + 128) = 73984, x4 = 295936;
+# u64 (deconv): 64*64*9 + 128 = 36992, x2 = 73984; c9s1-3: 64*3*81 + 3 = 15555; total 401155.
+CASES = [
+    ({"name": "johnson_style"}, (2, 3, 256, 256), (2, 3, 256, 256), 1_677_635),
+    ({"name": "johnson_style", "norm": "batch"}, (1, 3, 256, 256), (1, 3, 256, 256), 1_677_635),
+    ({"name": "johnson_style", "upsample": "resize_conv"}, (1, 3, 64, 96), (1, 3, 64, 96),
+     1_677_635),
+    ({"name": "johnson_style_fast"}, (1, 3, 64, 64), (1, 3, 64, 64), 496_579),
+    ({"name": "johnson_sr", "scale": 4}, (2, 3, 72, 72), (2, 3, 288, 288), 401_155),
+    ({"name": "johnson_sr", "scale": 8}, (1, 3, 36, 36), (1, 3, 288, 288), 438_147),
+    ({"name": "johnson_sr", "scale": 2}, (1, 3, 36, 36), (1, 3, 72, 72), 364_163),
+    ({"name": "johnson_sr", "scale": 4, "upsample": "resize_conv"}, (1, 3, 20, 24),
+     (1, 3, 80, 96), 401_155),
+    ({"name": "johnson_sr", "scale": 4, "norm": "none", "skip": True}, (1, 3, 24, 24),
+     (1, 3, 96, 96), 400_451),
+    ({"name": "srcnn", "scale": 4}, (1, 3, 24, 20), (1, 3, 96, 80), 20_099),
+    ({"name": "srcnn", "scale": 3}, (1, 3, 10, 10), (1, 3, 30, 30), 20_099),
+    ({"name": "bicubic", "scale": 4}, (1, 3, 24, 20), (1, 3, 96, 80), 0),
+]
+
+
+@pytest.mark.parametrize(("spec", "in_shape", "out_shape", "params"), CASES,
+                         ids=[str(c[0]) for c in CASES])
+def test_random_init_shapes_and_parameter_counts(spec, in_shape, out_shape, params):
+    torch.manual_seed(0)
+    model = TRANSFORMS.build(spec).eval()
+    assert _params(model) == params
+    with torch.no_grad():
+        y = model(torch.rand(in_shape))
+    assert tuple(y.shape) == out_shape
+    assert torch.isfinite(y).all()
+
+
+def test_random_init_tanh_output_stays_in_unit_range():
+    model = TRANSFORMS.build({"name": "johnson_sr", "scale": 4}).eval()
+    with torch.no_grad():
+        y = model(torch.rand(1, 3, 16, 16) * 10)
+    assert y.min() >= 0 and y.max() <= 1
+
+
+def test_skip_net_starts_as_bicubic():
+    """Zero-initialised last conv: the untrained skip net is exactly bicubic upsampling."""
+    x = torch.rand(1, 3, 12, 12)
+    skip = TRANSFORMS.build({"name": "johnson_sr", "scale": 4, "norm": "none", "skip": True})
+    bicubic = TRANSFORMS.build({"name": "bicubic", "scale": 4})
+    with torch.no_grad():
+        torch.testing.assert_close(skip(x), bicubic(x))
+
+
+def test_task_and_scale_attributes():
+    assert TRANSFORMS.build("johnson_style").task == "style"
+    sr = TRANSFORMS.build({"name": "johnson_sr", "scale": 8})
+    assert (sr.task, sr.scale) == ("sr", 8)
+
+
+def test_non_power_of_two_scale_is_rejected():
+    with pytest.raises(ValueError, match="power-of-two"):
+        TRANSFORMS.build({"name": "johnson_sr", "scale": 3})
