@@ -122,7 +122,7 @@ def load_checkpoint(path: str | Path, tensors: bool = True) -> tuple[dict[str, A
             if int(header.get("version", 0)) > VERSION:
                 raise CheckpointError(f"{path}: written by a newer percepkit (format "
                                       f"{header['version']}); upgrade percepkit to read it")
-            flat = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+            flat = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}  # noqa: SIM118
             tree = json.loads(header["tree"])
             metadata = json.loads(header["metadata"])
     except CheckpointError:

@@ -14,7 +14,7 @@ from torch import nn
 
 from .errors import MissingWeightsError, PercepkitError
 from .registry import LOSS_NETWORKS
-from .weights import load_state_file, torchvision_features_state, weights_dirs
+from .weights import load_state_file, offline, torchvision_features_state, weights_dirs
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -145,6 +145,11 @@ class TimmLossNetwork(LossNetwork):
         elif weights == "imagenet":
             local = _find_timm_file(model)
             kwargs["pretrained"] = True
+            if local is None and offline():
+                raise MissingWeightsError(
+                    f"pretrained weights for timm model {model!r} are missing and downloads are "
+                    f"disabled (PERCEPKIT_OFFLINE=1); put {model}.safetensors in a folder listed "
+                    f"in PERCEPKIT_WEIGHTS, or pass 'weights: /path/to/file'.")
             if local is not None:
                 kwargs["pretrained_cfg_overlay"] = {"file": str(local)}
         else:

@@ -27,7 +27,8 @@ def shared_data() -> Path:
 def real_weights_dir() -> Path:
     """A folder with the real ImageNet VGG16/AlexNet feature weights (PERCEPKIT_WEIGHTS)."""
     env = os.environ.get("PERCEPKIT_WEIGHTS")
-    for candidate in ([Path(p) for p in env.split(os.pathsep)] if env else []) + [SHARED / "weights"]:
+    candidates = [Path(p) for p in env.split(os.pathsep)] if env else []
+    for candidate in [*candidates, SHARED / "weights"]:
         if (candidate / "vgg16_features_imagenet1k_v1.safetensors").is_file():
             return candidate
     pytest.skip("needs the real ImageNet VGG16 weights: set PERCEPKIT_WEIGHTS to ../shared/weights")

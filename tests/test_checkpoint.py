@@ -1,0 +1,102 @@
+"""safetensors checkpoints: round trip of nested state, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from percepkit.checkpoint import load_checkpoint, load_transform, read_metadata, save_checkpoint
+from percepkit.errors import CheckpointError
+from percepkit.registry import TRANSFORMS
+
+
+def _trained_optimizer():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.8, 0.9))
+    model(torch.rand(4, 3)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_round_trip_of_nested_training_state(tmp_path):
+    model, opt = _trained_optimizer()
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                "python": random.getstate()},
+        "misc": [1, 2.5, None, "x", (3, 4)],
+    }
+    path = save_checkpoint(tmp_path / "ckpt.safetensors", state, {"step": 7, "recipe": "a: 1\n"})
+    loaded, meta = load_checkpoint(path)
+    assert meta == {"step": 7, "recipe": "a: 1\n"}
+    torch.testing.assert_close(loaded["model"]["weight"], model.state_dict()["weight"])
+    opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
+    opt2.load_state_dict(loaded["optimizer"])
+    assert opt2.state_dict()["param_groups"][0]["betas"] == (0.8, 0.9)
+    torch.testing.assert_close(opt2.state_dict()["state"][0]["exp_avg"],
+                               opt.state_dict()["state"][0]["exp_avg"])
+    np.random.set_state(loaded["rng"]["numpy"])
+    random.setstate(loaded["rng"]["python"])
+    assert loaded["misc"] == [1, 2.5, None, "x", (3, 4)]
+    assert read_metadata(path)["step"] == 7
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_file_is_safetensors_not_pickle(tmp_path):
+    path = save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(2)}, {})
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    assert path.read_bytes()[8:9] == b"{" and header_len < path.stat().st_size
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    path = save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(1000)}, {})
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"\x80\x04\x95pickle"])
+def test_garbage_is_a_clear_error(tmp_path, content):
+    path = tmp_path / "c.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="not a readable percepkit checkpoint"):
+        load_checkpoint(path)
+
+
+def test_foreign_safetensors_file_is_recognised(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.ones(2)}, str(path))
+    with pytest.raises(CheckpointError, match="not a percepkit checkpoint"):
+        load_checkpoint(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+
+
+def test_random_init_transform_rebuilds_from_metadata_alone(tmp_path):
+    spec = {"name": "johnson_sr", "scale": 2, "norm": "none", "skip": True}
+    model = TRANSFORMS.build(spec)
+    torch.nn.init.normal_(model.net[-1].weight, std=0.01)
+    path = save_checkpoint(tmp_path / "m.safetensors", {"model": model.state_dict()},
+                           {"transform": spec, "task": "sr"})
+    rebuilt = load_transform(path)
+    assert not rebuilt.training
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model.eval()(x))
+
+
+def test_weights_that_do_not_fit_the_spec(tmp_path):
+    model = TRANSFORMS.build({"name": "johnson_sr", "scale": 2})
+    path = save_checkpoint(tmp_path / "m.safetensors", {"model": model.state_dict()},
+                           {"transform": {"name": "johnson_sr", "scale": 4}})
+    with pytest.raises(CheckpointError, match="weights do not fit johnson_sr"):
+        load_transform(path)

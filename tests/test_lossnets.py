@@ -1,0 +1,103 @@
+"""Loss networks: named layers, truncation, freezing, and weight loading (real or missing)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from percepkit.errors import MissingWeightsError, PercepkitError
+from percepkit.lossnets import vgg_layer_names
+from percepkit.registry import LOSS_NETWORKS
+
+
+def test_vgg_layer_names_match_torchvision_indices():
+    names = vgg_layer_names("vgg16")
+    assert len(names) == 31
+    assert [names.index(k) for k in ("relu1_2", "relu2_2", "relu3_3", "relu4_3")] == [3, 8, 15, 22]
+    assert vgg_layer_names("vgg19").index("relu5_4") == 35
+
+
+def test_random_init_vgg_truncates_and_is_frozen():
+    net = LOSS_NETWORKS.build({"name": "vgg16", "weights": "random"})
+    net.truncate(["relu2_2", "relu1_2"])
+    assert len(net.features) == 9
+    assert not any(p.requires_grad for p in net.parameters())
+    net.train()
+    assert not net.training
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    feats = net(x, ["relu1_2", "relu2_2"])
+    assert feats["relu1_2"].shape == (2, 64, 32, 32)
+    assert feats["relu2_2"].shape == (2, 128, 16, 16)
+    feats["relu2_2"].sum().backward()  # gradients flow to the image, not the network
+    assert x.grad is not None
+
+
+def test_random_init_vgg_conv_output_is_not_clobbered_by_relu():
+    net = LOSS_NETWORKS.build({"name": "vgg16", "weights": "random"})
+    feats = net(torch.rand(1, 3, 16, 16), ["conv1_1", "relu1_1"])
+    assert (feats["conv1_1"] < 0).any()
+    torch.testing.assert_close(feats["relu1_1"], feats["conv1_1"].clamp(min=0))
+
+
+def test_unknown_layer_suggests_names():
+    net = LOSS_NETWORKS.build({"name": "vgg16", "weights": "random"})
+    with pytest.raises(PercepkitError, match="no layer 'relu2_3'.*did you mean"):
+        net(torch.rand(1, 3, 8, 8), ["relu2_3"])
+
+
+def test_missing_weights_is_one_clear_sentence(isolated_weights):
+    with pytest.raises(MissingWeightsError) as info:
+        LOSS_NETWORKS.build({"name": "vgg16"})
+    message = str(info.value)
+    assert "vgg16_features_imagenet1k_v1.safetensors" in message
+    assert "PERCEPKIT_WEIGHTS" in message and "\n" not in message
+
+
+def test_missing_local_weights_file(tmp_path):
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        LOSS_NETWORKS.build({"name": "vgg16", "weights": str(tmp_path / "nope.pth")})
+
+
+def test_real_vgg16_weights_from_weights_dir(real_weights_dir, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(real_weights_dir))
+    net = LOSS_NETWORKS.build({"name": "vgg16", "weights": "imagenet"})
+    ref = load_file(str(real_weights_dir / "vgg16_features_imagenet1k_v1.safetensors"))
+    torch.testing.assert_close(net.features[0].weight, ref["features.0.weight"])
+    torch.testing.assert_close(net.features[28].bias, ref["features.28.bias"])
+    # a local file path works the same way
+    local = LOSS_NETWORKS.build({"name": "vgg16", "weights": str(
+        real_weights_dir / "vgg16_features_imagenet1k_v1.safetensors")})
+    torch.testing.assert_close(local.features[2].weight, ref["features.2.weight"])
+
+
+def test_real_vgg16_features_respond_to_content(real_weights_dir, monkeypatch):
+    """Real ImageNet filters: a photo-like edge image activates relu2_2 far more than flat gray."""
+    monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(real_weights_dir))
+    net = LOSS_NETWORKS.build({"name": "vgg16"})
+    flat = torch.full((1, 3, 64, 64), 0.5)
+    edges = flat.clone()
+    edges[..., ::8, :] = 1.0
+    f_flat = net(flat, ["relu2_2"])["relu2_2"]
+    f_edges = net(edges, ["relu2_2"])["relu2_2"]
+    assert f_edges.mean() > 2 * f_flat.mean()
+
+
+def test_random_init_timm_loss_network_stages():
+    net = LOSS_NETWORKS.build({"name": "timm:resnet18", "weights": "random"})
+    assert net.layer_names[:5] == ["stage0", "stage1", "stage2", "stage3", "stage4"]
+    feats = net(torch.rand(1, 3, 64, 64), ["stage1", "layer2"])
+    assert feats["stage1"].shape == (1, 64, 16, 16)
+    assert feats["layer2"].shape == (1, 128, 8, 8)
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_timm_pretrained_offline_is_a_clear_error(isolated_weights):
+    with pytest.raises(MissingWeightsError, match="timm model 'resnet18'.*PERCEPKIT_WEIGHTS"):
+        LOSS_NETWORKS.build({"name": "timm:resnet18"})
+
+
+def test_unknown_timm_model():
+    with pytest.raises(PercepkitError, match="timm has no model"):
+        LOSS_NETWORKS.build({"name": "timm:not_a_model_xyz", "weights": "random"})
