@@ -16,7 +16,9 @@ def command(kind: str | None, pattern: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    import sys
+
+    console = Console(width=None if sys.stdout.isatty() else 200)  # don't wrap in pipes
     for key in [kind] if kind else list(REGISTRIES):
         registry = REGISTRIES[key]
         table = Table(title=f"{key} ({registry.kind})", title_justify="left")

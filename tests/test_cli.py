@@ -1,0 +1,63 @@
+"""The core CLI: version, list, and one-paragraph errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from percepkit import __version__
+from percepkit.cli import main
+
+
+def run(args, capsys):
+    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main(args)
+    except SystemExit as e:
+        code = e.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_version(capsys):
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0 and __version__ in out
+
+
+def test_list_shows_every_kind_of_part_with_descriptions(capsys):
+    code, out, _ = run(["list"], capsys)
+    assert code == 0
+    for name in ("johnson_style", "johnson_sr", "srcnn", "bicubic", "vgg16", "vgg19",
+                 "timm:<model>", "pixel", "feature", "style", "tv", "adam", "cosine"):
+        assert name in out
+    assert "The paper's style-transfer network" in out
+
+
+def test_list_one_kind_with_wildcard(capsys):
+    code, out, _ = run(["list", "lossnets", "--filter", "vgg*"], capsys)
+    assert code == 0 and "vgg19" in out and "timm" not in out
+
+
+def test_unknown_kind_is_a_usage_error(capsys):
+    code, _, err = run(["list", "lossnet"], capsys)
+    assert code == 2 and "lossnets" in err
+
+
+def test_console_script_unknown_name_is_one_paragraph_exit_2(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("transform: {name: johnson_srr}\nlosses: [{name: pixel}]\n")
+    proc = subprocess.run([sys.executable, "-m", "percepkit.cli", "recipe", "check", str(recipe)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown transform 'johnson_srr'. Did you mean 'johnson_sr'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["recipe", "check", "does-not-exist.yaml"],
+                                  ["recipe", "show", "does-not-exist.yaml"]])
+def test_missing_recipe_file(args, capsys):
+    code, _, err = run(args, capsys)
+    assert code == 2 and "no such recipe file" in err
