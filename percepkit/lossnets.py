@@ -72,9 +72,8 @@ class LossNetwork(nn.Module):
         return (x - self.mean) / self.std
 
 
-@LOSS_NETWORKS.register("vgg16")
 class VGG(LossNetwork):
-    """torchvision VGG16 (ImageNet) features; layers relu1_2, relu2_2, relu3_3, relu4_3, ..."""
+    """torchvision VGG features with layers named conv1_1, relu1_1, ..., pool5."""
 
     def __init__(self, weights: str = "imagenet", arch: Literal["vgg16", "vgg19"] = "vgg16",
                  layers: list[str] | None = None) -> None:
@@ -117,6 +116,12 @@ class VGG(LossNetwork):
         if len(out) != len(wanted):
             raise PercepkitError(f"layers {sorted(wanted - set(out))} were truncated away")
         return out
+
+
+@LOSS_NETWORKS.register("vgg16")
+def vgg16(weights: str = "imagenet", layers: list[str] | None = None) -> VGG:
+    """torchvision VGG16 (ImageNet) features; layers relu1_2, relu2_2, relu3_3, relu4_3, ..."""
+    return VGG(weights=weights, arch="vgg16", layers=layers)
 
 
 @LOSS_NETWORKS.register("vgg19")

@@ -311,9 +311,7 @@ def _check_layers(raw: Mapping[str, Any]) -> list[str]:
 
     net = raw.get("loss_network", "vgg16")
     name = net.get("name") if isinstance(net, Mapping) else net
-    arch = {"vgg16": "vgg16", "vgg19": "vgg19"}.get(str(name))
-    if isinstance(net, Mapping) and name == "vgg16" and net.get("arch"):
-        arch = net["arch"]
+    arch = str(name)
     if arch not in ("vgg16", "vgg19"):
         return []
     names = vgg_layer_names(arch)

@@ -14,6 +14,7 @@ supply it. Nothing here ever falls back to random weights.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,12 @@ def download(url: str, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     stem = dest.name.split(".")[0]
     prefix = stem.rsplit("-", 1)[1] if "-" in stem else None
-    torch.hub.download_url_to_file(url, str(dest), hash_prefix=prefix, progress=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60)  # an unreachable host must fail, not hang
+    try:
+        torch.hub.download_url_to_file(url, str(dest), hash_prefix=prefix, progress=True)
+    finally:
+        socket.setdefaulttimeout(previous)
     return dest
 
 
