@@ -49,13 +49,27 @@ from .registry import (
 
 @dataclass
 class TrainSettings:
-    """The ``train:`` block: how long and how to train."""
+    """The ``train:`` block: how long and how to train.
+
+    ``iterations``: optimisation steps. ``batch_size``: images per step *per process* (with
+    torchrun the global batch is ``batch_size x WORLD_SIZE``). ``seed``: model init, data order
+    and augmentation. ``device``: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:N``.
+    ``amp``: automatic mixed precision on CUDA (ignored on CPU) in ``amp_dtype``.
+    ``channels_last``: NHWC memory format on CUDA. ``compile``: ``torch.compile`` the transform.
+    ``grad_clip``: max gradient norm (None: off). ``ema``: decay of an exponential moving
+    average of the weights (e.g. 0.999; None: off), used for validation and by ``load_transform``.
+    ``workers``: DataLoader worker processes. ``log_every`` / ``sample_every`` / ``val_every``:
+    steps between log lines, preview grids and validations. ``sample_images``: images in a preview
+    grid. ``val_images``: cap on validation images (None: all). ``deterministic``: deterministic
+    CUDA kernels (slower; CPU runs are deterministic anyway).
+    """
 
     iterations: int = 1000
     batch_size: int = 4
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
     channels_last: bool = True
     compile: bool = False
     grad_clip: float | None = None
@@ -64,11 +78,20 @@ class TrainSettings:
     log_every: int = 50
     sample_every: int = 1000
     val_every: int = 1000
+    sample_images: int = 4
+    val_images: int | None = None
+    deterministic: bool = False
 
 
 @dataclass
 class CheckpointSettings:
-    """The ``checkpoint:`` block: how often to save and what to keep."""
+    """The ``checkpoint:`` block: how often to save and what to keep.
+
+    ``every``: steps between checkpoints (one is also written at the end, on SIGINT/SIGTERM and
+    when validation improves). ``keep_last``: step checkpoints kept (0: all). ``keep_best``: also
+    keep ``best.safetensors``, the checkpoint with the best validation metric (SR: PSNR; style:
+    validation loss).
+    """
 
     every: int = 1000
     keep_last: int = 3

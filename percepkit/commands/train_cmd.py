@@ -1,0 +1,102 @@
+"""``percepkit train``: train a transform network from a recipe, or resume a run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..train import TrainResult
+
+_EPILOG = """\b
+Examples:
+  percepkit train recipes/sr_x4_cpu_demo.yaml --set train.iterations=200 --device cpu
+  percepkit train recipes/style_johnson2016.yaml --set data.train.root=data/coco --out runs/candy
+  percepkit train --resume runs/candy            # continue from its newest intact checkpoint
+  percepkit train recipes/tiny_sr.yaml --resume  # continue the newest runs/tiny_sr-* run
+  torchrun --nproc_per_node 4 -m percepkit.cli train recipes/sr_x4_feat.yaml --device cuda
+"""
+
+
+@click.command("train", epilog=_EPILOG)
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a recipe value (repeatable), e.g. --set train.iterations=200.")
+@click.option("--device", default=None, metavar="DEVICE",
+              help="cpu, cuda, cuda:N, mps or auto (default: the recipe's train.device).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default: runs/<recipe>-<time>).")
+@click.option("--resume", is_flag=False, flag_value="latest", default=None,
+              metavar="[RUN_DIR|CHECKPOINT]",
+              help="Continue a run: a run directory (newest intact checkpoint), a checkpoint "
+                   "file, or nothing for --out / the newest runs/<recipe>-* run.")
+@click.option("--amp/--no-amp", default=None,
+              help="Automatic mixed precision on CUDA (default: the recipe's train.amp).")
+@click.option("--compile", "compile_", is_flag=True, default=None,
+              help="torch.compile the transform network.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show the progress bar (default: when the output is a terminal).")
+def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
+            out: str | None, resume: str | None, amp: bool | None, compile_: bool | None,
+            progress: bool | None) -> None:
+    """Train a transform network from RECIPE (a YAML file), or resume a run with --resume."""
+    from rich.console import Console
+
+    from ..recipe import load_recipe, parse_yaml, recipe_from_mapping
+    from ..train import Trainer, TrainingInterrupted, recipe_text_for_resume, resolve_resume
+
+    console = Console(highlight=False)
+    if recipe is None and resume is None:
+        raise click.UsageError("give a RECIPE file, or --resume RUN_DIR|CHECKPOINT")
+    if recipe is not None and resume not in (None, "latest") and Path(recipe).is_dir():
+        raise click.UsageError(f"{recipe} is a folder; to resume a run use --resume {recipe}")
+    if recipe is None and resume is not None and Path(resume).suffix in (".yaml", ".yml") \
+            and Path(resume).is_file():
+        recipe, resume = resume, "latest"  # `train --resume recipe.yaml` means "latest run"
+    if recipe is not None and Path(recipe).is_dir():
+        recipe, resume = None, recipe  # `train RUN_DIR` reads as `train --resume RUN_DIR`
+    extra = list(overrides)
+    if device is not None:
+        extra.append(f"train.device={device}")
+    if amp is not None:
+        extra.append(f"train.amp={'true' if amp else 'false'}")
+    if compile_:
+        extra.append("train.compile=true")
+
+    point = None
+    if recipe is not None:
+        rec = load_recipe(recipe, extra)
+        if resume is not None:
+            point = resolve_resume(resume, out, rec.name, console=console)
+    else:
+        assert resume is not None
+        point = resolve_resume(resume, out, console=console)
+        text, source = recipe_text_for_resume(point)
+        rec = recipe_from_mapping(parse_yaml(text, source), source, extra)
+    trainer = Trainer(rec, out=out, resume=point, console=console, progress=progress,
+                      handle_signals=True)
+    try:
+        result = trainer.run()
+    except TrainingInterrupted as e:
+        console.print(f"[yellow]{e}[/]")
+        sys.exit(130)
+    if trainer.env.is_main:
+        _summary(console, result)
+
+
+def _summary(console: Console, result: TrainResult) -> None:
+    """Where the run's files are, and its last validation."""
+    lines = [f"run directory: {result.run_dir}"]
+    if result.last_checkpoint:
+        lines.append(f"last checkpoint: {result.last_checkpoint}")
+    if result.best_checkpoint:
+        lines.append(f"best checkpoint: {result.best_checkpoint} ({result.best_metric:.4f})")
+    if result.val:
+        lines.append("last validation: " + ", ".join(f"{k} {v:.4f}" for k, v in
+                                                      result.val.items()))
+    console.print("\n".join(lines))

@@ -1,0 +1,250 @@
+"""Training: tiny recipes learn, checkpoints reload, resume is exact, failures are clean."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from percepkit.checkpoint import load_checkpoint, load_transform, save_checkpoint
+from percepkit.cli import main
+from percepkit.errors import CheckpointError, PercepkitError
+from percepkit.recipe import load_recipe
+from percepkit.train import (
+    NonFiniteLossError,
+    Trainer,
+    TrainingInterrupted,
+    find_checkpoints,
+    resolve_resume,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_SR = REPO / "recipes" / "tiny_sr.yaml"
+TINY_STYLE = REPO / "recipes" / "tiny_style.yaml"
+QUIET = ["train.log_every=1", "train.sample_every=1000", "train.val_every=1000"]
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def run(recipe: Path, out: Path, *overrides: str, **kwargs):
+    rec = load_recipe(recipe, [*QUIET, *overrides])
+    trainer = Trainer(rec, out=out, console=kwargs.pop("console", quiet()), progress=False,
+                      **kwargs)
+    return trainer, trainer.run()
+
+
+def test_tiny_sr_learns_and_its_checkpoint_reloads(tmp_path):
+    trainer, result = run(TINY_SR, tmp_path / "run", "train.val_every=20",
+                          "train.sample_every=20", "train.iterations=40")
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    run_dir = tmp_path / "run"
+    for name in ("recipe.yaml", "run.json", "log.csv", "val.csv", "samples/step_00000040.png",
+                 "checkpoints/step_00000040.safetensors", "checkpoints/best.safetensors"):
+        assert (run_dir / name).is_file(), name
+    assert [s for s, _ in find_checkpoints(run_dir)] == [40, 20]  # keep_last: 2
+    log = (run_dir / "log.csv").read_text().splitlines()
+    assert log[0].split(",")[:6] == ["step", "epoch", "lr", "loss", "pixel", "feature"]
+    assert len(log) == 41
+
+    state, meta = load_checkpoint(result.last_checkpoint)
+    assert meta["step"] == 40 and meta["task"] == "sr"
+    assert meta["transform"]["name"] == "johnson_sr" and "tiny_sr" in meta["recipe"]
+    assert meta["torch_version"] == torch.__version__ and meta["percepkit_version"]
+    assert {"model", "optimizer", "scheduler", "rng"} <= set(state)
+    assert {"torch", "numpy", "python"} <= set(state["rng"]["rank0"])
+
+    model = load_transform(result.last_checkpoint)
+    x = torch.rand(2, 3, 12, 12)
+    trainer.module.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), trainer.module(x))
+    assert model(x).shape == (2, 3, 48, 48)
+    best = load_checkpoint(result.best_checkpoint, tensors=False)[1]
+    assert best["best"]["metric"] == "psnr" and best["best"]["step"] in (20, 40)
+
+
+def test_tiny_style_learns_with_ema(tmp_path):
+    trainer, result = run(TINY_STYLE, tmp_path / "run", "train.ema=0.9", "train.iterations=30")
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    assert last < 0.6 * first, (first, last)
+    state, meta = load_checkpoint(result.last_checkpoint)
+    assert meta["task"] == "style" and "ema" in state
+    model = load_transform(result.last_checkpoint)  # EMA weights by default
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), trainer.ema.module(x))
+        assert not torch.equal(model(x), trainer.module.eval()(x))
+
+
+def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
+    steps = ["train.iterations=12", "checkpoint.every=6", "checkpoint.keep_last=0"]
+    _, full = run(TINY_SR, tmp_path / "full", *steps)
+    _, first = run(TINY_SR, tmp_path / "split", "train.iterations=6", "checkpoint.every=6")
+    assert first.losses == full.losses[:6]
+    # the second half runs with DataLoader workers: the data must not depend on them
+    trainer, second = run(TINY_SR, None, *steps, "train.workers=2",
+                          resume=tmp_path / "split")
+    assert second.start_step == 6
+    assert second.losses == full.losses[6:]
+    a = load_checkpoint(full.last_checkpoint)[0]
+    b = load_checkpoint(second.last_checkpoint)[0]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    log = (tmp_path / "split" / "log.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in log[1:]] == [str(i) for i in range(1, 13)]
+
+
+def test_a_run_killed_during_a_save_resumes_from_the_newest_intact_checkpoint(tmp_path):
+    out = tmp_path / "killed"
+    steps = ["train.iterations=12", "checkpoint.every=4", "checkpoint.keep_last=0"]
+    script = textwrap.dedent(f"""
+        import os, sys
+        import percepkit.checkpoint as ck
+        real = os.replace
+        calls = []
+        def dying_replace(src, dst):
+            if str(dst).endswith(".safetensors"):
+                calls.append(dst)
+                if len(calls) == 2:  # the step-8 checkpoint: written, not yet renamed
+                    os._exit(137)
+            return real(src, dst)
+        ck.os.replace = dying_replace
+        from percepkit.cli import main
+        main(["train", {str(TINY_SR)!r}, "--out", {str(out)!r}, "--no-progress",
+              *[a for s in {[*QUIET, *steps]!r} for a in ("--set", s)]])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 137, proc.stderr
+    leftovers = list((out / "checkpoints").glob(".*.tmp"))
+    assert leftovers  # the half-finished save
+    assert [s for s, _ in find_checkpoints(out)] == [4]
+
+    _, full = run(TINY_SR, tmp_path / "full", *steps)
+    _, resumed = run(TINY_SR, None, *steps, resume=out)
+    assert resumed.start_step == 4
+    assert resumed.losses == full.losses[4:]
+    assert not list((out / "checkpoints").glob(".*.tmp"))
+
+
+def test_a_damaged_newest_checkpoint_is_skipped(tmp_path):
+    out = tmp_path / "run"
+    run(TINY_SR, out, "train.iterations=4", "checkpoint.every=2")
+    newest = out / "checkpoints" / "step_00000004.safetensors"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])
+    console = quiet()
+    point = resolve_resume(out, console=console)
+    assert point.checkpoint.name == "step_00000002.safetensors"
+    assert "step_00000004" in console.file.getvalue()
+    with pytest.raises(CheckpointError, match="truncated"):
+        resolve_resume(newest)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, monkeypatch,
+                                                                            capsys):
+    from percepkit.losses import PixelLoss
+
+    calls = {"n": 0}
+    real = PixelLoss.forward
+
+    def flaky(self, inputs):
+        calls["n"] += 1
+        value = real(self, inputs)
+        return value * float("nan") if calls["n"] == 5 else value
+
+    monkeypatch.setattr(PixelLoss, "forward", flaky)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError) as err:
+        run(TINY_SR, out, "train.iterations=10", "checkpoint.every=2")
+    msg = str(err.value)
+    assert "NaN at step 5" in msg and "step_00000004.safetensors" in msg
+    assert [s for s, _ in find_checkpoints(out)] == [4, 2]
+    load_transform(out / "checkpoints" / "step_00000004.safetensors")
+
+    calls["n"] = 0
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(TINY_SR), "--out", str(tmp_path / "cli"), "--no-progress",
+              "--set", "train.iterations=10"])
+    assert exit_.value.code == 2
+    err_text = capsys.readouterr().err
+    assert "NaN at step 5" in err_text and "Traceback" not in err_text
+
+
+def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path, monkeypatch):
+    from percepkit.losses import PixelLoss
+
+    calls = {"n": 0}
+    real = PixelLoss.forward
+
+    def interrupting(self, inputs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, inputs)
+
+    monkeypatch.setattr(PixelLoss, "forward", interrupting)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="stopped at step 3"):
+        run(TINY_SR, out, "train.iterations=10", handle_signals=True)
+    assert [s for s, _ in find_checkpoints(out)] == [3]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_cli_train_resume_and_errors(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--set", "train.iterations=3", "--set", "train.log_every=1"]
+    main(["train", str(TINY_STYLE), "--out", str(out), "--device", "cpu", "--no-progress", *args])
+    text = capsys.readouterr().out
+    assert "step 3/3" in text and "best checkpoint" in text
+    sessions = json.loads((out / "run.json").read_text())["sessions"]
+    assert sessions[0]["device"] == "cpu"
+
+    def fails(argv, pattern):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert pattern in err and "Traceback" not in err, err
+
+    fails(["train", str(TINY_STYLE), "--out", str(out), *args], "already holds a run")
+    fails(["train", "--resume", str(tmp_path / "nope")], "no such run directory")
+    fails(["train", "--resume", str(tmp_path)], "not a percepkit run directory")
+    foreign = tmp_path / "foreign.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    fails(["train", "--resume", str(foreign)], "not a percepkit checkpoint")
+    fails(["train", str(TINY_STYLE), "--set", "data.train.root=x"], "data.train")
+    fails(["train", str(TINY_STYLE), "--device", "cuda:7" if not torch.cuda.is_available()
+           else "nonsense", *args, "--out", str(tmp_path / "d")], "--device")
+
+    # resume without a recipe: the stored one is used; more iterations continue the run
+    main(["train", "--resume", str(out), "--set", "train.iterations=5", "--no-progress"])
+    text = capsys.readouterr().out
+    assert "resuming at step 3" in text and "step 5/5" in text
+    main(["train", "--resume", str(out), "--no-progress"])
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_a_checkpoint_for_another_transform_is_refused(tmp_path):
+    out = tmp_path / "run"
+    _, result = run(TINY_SR, out, "train.iterations=2")
+    state, meta = load_checkpoint(result.last_checkpoint)
+    other = tmp_path / "other.safetensors"
+    state["model"] = {k: torch.zeros(1) for k in state["model"]}
+    save_checkpoint(other, state, meta)
+    with pytest.raises(PercepkitError, match="do not fit"):
+        run(TINY_SR, tmp_path / "branch", "train.iterations=4", resume=other)
