@@ -108,8 +108,8 @@ class Registry:
         source = _current_source
         for key in (name, *aliases):
             old = self._lookup(key)
-            if old is None:
-                continue
+            if old is None or _same_definition(old.obj, obj):
+                continue  # re-importing a module (reload) re-registers the same definition
             if not override:
                 raise PercepkitError(
                     f"{self.kind} {key!r} is already registered (by {old.source}); "
@@ -119,7 +119,10 @@ class Registry:
                 warnings.warn(
                     f"plugin {source} replaces the built-in {self.kind} {key!r}", stacklevel=3
                 )
-            self._remove(old)
+        for key in (name, *aliases):
+            old = self._lookup(key)
+            if old is not None:
+                self._remove(old)
         entry = Entry(name, obj, tuple(aliases), source, prefix_arg)
         self._entries[name] = entry
         for alias in aliases:
@@ -227,6 +230,11 @@ class Registry:
             label = where or f"{self.kind} {name!r}"
             raise RecipeError(f"{label}: " + "; ".join(problems))
         return obj
+
+
+def _same_definition(a: Any, b: Any) -> bool:
+    return (getattr(a, "__module__", None), getattr(a, "__qualname__", None)) == \
+        (getattr(b, "__module__", None), getattr(b, "__qualname__", None))
 
 
 # -- argument checking ---------------------------------------------------------------------------
