@@ -106,6 +106,7 @@ class Registry:
     ) -> None:
         """Register ``obj`` under ``name``; see :meth:`register`."""
         source = _current_source
+        replaced = []
         for key in (name, *aliases):
             old = self._lookup(key)
             if old is None or _same_definition(old.obj, obj):
@@ -116,9 +117,10 @@ class Registry:
                     f"pass override=True to replace it deliberately."
                 )
             if old.source == BUILTIN and source != BUILTIN:
-                warnings.warn(
-                    f"plugin {source} replaces the built-in {self.kind} {key!r}", stacklevel=3
-                )
+                replaced.append(repr(key))
+        if replaced:
+            warnings.warn(f"plugin {source} replaces the built-in {self.kind} "
+                          f"{' and '.join(replaced)}", stacklevel=3)
         for key in (name, *aliases):
             old = self._lookup(key)
             if old is not None:
