@@ -16,24 +16,21 @@ from PIL import Image
 
 import percepkit.benchmarks as bm
 from percepkit.errors import ImageError, PercepkitError
+from percepkit.evaluate import build_metrics, evaluate
 from percepkit.imresize import imresize
-from percepkit.metrics import PSNR, SSIM
 from percepkit.registry import DATASETS
 
 
 def _bicubic_scores(ds, names=None, rgb=False):
-    """{image: (psnr, ssim)} of MATLAB bicubic on ``ds`` (8-bit outputs), our convention."""
-    channel = "rgb" if rgb else "y"
-    psnr, ssim = PSNR(channel, ds.scale), SSIM(channel, ds.scale)
-    out = {}
-    for i, path in enumerate(ds.hr_paths):
-        if names is not None and path.stem not in names:
-            continue
-        s = ds.sample(i)
-        sr = bm.quantize(imresize(s.lr.double(), scale=ds.scale))[None]
-        hr = s.hr.double()[None]
-        out[s.name] = (psnr(sr, hr).item(), ssim(sr, hr).item())
-    return out
+    """{image: (psnr, ssim)} of MATLAB bicubic on ``ds`` through the evaluation engine."""
+    if names is not None:
+        ds = bm.SRBenchmark(ds.name, [p for p in ds.hr_paths if p.stem in names], ds.scale,
+                            mod=ds.mod)
+    wanted = ["psnr_rgb", "ssim_rgb"] if rgb else ["psnr", "ssim"]
+    metrics, infos = build_metrics(wanted, crop_border=ds.scale)
+    result = evaluate(lambda x: imresize(x, scale=ds.scale), [ds], metrics, infos)
+    assert not result.sets[0].skipped
+    return {r.name: (r.values[wanted[0]], r.values[wanted[1]]) for r in result.sets[0].rows}
 
 
 # -- the shipped Set5 ----------------------------------------------------------------------------

@@ -1,0 +1,264 @@
+"""``percepkit eval``: PSNR / SSIM / LPIPS on Set5, Set14, BSD100 or your own folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+
+from ..errors import PercepkitError
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise PercepkitError(f"--device {device!r} is not a device torch knows ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PercepkitError(f"--device {device}: CUDA is not available on this machine; use "
+                             f"--device cpu")
+    return dev
+
+
+def _load_model(model: str | None, checkpoint: Path | None, scale: int | None,
+                device: torch.device) -> tuple[Any, str, int, list[str]]:
+    """The transform, its display name, the scale, and warnings for the footer."""
+    from ..registry import TRANSFORMS
+
+    notes: list[str] = []
+    if checkpoint is not None:
+        if model is not None:
+            raise PercepkitError("give either --model or --checkpoint, not both")
+        from ..checkpoint import load_transform
+
+        transform = load_transform(checkpoint, device=device)
+        name = checkpoint.stem
+        ckpt_scale = getattr(transform, "scale", None)
+        if getattr(transform, "task", "sr") != "sr" or ckpt_scale is None:
+            raise PercepkitError(f"{checkpoint}: not a super-resolution checkpoint (its transform "
+                                 f"has no scale); eval scores SR models only")
+        if scale is not None and scale != ckpt_scale:
+            raise PercepkitError(f"{checkpoint}: the model upscales x{ckpt_scale}, but --scale "
+                                 f"{scale} was given; drop --scale or pass --scale {ckpt_scale}")
+        return transform, name, int(ckpt_scale), notes
+    name = model or "bicubic"
+    scale = 4 if scale is None else scale
+    transform = TRANSFORMS.build({"name": name, "scale": scale}, where=f"--model {name}")
+    if getattr(transform, "task", "sr") != "sr":
+        raise PercepkitError(f"--model {name}: not a super-resolution transform")
+    if isinstance(transform, torch.nn.Module):
+        n_params = sum(p.numel() for p in transform.parameters())
+        if n_params:
+            notes.append(f"--model {name} was built from scratch ({n_params:,} parameters, as "
+                         f"initialised): to score trained weights use --checkpoint CKPT")
+    return transform, name, scale, notes
+
+
+def _datasets(sets: list[str], scale: int, data_dir: Path | None, hr_dir: Path | None,
+              lr_dir: Path | None, download: bool, mod: int | None = None) -> list[Any]:
+    from ..registry import DATASETS
+
+    out = []
+    for key in sets:
+        spec: dict[str, Any] = {"name": key, "scale": scale, "mod": mod}
+        if key != "set5":
+            spec.update(root=str(data_dir) if data_dir else None, download=download)
+        out.append(DATASETS.build(spec, where=f"--{key}"))
+    if lr_dir is not None:
+        if hr_dir is None:
+            raise PercepkitError("--lr-dir needs --hr-dir (the matching HR images)")
+        out.append(DATASETS.build({"name": "paired_folder", "lr_root": str(lr_dir),
+                                   "hr_root": str(hr_dir), "scale": scale}))
+    elif hr_dir is not None:
+        out.append(DATASETS.build({"name": "hr_folder", "root": str(hr_dir), "scale": scale,
+                                   "mod": mod}))
+    return out
+
+
+def _metric_names(metrics: str, channel: str, lpips_net: str) -> list[str]:
+    names = [m.strip().lower() for m in metrics.split(",") if m.strip()]
+    if not names:
+        raise PercepkitError("--metrics is empty; e.g. --metrics psnr,ssim,lpips")
+    mapped = []
+    for n in names:
+        if channel == "rgb" and n in ("psnr", "ssim"):
+            n = f"{n}_rgb"
+        if lpips_net == "vgg" and n == "lpips":
+            n = "lpips_vgg"
+        if n not in mapped:
+            mapped.append(n)
+    return mapped
+
+
+def _fmt(value: float | None, fmt: str) -> str:
+    if value is None:
+        return "n/a"
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    return format(value, fmt)
+
+
+def _render(console: Any, result: Any, per_image: bool) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    for s in result.sets:
+        table = Table(title=f"{s.name} x{s.scale} — {result.model} ({len(s.rows)} images)",
+                      title_justify="left")
+        table.add_column("image" if per_image else "", style="bold" if not per_image else "")
+        for m in result.metrics:
+            arrow = {True: " ↑", False: " ↓"}.get(m.higher_is_better, "")
+            table.add_column(f"{m.name.upper()}{arrow}", justify="right")
+        if per_image:
+            for r in s.rows:
+                table.add_row(r.name, *[_fmt(r.values.get(m.name), m.fmt)
+                                        for m in result.metrics])
+            table.add_section()
+        table.add_row("mean", *[_fmt(s.mean(m.name), m.fmt) for m in result.metrics],
+                      style="bold")
+        console.print(table)
+        if s.source or s.checksum_note:
+            console.print(f"[dim]{escape(s.source)}: {escape(s.checksum_note or 'not checked')}[/]",
+                          soft_wrap=True, highlight=False)
+
+
+def _short_convention(result: Any) -> str:
+    names = [m.name for m in result.metrics if not m.unavailable]
+    parts = []
+    if any(n in ("psnr", "ssim") for n in names):
+        parts.append("PSNR/SSIM on Y = MATLAB rgb2ycbcr (BT.601 studio range; tools using "
+                     "full-range YIQ read about 1.32 dB lower)")
+    if any(n in ("psnr_rgb", "ssim_rgb") for n in names):
+        parts.append("*_RGB on all RGB channels")
+    if any(n.startswith(("psnr", "ssim")) for n in names):
+        parts.append("SSIM 11x11 Gaussian sigma 1.5 (MATLAB ssim_index)")
+    crop = {s.scale for s in result.sets}
+    mods = {s.mod_crop for s in result.sets}
+    parts.append(f"{'/'.join(str(c) for c in sorted(crop))} px border cropped; HR mod-cropped to "
+                 f"a multiple of {'/'.join(str(m) for m in sorted(mods))}; LR = MATLAB bicubic, "
+                 f"8-bit; outputs rounded to 8 bits")
+    return "; ".join(parts) + ". Exact statement: -v, --json or --csv."
+
+
+def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose: bool) -> None:
+    from rich.markup import escape
+
+    if verbose:
+        lines = [f"[dim]data:[/] {escape(result.convention['data'])}"]
+        lines += [f"[dim]{escape(m.convention)}[/]" for m in result.metrics if not m.unavailable]
+    else:
+        lines = [f"[dim]convention:[/] {escape(_short_convention(result))}"]
+    for m in result.metrics:
+        if m.unavailable:
+            lines.append(f"[yellow]{m.name.upper()} n/a:[/] {escape(m.unavailable)}")
+    for s in result.sets:
+        for f, why in s.skipped:
+            lines.append(f"[yellow]skipped[/] {s.name}/{escape(f)}: {escape(why)}")
+        for r in s.rows:
+            for note in r.notes:
+                lines.append(f"[dim]note[/] {s.name}/{escape(r.name)}: {escape(note)}")
+    lines += [f"[yellow]note:[/] {escape(n)}" for n in notes]
+    rate = n_images / result.seconds if result.seconds > 0 else float("inf")
+    lines.append(f"{n_images} images in {result.seconds:.2f} s ({rate:.1f} images/s) on "
+                 f"{result.device}")
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+@click.command("eval")
+@click.option("--set5", "use_set5", is_flag=True, help="Set5 (ships with percepkit; default).")
+@click.option("--set14", "use_set14", is_flag=True, help="Set14 (--data-dir, PERCEPKIT_DATA "
+              "or downloaded).")
+@click.option("--bsd100", "use_bsd100", is_flag=True, help="BSD100 (--data-dir, PERCEPKIT_DATA "
+              "or downloaded).")
+@click.option("--all", "use_all", is_flag=True, help="Set5, Set14 and BSD100.")
+@click.option("--hr-dir", type=click.Path(path_type=Path), default=None,
+              help="Any folder of HR images (LR made by MATLAB bicubic).")
+@click.option("--lr-dir", type=click.Path(path_type=Path), default=None,
+              help="LR images matching --hr-dir by file name.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder holding Set14/ and BSD100/ (default: $PERCEPKIT_DATA, then the cache).")
+@click.option("--scale", type=click.IntRange(1, 16), default=None,
+              help="Upscaling factor (default 4, or the checkpoint's).")
+@click.option("--model", default=None, help="A registered transform by name (default bicubic).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="A trained percepkit checkpoint (rebuilt from its stored recipe).")
+@click.option("--metrics", default="psnr,ssim,lpips", show_default=True,
+              help="Comma-separated registered metrics (see `percepkit list metrics`).")
+@click.option("--channel", type=click.Choice(["y", "rgb"]), default="y", show_default=True,
+              help="PSNR/SSIM on MATLAB BT.601 Y (as published tables) or on RGB.")
+@click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex",
+              show_default=True, help="LPIPS backbone.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None,
+              help="CPU threads for the model (default: torch's choice).")
+@click.option("--per-image", is_flag=True, help="One row per image, not only the mean.")
+@click.option("-v", "--verbose", is_flag=True, help="Print the exact metric conventions.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write results (with the convention) as JSON; '-' for stdout.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None,
+              help="Write results (with the convention) as CSV; '-' for stdout.")
+@click.option("--save-images", type=click.Path(path_type=Path), default=None,
+              help="Write bicubic | model | HR comparison grids with a zoomed crop here.")
+@click.option("--mod-crop", "mod", type=click.IntRange(1, 96), default=None,
+              help="Crop HR to a multiple of this (default: the scale; 12 = BasicSR GTmod12).")
+@click.option("--no-download", is_flag=True, help="Never download Set14/BSD100.")
+def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
+            hr_dir: Path | None, lr_dir: Path | None, data_dir: Path | None, scale: int | None,
+            model: str | None, checkpoint: Path | None, metrics: str, channel: str,
+            lpips_net: str, device: str, threads: int | None, per_image: bool, verbose: bool,
+            json_path: Path | None, csv_path: Path | None, save_images: Path | None,
+            mod: int | None, no_download: bool) -> None:
+    """Evaluate an SR model (or bicubic) with PSNR, SSIM and LPIPS, comparable to published tables.
+
+    \b
+    Examples:
+      percepkit eval --set5                      # bicubic x4 on the shipped Set5
+      percepkit eval --all --checkpoint runs/sr_x4/checkpoints/best.safetensors --per-image
+      percepkit eval --hr-dir photos/ --scale 2 --save-images grids/
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..evaluate import build_metrics, evaluate, write_csv, write_json
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    to_stdout = str(json_path) == "-" or str(csv_path) == "-"
+    console = Console(stderr=to_stdout, highlight=False)
+    dev = _resolve_device(device)
+    transform, name, scale, notes = _load_model(model, checkpoint, scale, dev)
+
+    sets = [k for k, on in (("set5", use_set5 or use_all), ("set14", use_set14 or use_all),
+                            ("bsd100", use_bsd100 or use_all)) if on]
+    if not sets and hr_dir is None and lr_dir is None:
+        sets = ["set5"]
+    datasets = _datasets(sets, scale, data_dir, hr_dir, lr_dir, download=not no_download,
+                         mod=mod)
+    built, infos = build_metrics(_metric_names(metrics, channel, lpips_net), crop_border=scale,
+                                 device=dev)
+    total = sum(len(d) for d in datasets)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(f"eval {name} x{scale}", total=total)
+
+        def advance(set_name: str, image: str) -> None:
+            progress.update(task, advance=1, description=f"{set_name}/{image}")
+
+        result = evaluate(transform, datasets, built, infos, model_name=name, device=dev,
+                          save_images=save_images, on_image=advance)
+    _render(console, result, per_image)
+    _footer(console, result, notes, total, verbose)
+    if json_path is not None:
+        write_json(result, json_path)
+    if csv_path is not None:
+        write_csv(result, csv_path)
+    for path in (json_path, csv_path):
+        if path is not None and str(path) != "-":
+            console.print(f"wrote {path}")
+    if save_images is not None:
+        console.print(f"wrote comparison grids under {save_images}/")

@@ -1,0 +1,387 @@
+"""The evaluation engine behind ``percepkit eval``: run a transform over SR benchmarks and score it.
+
+For every image: the LR input (see :mod:`percepkit.benchmarks`) goes through the transform, the
+output is clamped to [0, 1] and rounded to 8 bits (as a saved PNG would be), then each metric
+compares it with the 8-bit HR ground truth. Means are per-image values averaged over the set.
+The exact convention is returned with the results and written into every JSON/CSV file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import inspect
+import io
+import json
+import math
+import time
+import typing
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .benchmarks import SRBenchmark, quantize
+from .errors import MissingWeightsError, PercepkitError
+from .images import image_grid, write_image
+from .imresize import imresize
+from .metrics import Metric
+from .registry import METRICS
+
+__all__ = [
+    "DATA_CONVENTION", "EvalResult", "ImageRow", "MetricInfo", "SetResult", "build_metrics",
+    "comparison_grid", "evaluate", "result_to_dict", "run_transform", "write_csv", "write_json",
+]
+
+DATA_CONVENTION = (
+    "HR mod-cropped (top-left) to a multiple of the scale (or of mod_crop); LR = MATLAB "
+    "imresize(HR, 1/scale) bicubic (a=-0.5, antialiased, symmetric padding) rounded to 8 bits; "
+    "model outputs clamped to [0, 1] and rounded to 8 bits before measuring; 1-channel images "
+    "are fed to the model as 3 equal channels and its output reduced back to 1 channel with luma "
+    "0.299/0.587/0.114 (exact for equal channels); per-image values averaged over each set"
+)
+
+
+@dataclass
+class MetricInfo:
+    """A requested metric: its convention, or why it is not available (then shown as n/a)."""
+
+    name: str
+    higher_is_better: bool | None = True
+    convention: str = ""
+    fmt: str = ".4f"
+    unavailable: str | None = None
+
+
+@dataclass
+class ImageRow:
+    """Scores of one image (``None`` for an unavailable metric)."""
+
+    name: str
+    values: dict[str, float | None]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SetResult:
+    """Per-image rows and means for one dataset."""
+
+    name: str
+    scale: int
+    source: str = ""
+    checksum_note: str = ""
+    mod_crop: int = 0
+    rows: list[ImageRow] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def mean(self, metric: str) -> float | None:
+        """Mean over images, ``None`` when the metric is unavailable or no image was scored."""
+        vals = [r.values.get(metric) for r in self.rows]
+        vals = [v for v in vals if v is not None]
+        return sum(vals) / len(vals) if vals and len(vals) == len(self.rows) else None
+
+
+@dataclass
+class EvalResult:
+    """Everything ``percepkit eval`` reports."""
+
+    model: str
+    scale: int
+    device: str
+    metrics: list[MetricInfo]
+    sets: list[SetResult]
+    seconds: float = 0.0
+
+    @property
+    def convention(self) -> dict[str, Any]:
+        """The exact data and metric conventions, as written into results files."""
+        return {"data": DATA_CONVENTION,
+                "metrics": {m.name: m.convention or f"n/a: {m.unavailable}" for m in self.metrics}}
+
+
+def build_metrics(names: Sequence[str], crop_border: int = 0,
+                  extra: dict[str, dict[str, Any]] | None = None,
+                  device: str | torch.device = "cpu") -> tuple[dict[str, Metric], list[MetricInfo]]:
+    """Build registered metrics by name, passing ``crop_border`` to those that take it.
+
+    A metric whose weights are missing is not built; its :class:`MetricInfo` says why.
+    """
+    built: dict[str, Metric] = {}
+    infos: list[MetricInfo] = []
+    for name in names:
+        kwargs = dict((extra or {}).get(name, {}))
+        obj = METRICS.get(name)
+        target = obj.__init__ if inspect.isclass(obj) else obj
+        if "crop_border" in inspect.signature(target).parameters:
+            kwargs.setdefault("crop_border", crop_border)
+        try:
+            metric = METRICS.build({"name": name, **kwargs}, where=f"metric {name!r}")
+        except MissingWeightsError as e:
+            infos.append(MetricInfo(name, _declared_direction(obj), unavailable=str(e)))
+            continue
+        if isinstance(metric, nn.Module):
+            metric = metric.to(device).eval()
+        built[name] = metric
+        infos.append(MetricInfo(name, bool(getattr(metric, "higher_is_better", True)),
+                                str(getattr(metric, "convention", name)),
+                                str(getattr(metric, "fmt", ".4f"))))
+    return built, infos
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``n`` intra-op CPU threads (``None``: leave the setting alone).
+
+    Per-image preprocessing and PSNR/SSIM are many small tensor ops: extra OpenMP threads gain
+    little on them, and on a machine whose cores are busy each parallel region can wait a whole
+    scheduler time slice for a descheduled thread. We measured 5-10x slowdowns on 2 busy cores,
+    so those steps run single-threaded; the model and LPIPS keep the caller's thread count.
+    """
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _declared_direction(obj: Any) -> bool | None:
+    """``higher_is_better`` of a metric class, or of the class a factory is annotated to return."""
+    if inspect.isclass(obj):
+        return getattr(obj, "higher_is_better", None)
+    try:
+        ret = typing.get_type_hints(obj).get("return")
+    except Exception:
+        return None
+    return getattr(ret, "higher_is_better", None) if inspect.isclass(ret) else None
+
+
+def run_transform(transform: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor,
+                  device: torch.device) -> torch.Tensor:
+    """Transform one CxHxW LR image; returns the 8-bit-rounded output on the CPU (float32)."""
+    channels = lr.shape[0]
+    x = lr.to(device)[None]
+    if channels == 1:
+        x = x.expand(-1, 3, -1, -1)
+    y = transform(x)
+    if not torch.is_tensor(y) or y.dim() != 4:
+        raise PercepkitError(f"the model returned {type(y).__name__} {getattr(y, 'shape', '')}, "
+                             f"expected a (1, C, H, W) tensor")
+    y = y.detach().cpu()
+    with _threads(1):
+        y = y.float()
+        if channels == 1 and y.shape[1] == 3:
+            y = (y * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        return quantize(y[0])
+
+
+def _score(metric: Metric, output: torch.Tensor, target: torch.Tensor) -> float:
+    param = next(iter(metric.parameters()), None) if isinstance(metric, nn.Module) else None
+    dev = param.device if param is not None else torch.device("cpu")
+    with _threads(1 if param is None else None):  # parameter-free metrics: small CPU ops
+        value = metric(output[None].to(dev), target[None].to(dev))
+    return float(value.reshape(-1)[0])
+
+
+def _crop_box(hr: torch.Tensor, size: int) -> tuple[int, int]:
+    """Top-left corner of the ``size`` window with the most HR detail (gradient energy)."""
+    g = hr.mean(0, keepdim=True)
+    energy = (g[:, 1:, :-1] - g[:, :-1, :-1]).abs() + (g[:, :-1, 1:] - g[:, :-1, :-1]).abs()
+    if energy.shape[-1] < size or energy.shape[-2] < size:
+        return 0, 0
+    pooled = torch.nn.functional.avg_pool2d(energy[None], size, stride=max(1, size // 4))[0, 0]
+    idx = int(pooled.argmax())
+    stride = max(1, size // 4)
+    return (idx // pooled.shape[1]) * stride, (idx % pooled.shape[1]) * stride
+
+
+def comparison_grid(tiles: Sequence[torch.Tensor], labels: Sequence[str]) -> torch.Tensor:
+    """Side-by-side images with a second row of zoomed crops (the HR's most detailed region)."""
+    hr = tiles[-1]
+    h, w = hr.shape[-2:]
+    size = max(8, min(h, w) // 4)
+    top, left = _crop_box(hr, size)
+    marked, crops = [], []
+    for t in tiles:
+        t = t.expand(3, -1, -1) if t.shape[0] == 1 else t
+        crops.append(t[:, top:top + size, left:left + size])
+        m = t.clone()
+        box = torch.tensor([1.0, 0.0, 0.0]).view(3, 1)
+        b, r = min(top + size, h) - 1, min(left + size, w) - 1
+        m[:, top, left:r + 1] = box
+        m[:, b, left:r + 1] = box
+        m[:, top:b + 1, left] = box
+        m[:, top:b + 1, r] = box
+        marked.append(m)
+    full = image_grid(marked, labels=list(labels))
+    zoom = image_grid(crops, height=int(h))
+    width = max(full.shape[-1], zoom.shape[-1])
+    out = torch.ones(3, full.shape[-2] + zoom.shape[-2], width)
+    out[:, : full.shape[-2], : full.shape[-1]] = full
+    out[:, full.shape[-2]:, : zoom.shape[-1]] = zoom
+    return out
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
+
+
+def evaluate(
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    datasets: Sequence[SRBenchmark],
+    metrics: dict[str, Metric],
+    infos: Sequence[MetricInfo] | None = None,
+    *,
+    model_name: str = "model",
+    device: str | torch.device = "cpu",
+    save_images: str | Path | None = None,
+    on_image: Callable[[str, str], None] | None = None,
+) -> EvalResult:
+    """Score ``transform`` on ``datasets``; unreadable/unusable images are skipped with a reason.
+
+    ``on_image(set_name, image_name)`` is called after each image (for progress bars).
+    """
+    device = torch.device(device)
+    if isinstance(transform, nn.Module):
+        transform = transform.to(device).eval()
+    infos = list(infos) if infos is not None else [
+        MetricInfo(n, bool(getattr(m, "higher_is_better", True)),
+                   str(getattr(m, "convention", n)), str(getattr(m, "fmt", ".4f")))
+        for n, m in metrics.items()]
+    scale = datasets[0].scale if datasets else 0
+    start = time.perf_counter()
+    results = []
+    with torch.inference_mode():
+        for ds in datasets:
+            set_start = time.perf_counter()
+            res = SetResult(ds.name, ds.scale, ds.source, ds.checksum_note,
+                            mod_crop=getattr(ds, "mod", None) or ds.scale)
+            for i in range(len(ds)):
+                path = ds.hr_paths[i]
+                try:
+                    with _threads(1):  # reading, mod-crop, LR: small ops (see _threads)
+                        sample = ds.sample(i)
+                    sr = run_transform(transform, sample.lr, device)
+                    if sr.shape != sample.hr.shape:
+                        raise PercepkitError(
+                            f"{path}: {model_name} returned {tuple(sr.shape)} for an LR of "
+                            f"{tuple(sample.lr.shape)}, but the HR is {tuple(sample.hr.shape)}; "
+                            f"is the scale (x{ds.scale}) the model's?")
+                    values: dict[str, float | None] = {
+                        info.name: (_score(metrics[info.name], sr, sample.hr)
+                                    if info.name in metrics else None) for info in infos}
+                except PercepkitError as e:
+                    msg = str(e)
+                    reason = msg.split(": ", 1)[1] if msg.startswith(str(path)) else msg
+                    res.skipped.append((path.name, reason))
+                else:
+                    res.rows.append(ImageRow(sample.name, values, sample.notes))
+                    if save_images is not None:
+                        _save_grid(Path(save_images) / _safe_name(ds.name), sample, sr,
+                                   model_name, ds.scale)
+                if on_image is not None:
+                    on_image(ds.name, path.name)
+            res.seconds = time.perf_counter() - set_start
+            results.append(res)
+    return EvalResult(model_name, scale, str(device), list(infos), results,
+                      time.perf_counter() - start)
+
+
+def _save_grid(folder: Path, sample: Any, sr: torch.Tensor, model_name: str, scale: int) -> None:
+    bicubic = quantize(imresize(sample.lr.double(), scale=scale).float())
+    if bicubic.shape != sample.hr.shape:  # paired LR files of another size convention
+        bicubic = quantize(imresize(sample.lr.double(), size=tuple(sample.hr.shape[-2:])).float())
+    if model_name == "bicubic":
+        tiles, labels = [bicubic, sample.hr], ["bicubic", "HR"]
+    else:
+        tiles, labels = [bicubic, sr, sample.hr], ["bicubic", model_name, "HR"]
+    write_image(folder / f"{_safe_name(sample.name)}.png", comparison_grid(tiles, labels))
+
+
+# -- results files --------------------------------------------------------------------------------
+def _number(value: float | None) -> float | str | None:
+    if value is None:
+        return None
+    return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+
+
+def result_to_dict(result: EvalResult) -> dict[str, Any]:
+    """A JSON-ready dict: conventions, means, per-image values, skipped files, timings."""
+    from . import __version__
+
+    return {
+        "percepkit": __version__,
+        "model": result.model,
+        "scale": result.scale,
+        "device": result.device,
+        "convention": result.convention,
+        "metrics": [{"name": m.name, "higher_is_better": m.higher_is_better,
+                     "available": m.unavailable is None,
+                     **({"unavailable": m.unavailable} if m.unavailable else {})}
+                    for m in result.metrics],
+        "sets": [{
+            "name": s.name, "scale": s.scale, "mod_crop": s.mod_crop, "source": s.source,
+            "checksums": s.checksum_note,
+            "images": len(s.rows),
+            "mean": {m.name: _number(s.mean(m.name)) for m in result.metrics},
+            "per_image": [{"name": r.name, **{k: _number(v) for k, v in r.values.items()},
+                           **({"notes": r.notes} if r.notes else {})} for r in s.rows],
+            "skipped": [{"file": f, "reason": why} for f, why in s.skipped],
+            "seconds": round(s.seconds, 4),
+        } for s in result.sets],
+        "seconds": round(result.seconds, 4),
+    }
+
+
+def _open_out(path: str | Path) -> tuple[io.TextIOBase, bool]:
+    if str(path) == "-":
+        import sys
+
+        return sys.stdout, False  # type: ignore[return-value]
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return open(p, "w", newline="", encoding="utf-8"), True
+
+
+def write_json(result: EvalResult, path: str | Path) -> None:
+    """Write the results as JSON (``-`` for stdout), convention included."""
+    out, close = _open_out(path)
+    try:
+        json.dump(result_to_dict(result), out, indent=2)
+        out.write("\n")
+    finally:
+        if close:
+            out.close()
+
+
+def write_csv(result: EvalResult, path: str | Path) -> None:
+    """Write per-image rows and per-set means as CSV; ``#`` comment lines state the convention."""
+    out, close = _open_out(path)
+    try:
+        out.write(f"# percepkit eval: model={result.model} scale=x{result.scale}\n")
+        out.write(f"# data: {DATA_CONVENTION}\n")
+        for m in result.metrics:
+            out.write(f"# {m.convention or m.name + ': n/a: ' + str(m.unavailable)}\n")
+        writer = csv.writer(out)
+        names = [m.name for m in result.metrics]
+        writer.writerow(["set", "image", *names])
+        for s in result.sets:
+            for r in s.rows:
+                writer.writerow([s.name, r.name, *[_csv(r.values.get(n)) for n in names]])
+            writer.writerow([s.name, "MEAN", *[_csv(s.mean(n)) for n in names]])
+    finally:
+        if close:
+            out.close()
+
+
+def _csv(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return repr(float(value)) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
