@@ -933,20 +933,18 @@ class Trainer:
 
     @torch.no_grad()
     def _sr_metrics(self, model: nn.Module) -> dict[str, float]:
-        from .benchmarks import quantize
+        """Mean PSNR/SSIM (Y, border = scale) exactly as ``percepkit eval`` computes them."""
+        from .evaluate import run_transform
         from .metrics import psnr, ssim
 
         scale = int(getattr(self.module, "scale", 1))
         p_fn, s_fn = psnr(crop_border=scale), ssim(crop_border=scale)
         ps, ss = [], []
         for item in self.val_items:
-            lr, hr = item["lr"], item["hr"]
-            if lr.shape[0] == 1:
-                lr, hr = lr.expand(3, -1, -1), hr.expand(3, -1, -1)
-            out = model(lr[None].to(self.device)).float().cpu()
-            out = quantize(out)
-            ps.append(float(p_fn(out, hr[None])[0]))
-            ss.append(float(s_fn(out, hr[None])[0]))
+            out = run_transform(model, item["lr"], self.device)[None]
+            hr = item["hr"][None]
+            ps.append(float(p_fn(out, hr)[0]))
+            ss.append(float(s_fn(out, hr)[0]))
         return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
 
     @torch.no_grad()
