@@ -1,0 +1,109 @@
+"""``percepkit stylize``: apply a trained style network to images or folders of images."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from ..errors import PercepkitError
+
+
+def inference_options(f: Callable) -> Callable:
+    """Options shared by ``stylize`` and ``upscale``."""
+    options = [
+        click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+                     help="Output folder (or file name, for one input image)."),
+        click.option("--ext", default=".png", show_default=True,
+                     help="Extension (format) of the written images."),
+        click.option("--overwrite", is_flag=True, help="Replace outputs that already exist."),
+        click.option("--skip-existing", is_flag=True,
+                     help="Leave outputs that already exist and do not count them as failures."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto, cpu, cuda or cuda:N."),
+        click.option("--tile", type=int, default=None,
+                     help="Tile size in input pixels; default: automatic from --memory; 0: never "
+                          "tile."),
+        click.option("--memory", default=None,
+                     help="Activation memory budget per pass, e.g. 1.5G (default: half the free "
+                          "GPU memory, or 40%% of free RAM up to 2G)."),
+        click.option("--half/--no-half", default=None,
+                     help="fp16 autocast (CUDA only; default on CUDA)."),
+        click.option("--compile", "compile_", is_flag=True,
+                     help="torch.compile the network (pays off for many images of one size)."),
+        click.option("--threads", type=int, default=None,
+                     help="CPU threads (default: torch's choice)."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def make_predictor(model, options: dict):
+    """A :class:`~percepkit.inference.Predictor` from the shared options."""
+    import torch
+
+    from ..inference import Predictor, parse_memory
+
+    if options["threads"]:
+        if options["threads"] < 1:
+            raise PercepkitError(f"--threads must be at least 1, got {options['threads']}")
+        torch.set_num_threads(options["threads"])
+    budget = parse_memory(options["memory"]) if options["memory"] else None
+    return Predictor(model, options["device"], half=options["half"], compile=options["compile_"],
+                     tile=options["tile"], memory_budget=budget)
+
+
+def run(inputs: tuple[str, ...], model, options: dict, prepare=None, what: str = "images"
+        ) -> None:
+    """Plan, run and summarise a batch; exits 1 when some files failed."""
+    from rich.console import Console
+
+    from ..inference import plan_batch, run_batch
+
+    console = Console(stderr=True, highlight=False)
+    if not inputs:
+        raise PercepkitError("no input images given")
+    items = plan_batch(inputs, options["output"], options["ext"])
+    predictor = make_predictor(model, options)
+    summary = run_batch(items, lambda image, cb: predictor(image, progress=cb),
+                        overwrite=options["overwrite"], skip_existing=options["skip_existing"],
+                        console=console, show_progress=not options["quiet"], prepare=prepare)
+    parts = [f"[green]{len(summary.written)}[/] {what} written to {options['output']}"]
+    if summary.skipped:
+        parts.append(f"{len(summary.skipped)} skipped (already there)")
+    if summary.failed:
+        parts.append(f"[red]{len(summary.failed)} failed[/]")
+    console.print(", ".join(parts))
+    if summary.exit_code:
+        sys.exit(summary.exit_code)
+
+
+@click.command("stylize")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--size", type=int, default=None,
+              help="Resize each content image so that its longer side is this many pixels.")
+@inference_options
+def command(checkpoint: Path, inputs: tuple[str, ...], size: int | None, **options) -> None:
+    """Stylize images (files or folders) with a trained style CHECKPOINT.
+
+    Any size and aspect ratio; large images are processed in overlapping tiles within a memory
+    budget. A file that cannot be read or written is reported and the batch goes on; the exit
+    code is 1 if any failed.
+    """
+    from ..checkpoint import load_transform
+    from ..optimize import resize_longer_side
+
+    if size is not None and size < 16:
+        raise PercepkitError(f"--size must be at least 16 pixels, got {size}")
+    model = load_transform(checkpoint)
+    if getattr(model, "task", None) != "style":
+        raise PercepkitError(f"{checkpoint}: not a style-transfer checkpoint (its transform is a "
+                             f"{getattr(model, 'task', 'unknown')!s} network); use percepkit "
+                             f"upscale for super-resolution checkpoints")
+    run(inputs, model, options, prepare=(lambda im: resize_longer_side(im, size)) if size
+        else None, what="stylized images")

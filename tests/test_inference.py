@@ -1,0 +1,305 @@
+"""Inference: the fast path, tiling, any-size inputs, batches of files and their errors.
+
+Networks here are randomly initialised (with perturbed norm statistics so that folding and
+normalisation are exercised): these are plumbing and equivalence tests, not quality tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from percepkit.checkpoint import save_checkpoint
+from percepkit.cli import main
+from percepkit.errors import PercepkitError
+from percepkit.inference import (
+    FastTransform,
+    Predictor,
+    _moments,
+    fast_model,
+    frozen_norm_stats,
+    parse_memory,
+    plan_axis,
+    plan_batch,
+    record_norm_stats,
+    resolve_device,
+)
+from percepkit.transforms import JohnsonSR, JohnsonStyle, johnson_style_fast
+
+
+def _randomise_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial affine and running statistics, so folding and scaling are really tested."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.InstanceNorm2d)) and m.affine:
+            m.weight.data = 1 + 0.3 * torch.randn(m.weight.shape, generator=g)
+            m.bias.data = 0.3 * torch.randn(m.bias.shape, generator=g)
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean = 0.2 * torch.randn(m.running_mean.shape, generator=g)
+            m.running_var = 0.5 + torch.rand(m.running_var.shape, generator=g)
+    return model.eval()
+
+
+NETS = {  # the paper's layouts; some narrower than the paper's to keep the tests quick
+    "style": lambda: JohnsonStyle(),
+    "style_resize_conv": lambda: JohnsonStyle(upsample="resize_conv", channels=(8, 16, 32)),
+    "style_batch_norm": lambda: JohnsonStyle(norm="batch", channels=(8, 16, 32)),
+    "style_fast": lambda: johnson_style_fast(),
+    "sr_x4": lambda: JohnsonSR(scale=4, channels=16),
+    "sr_x2_instance_resize": lambda: JohnsonSR(scale=2, norm="instance", upsample="resize_conv",
+                                               channels=16),
+    "sr_x4_skip": lambda: JohnsonSR(scale=4, norm="none", skip=True, channels=16),
+}
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_fast_path_matches_plain_network(name):
+    torch.manual_seed(0)
+    model = _randomise_norms(NETS[name]())
+    if name == "sr_x4_skip":  # the zero-initialised last conv would hide the whole net
+        torch.nn.init.normal_(model.net[-1].weight, std=0.01)
+    fast = fast_model(model)
+    assert isinstance(fast, FastTransform)
+    x = torch.rand(2, 3, 36, 44)
+    with torch.inference_mode():
+        ref = model(x)
+        out = fast(x.contiguous(memory_format=torch.channels_last))
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() < 5e-5
+
+
+def test_fast_path_leaves_unknown_and_training_models_alone():
+    model = JohnsonStyle()  # training mode: batch statistics, nothing to fold
+    assert fast_model(model) is model
+    other = torch.nn.Conv2d(3, 3, 3, padding=1)
+    assert fast_model(other) is other
+
+
+def test_moments_match_var_mean_and_survive_cancellation():
+    x = (torch.randn(2, 8, 30, 20) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    x[:, 3] = 1000 + 1e-3 * torch.randn(2, 30, 20)  # tiny variance under a huge mean
+    mean, var = _moments(x)
+    v64, m64 = torch.var_mean(x.double(), dim=(2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), m64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var.double(), v64, rtol=1e-3, atol=1e-9)
+
+
+@pytest.mark.parametrize(("length", "core", "overlap", "align"),
+                         [(300, 128, 16, 4), (152, 48, 16, 4), (100, 128, 16, 4), (97, 20, 8, 1),
+                          (1024, 256, 32, 4), (260, 256, 32, 4)])
+def test_tile_plan_covers_with_overlap_and_alignment(length, core, overlap, align):
+    spans = plan_axis(length, core, overlap, align)
+    assert spans[0][0] == 0 and spans[-1][1] == length
+    for (s0, e0), (s1, e1) in zip(spans, spans[1:]):
+        assert s1 % align == 0
+        assert e0 - s1 >= min(overlap, core // 2)  # neighbours overlap
+        assert s1 > s0 and e1 > e0
+    assert all(e - s <= core for s, e in spans)
+
+
+@pytest.mark.parametrize("name", ["style_fast", "sr_x4", "sr_x2_instance_resize"])
+def test_tiled_output_equals_untiled(name):
+    """With statistics of the whole image, tiles reproduce the untiled output exactly."""
+    torch.manual_seed(0)
+    model = _randomise_norms(NETS[name]())
+    whole = Predictor(model, "cpu", tile=0)
+    tiled = Predictor(model, "cpu", tile=24 if model.scale > 1 else 40, overlap=8)
+    x = torch.rand(3, 70, 93) if model.scale == 1 else torch.rand(3, 45, 38)
+    ref = whole(x)
+    seen = []
+    out = tiled(x, progress=lambda done, total: seen.append((done, total)))
+    assert out.shape == ref.shape
+    assert len(seen) > 4 and seen[-1][0] == seen[-1][1]
+    assert (out - ref).abs().max() < 5e-5
+
+
+def test_memory_budget_forces_tiles_and_downscaled_statistics_leave_no_seams():
+    """An image that does not fit: statistics come from a reduced copy, shared by all tiles,
+    so the tiles agree exactly with one untiled pass under those same statistics."""
+    torch.manual_seed(0)
+    model = _randomise_norms(NETS["sr_x2_instance_resize"]())
+    x = torch.rand(3, 96, 120)
+    small = Predictor(model, "cpu")
+    assert small.tile_size(96, 120) == 0  # fits the default budget
+    small.memory_budget = int(80**2 * small.info.bytes_per_pixel)  # 56% of the image
+    core = small.tile_size(96, 120)
+    assert 32 <= core < 96
+    out = small(x)
+    stats = small._stats(x[None])
+    assert len(stats) == 10  # 1 + 2 x 4 residual + 1 up
+    with frozen_norm_stats(small.model, stats):
+        consistent = small.forward(x[None])[0]
+    assert (out - consistent).abs().max() < 5e-5
+
+
+def test_record_and_frozen_stats_round_trip():
+    torch.manual_seed(0)
+    fast = fast_model(_randomise_norms(JohnsonStyle()))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        with record_norm_stats(fast) as stats:
+            ref = fast(x)
+        assert len(stats) == 15  # 3 down, 2 x 5 residual, 2 up
+        other = torch.rand(1, 3, 32, 32)
+        with frozen_norm_stats(fast, stats):
+            frozen_other = fast(other)
+        assert (fast(other) - frozen_other).abs().max() > 1e-3  # the statistics did matter
+        with frozen_norm_stats(fast, stats):
+            assert (fast(x) - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(("h", "w"), [(1, 1), (5, 3), (17, 250), (63, 64)])
+def test_any_size_and_aspect(h, w):
+    torch.manual_seed(0)
+    style = Predictor(johnson_style_fast().eval(), "cpu")
+    assert style(torch.rand(3, h, w)).shape == (3, h, w)
+    sr = Predictor(JohnsonSR(scale=2).eval(), "cpu")
+    assert sr(torch.rand(3, h, w)).shape == (3, 2 * h, 2 * w)
+
+
+def test_x4_upscale_of_1024_image_is_planned_within_a_few_gigabytes():
+    predictor = Predictor(JohnsonSR(scale=4).eval(), "cpu", memory_budget=2 * 1024**3)
+    core = predictor.tile_size(1024, 1024)
+    assert 0 < core < 1024
+    side = core + 2 * predictor.info.margin
+    assert side * side * predictor.info.bytes_per_pixel <= 2 * 1024**3
+
+
+def test_half_precision_and_devices_are_checked():
+    with pytest.raises(PercepkitError, match="only used on CUDA"):
+        Predictor(JohnsonSR(scale=2).eval(), "cpu", half=True)
+    with pytest.raises(PercepkitError, match="unknown device"):
+        resolve_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(PercepkitError, match="CUDA is not available"):
+            resolve_device("cuda")
+    assert parse_memory("1.5G") == int(1.5 * 1024**3)
+    assert parse_memory("512MiB") == 512 * 1024**2
+    with pytest.raises(PercepkitError):
+        parse_memory("lots")
+
+
+def test_plan_batch_names_and_conflicts(tmp_path):
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    for p in ("in/a.jpg", "in/sub/b.png", "c.png", "other/a.png"):
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / p)
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    items = plan_batch([tmp_path / "in", tmp_path / "c.png", tmp_path / "missing.png",
+                        tmp_path / "empty", tmp_path / "other" / "a.png"], out)
+    by_label = {i.label: i for i in items}
+    assert by_label[str(tmp_path / "in" / "a.jpg")].target == out / "a.png"
+    assert by_label[str(tmp_path / "in" / "sub" / "b.png")].target == out / "sub" / "b.png"
+    assert by_label[str(tmp_path / "missing.png")].error == "no such file or folder"
+    assert "no image files" in by_label[str(tmp_path / "empty")].error
+    assert "same output file" in by_label[str(tmp_path / "other" / "a.png")].error
+    single = plan_batch([tmp_path / "c.png"], tmp_path / "result.jpg")
+    assert single[0].target == tmp_path / "result.jpg"
+    with pytest.raises(PercepkitError, match="several images"):
+        plan_batch([tmp_path / "in"], tmp_path / "result.jpg")
+    assert "replace the input" in plan_batch([tmp_path / "c.png"], tmp_path)[0].error
+
+
+# -- the commands ------------------------------------------------------------------------------
+def _run(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+@pytest.fixture
+def images(tmp_path):
+    """A folder of good and bad inputs: RGB, gray, RGBA, 16-bit, truncated, not an image."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (37, 53, 3), dtype=np.uint8)).save(d / "rgb.png")
+    Image.fromarray(rng.integers(0, 255, (20, 30), dtype=np.uint8)).save(d / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (21, 19, 4), dtype=np.uint8)).save(d / "sub/rgba.png")
+    Image.fromarray(rng.integers(0, 65535, (16, 24), dtype=np.uint16)).save(d / "sub/g16.png")
+    (d / "notimage.jpg").write_text("hello")
+    data = (d / "rgb.png").read_bytes()
+    (d / "trunc.png").write_bytes(data[: len(data) // 2])
+    return d
+
+
+@pytest.fixture
+def style_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path / "style.safetensors",
+                           {"model": johnson_style_fast().state_dict()},
+                           {"transform": {"name": "johnson_style_fast"}, "task": "style",
+                            "step": 0})
+
+
+def test_stylize_batch_reports_bad_files_and_goes_on(images, style_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = _run(["stylize", str(style_checkpoint), str(images), str(tmp_path / "nope.png"),
+                 "-o", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "notimage.jpg: not an image file" in err
+    assert "trunc.png: unreadable image" in err
+    assert "nope.png: no such file or folder" in err
+    assert "Traceback" not in err
+    assert Image.open(out / "rgb.png").size == (53, 37)
+    assert Image.open(out / "gray.png").mode == "L"
+    assert Image.open(out / "sub" / "rgba.png").size == (19, 21)
+    assert Image.open(out / "sub" / "g16.png").size == (24, 16)
+    before = (out / "rgb.png").read_bytes()
+    (out / "rgb.png").write_bytes(b"keep me")
+    code = _run(["stylize", str(style_checkpoint), str(images / "rgb.png"), "-o", str(out), "-q"])
+    assert code == 1 and "--overwrite" in capsys.readouterr().err
+    assert (out / "rgb.png").read_bytes() == b"keep me"
+    assert _run(["stylize", str(style_checkpoint), str(images / "rgb.png"), "-o", str(out),
+                 "-q", "--skip-existing"]) == 0
+    assert _run(["stylize", str(style_checkpoint), str(images / "rgb.png"), "-o", str(out),
+                 "-q", "--overwrite"]) == 0
+    assert (out / "rgb.png").read_bytes() == before
+
+
+def test_stylize_size_and_unwritable_output(images, style_checkpoint, tmp_path, capsys):
+    out = tmp_path / "sized.png"
+    assert _run(["stylize", str(style_checkpoint), str(images / "rgb.png"), "-o", str(out),
+                 "--size", "32", "-q"]) == 0
+    assert Image.open(out).size == (32, 22)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = _run(["stylize", str(style_checkpoint), str(images / "rgb.png"), str(images /
+                 "gray.png"), "-o", str(blocker / "out"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("cannot write") == 2
+
+
+def test_upscale_by_name_and_checkpoint(images, tmp_path, capsys):
+    out = tmp_path / "up"
+    assert _run(["upscale", "bicubic", str(images / "rgb.png"), "--scale", "3", "-o", str(out),
+                 "-q"]) == 0
+    assert Image.open(out / "rgb.png").size == (159, 111)
+    ckpt = save_checkpoint(tmp_path / "sr.safetensors", {"model": JohnsonSR(scale=2)
+                                                        .state_dict()},
+                           {"transform": {"name": "johnson_sr", "scale": 2}, "task": "sr"})
+    assert _run(["upscale", str(ckpt), str(images / "sub"), "-o", str(out), "-q",
+                 "--tile", "8"]) == 0
+    assert Image.open(out / "g16.png").size == (48, 32)
+    assert Image.open(out / "g16.png").mode == "L"
+    capsys.readouterr()
+    assert _run(["upscale", "bicubc", str(images / "rgb.png"), "-o", str(out)]) == 2
+    assert "Did you mean 'bicubic'" in capsys.readouterr().err
+    assert _run(["upscale", str(ckpt), str(images / "rgb.png"), "-o", str(out),
+                 "--scale", "4"]) == 2
+    assert "upscales x2" in capsys.readouterr().err
+
+
+def test_checkpoint_of_the_wrong_task_is_refused(images, style_checkpoint, tmp_path, capsys):
+    assert _run(["upscale", str(style_checkpoint), str(images / "rgb.png"), "-o",
+                 str(tmp_path / "o")]) == 2
+    assert "stylize" in capsys.readouterr().err
+    assert _run(["stylize", str(tmp_path / "missing.safetensors"), str(images / "rgb.png"),
+                 "-o", str(tmp_path / "o")]) == 2
+    assert "no such checkpoint" in capsys.readouterr().err
