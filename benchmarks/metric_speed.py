@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from percepkit.benchmarks import hr_folder, quantize
-from percepkit.evaluate import build_metrics, evaluate
+from percepkit.evaluate import build_metrics, evaluate, score_image
 from percepkit.images import to_uint8
 from percepkit.imresize import imresize
 
@@ -117,13 +117,10 @@ def main() -> int:
             sr = quantize(imresize(s.lr.double()[None], scale=args.scale)[0]).float()
             pairs.append((sr, s.hr, to_uint8(sr), to_uint8(s.hr)))
 
-    def ours() -> list[tuple[float, float]]:
-        out = []
+    def ours() -> list[tuple[float, float]]:  # the engine's scoring path
         with torch.inference_mode():
-            for sr, hr, _, _ in pairs:
-                out.append((float(metrics["psnr"](sr[None], hr[None])[0]),
-                            float(metrics["ssim"](sr[None], hr[None])[0])))
-        return out
+            return [(score_image(metrics["psnr"], sr, hr), score_image(metrics["ssim"], sr, hr))
+                    for sr, hr, _, _ in pairs]
 
     def reference() -> list[tuple[float, float]]:
         return [(basicsr_psnr(a, b, args.scale), basicsr_ssim(a, b, args.scale))

@@ -33,7 +33,8 @@ from .registry import METRICS
 
 __all__ = [
     "DATA_CONVENTION", "EvalResult", "ImageRow", "MetricInfo", "SetResult", "build_metrics",
-    "comparison_grid", "evaluate", "result_to_dict", "run_transform", "write_csv", "write_json",
+    "comparison_grid", "evaluate", "result_to_dict", "run_transform", "score_image",
+    "write_csv", "write_json",
 ]
 
 DATA_CONVENTION = (
@@ -182,7 +183,8 @@ def run_transform(transform: Callable[[torch.Tensor], torch.Tensor], lr: torch.T
         return quantize(y[0])
 
 
-def _score(metric: Metric, output: torch.Tensor, target: torch.Tensor) -> float:
+def score_image(metric: Metric, output: torch.Tensor, target: torch.Tensor) -> float:
+    """One metric value for one CxHxW pair (parameter-free metrics run single-threaded)."""
     param = next(iter(metric.parameters()), None) if isinstance(metric, nn.Module) else None
     dev = param.device if param is not None else torch.device("cpu")
     with _threads(1 if param is None else None):  # parameter-free metrics: small CPU ops
@@ -275,7 +277,7 @@ def evaluate(
                             f"{tuple(sample.lr.shape)}, but the HR is {tuple(sample.hr.shape)}; "
                             f"is the scale (x{ds.scale}) the model's?")
                     values: dict[str, float | None] = {
-                        info.name: (_score(metrics[info.name], sr, sample.hr)
+                        info.name: (score_image(metrics[info.name], sr, sample.hr)
                                     if info.name in metrics else None) for info in infos}
                 except PercepkitError as e:
                     msg = str(e)

