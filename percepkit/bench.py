@@ -1,0 +1,249 @@
+"""The paper's speed table on this device: optimisation (Gatys et al.) vs one feed-forward pass.
+
+Johnson et al. 2016, Table 3 (GTX Titan X): L-BFGS style transfer at 100/300/500 iterations
+against the style network's single forward pass at 256, 512 and 1024 px. :func:`run_bench`
+measures both here with the same loss network (VGG16 to relu4_3, random weights: speed does not
+depend on the weight values) and the style net through :class:`~percepkit.inference.Predictor`.
+
+On a slow device, timing 500 L-BFGS iterations at 1024 px would take hours, so at most
+``max_seconds`` of iterations are timed per size (at least ``min_iters``) and longer runs are
+projected as ``setup + iterations x seconds per iteration``, labelled as projected. The
+per-iteration cost is constant (one forward and backward pass of the same size), so this is a
+linear extrapolation, not a model.
+
+It also reports the feed-forward pass in images per second and as a fraction of the device's
+measured matrix-multiply throughput (the net's nominal convolution FLOPs / time / matmul FLOP/s).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .inference import Predictor, resolve_device
+
+#: Johnson et al. 2016, Table 3: seconds on a GTX Titan X (cuDNN), Gatys et al. at 100/300/500
+#: L-BFGS iterations, and the style net's forward pass.
+PAPER_TITAN_X: dict[int, dict[str, Any]] = {
+    256: {"optimization": {100: 3.17, 300: 9.52, 500: 15.86}, "feedforward": 0.015,
+          "speedup": {100: 212, 300: 636, 500: 1060}},
+    512: {"optimization": {100: 10.97, 300: 32.91, 500: 54.85}, "feedforward": 0.05,
+          "speedup": {100: 205, 300: 615, 500: 1026}},
+    1024: {"optimization": {100: 42.89, 300: 128.66, 500: 214.44}, "feedforward": 0.21,
+           "speedup": {100: 208, 300: 625, 500: 1042}},
+}
+
+Progress = Callable[[str], None]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, *, repeats: int = 5,
+              warmup: int = 1, max_seconds: float = 10.0) -> float:
+    """Median seconds of ``fn()`` after ``warmup`` calls; fewer repeats if they run long."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    budget_start = time.perf_counter()
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+        if time.perf_counter() - budget_start > max_seconds:
+            break
+    return statistics.median(times)
+
+
+def matmul_throughput(device: torch.device, dtype: torch.dtype = torch.float32,
+                      n: int | None = None, max_seconds: float = 3.0) -> float:
+    """Measured FLOP/s of a square matrix product on ``device`` (best of several runs)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = math.inf
+    start = time.perf_counter()
+    a @ b
+    _sync(device)
+    for _ in range(20):
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+        if time.perf_counter() - start > max_seconds:
+            break
+    return 2 * n**3 / best
+
+
+def conv_flops(model: nn.Module, height: int, width: int) -> float:
+    """Nominal FLOPs (2 x multiply-adds) of the convolutions of one forward pass."""
+    total = [0.0]
+
+    def hook(m: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if isinstance(m, nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+            total[0] += 2.0 * k * output.numel()
+        elif isinstance(m, nn.ConvTranspose2d):
+            x = inputs[0]
+            k = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            total[0] += 2.0 * k * x.numel()
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, height, width, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+@dataclass
+class SizeResult:
+    """One row of the speed table (seconds)."""
+
+    size: int
+    feedforward: float
+    images_per_second: float
+    gflop: float
+    achieved_gflops: float
+    fraction_of_matmul: float
+    optimization_setup: float
+    seconds_per_iteration: float
+    iterations_timed: int
+    optimization: dict[int, float] = field(default_factory=dict)
+    projected: dict[int, bool] = field(default_factory=dict)
+    speedup: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class BenchResult:
+    """The whole table plus what it was measured on."""
+
+    device: str
+    threads: int
+    transform: str
+    precision: str
+    matmul_gflops: float
+    loss_layers: list[str]
+    rows: list[SizeResult]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["paper_titan_x"] = {str(k): v for k, v in PAPER_TITAN_X.items()}
+        return d
+
+
+def device_name(device: torch.device) -> str:
+    """A readable name of the device (GPU model, or CPU model and thread count)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
+
+
+def time_optimization(size: int, iterations: int, device: torch.device, *,
+                      max_seconds: float, min_iters: int = 2, loss: nn.Module | None = None
+                      ) -> tuple[float, list[float]]:
+    """Time L-BFGS style transfer of a ``size`` px image: (setup seconds, cumulative seconds
+    after each timed iteration). Up to ``iterations`` are timed, stopping once ``max_seconds``
+    have passed (after at least ``min_iters``); one untimed warm-up iteration runs first."""
+    from .optimize import STYLE_LOSSES, build_objective, optimize_image
+
+    loss = loss or build_objective("style", STYLE_LOSSES, {"name": "vgg16", "weights": "random"},
+                                   device)
+    gen = torch.Generator().manual_seed(0)
+    content = torch.rand(1, 3, size, size, generator=gen).to(device)
+    style = torch.rand(1, 3, size, size, generator=gen).to(device)
+    _sync(device)
+    t0 = time.perf_counter()
+    loss.set_style(style)  # the style targets (Gram matrices), computed once per image
+    _sync(device)
+    setup = time.perf_counter() - t0
+    optimize_image(loss, content, content, iterations=1)  # warm-up (allocations, kernels)
+    result = optimize_image(loss, content, content, iterations=iterations,
+                            max_seconds=max_seconds, min_iterations=min_iters)
+    return setup, result.iteration_times
+
+
+def run_bench(
+    sizes: Sequence[int] = (256, 512, 1024),
+    iterations: Sequence[int] = (100, 300, 500),
+    *,
+    device: str | torch.device = "auto",
+    model: nn.Module | None = None,
+    transform_name: str = "johnson_style",
+    half: bool | None = None,
+    compile: bool = False,
+    max_seconds: float = 20.0,
+    min_iters: int = 2,
+    repeats: int = 5,
+    matmul_size: int | None = None,
+    progress: Progress | None = None,
+) -> BenchResult:
+    """Measure the speed table; see the module docs. ``model`` defaults to a randomly
+    initialised ``transform_name`` (speed does not depend on weights); ``matmul_size`` is the
+    side of the square matrices whose product measures the device's peak."""
+    from .registry import TRANSFORMS
+
+    dev = resolve_device(device)
+    say = progress or (lambda _msg: None)
+    if model is None:
+        torch.manual_seed(0)
+        model = TRANSFORMS.build({"name": transform_name}, where="--transform")
+    model = model.eval()
+    predictor = Predictor(model, dev, half=half, compile=compile, tile=0)
+    precision = "fp16 autocast" if predictor.half else "fp32"
+    say("measuring matrix-multiply throughput")
+    peak = matmul_throughput(dev, torch.float16 if predictor.half else torch.float32,
+                             n=matmul_size)
+    notes = []
+    rows = []
+    for size in sizes:
+        say(f"{size}x{size}: feed-forward")
+        x = torch.rand(1, 3, size, size)
+        ff = time_call(lambda x=x: predictor(x), dev, repeats=repeats, warmup=2 if compile else 1)
+        flops = conv_flops(model.to(dev), size, size)
+        say(f"{size}x{size}: optimisation (L-BFGS)")
+        setup, cumulative = time_optimization(size, max(iterations), dev,
+                                              max_seconds=max_seconds, min_iters=min_iters)
+        timed = len(cumulative)
+        per_it = cumulative[-1] / timed
+        opt = {n: setup + (cumulative[n - 1] if n <= timed else n * per_it) for n in iterations}
+        row = SizeResult(
+            size=size, feedforward=ff, images_per_second=1.0 / ff, gflop=flops / 1e9,
+            achieved_gflops=flops / ff / 1e9, fraction_of_matmul=flops / ff / peak,
+            optimization_setup=setup, seconds_per_iteration=per_it, iterations_timed=timed,
+            optimization=opt, projected={n: n > timed for n in iterations},
+            speedup={n: opt[n] / ff for n in iterations})
+        rows.append(row)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    if any(any(r.projected.values()) for r in rows):
+        notes.append("projected: fewer L-BFGS iterations were timed (see 'timed') and the rest "
+                     "extrapolated at the measured seconds per iteration")
+    return BenchResult(device=device_name(dev), threads=torch.get_num_threads(),
+                       transform=transform_name, precision=precision, matmul_gflops=peak / 1e9,
+                       loss_layers=["relu1_2", "relu2_2", "relu3_3", "relu4_3"], rows=rows,
+                       notes=notes)

@@ -1,0 +1,139 @@
+"""``percepkit bench``: the paper's speed table (optimisation vs feed-forward) on this device."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from ..errors import PercepkitError
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise PercepkitError(f"{what}: expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise PercepkitError(f"{what}: expected positive integers, got {text!r}")
+    return values
+
+
+def _secs(value: float) -> str:
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s" if value < 100 \
+        else f"{value:,.0f} s"
+
+
+def render(result, console) -> None:
+    """Print the speed table and the throughput table with rich."""
+    from rich.table import Table
+
+    from ..bench import PAPER_TITAN_X
+
+    iters = sorted(result.rows[0].optimization) if result.rows else []
+    table = Table(title=f"Optimisation (Gatys et al., L-BFGS) vs feed-forward ({result.transform})"
+                        f" — {result.device}, {result.precision}", title_justify="left")
+    table.add_column("image", style="bold")
+    for n in iters:
+        table.add_column(f"{n} it", justify="right")
+    table.add_column("feed-fwd", justify="right")
+    table.add_column(f"speedup {' '.join(map(str, iters))}", justify="right")
+    table.add_column("paper", justify="right", style="dim")
+    for r in result.rows:
+        cells = [f"{_secs(r.optimization[n])}{'*' if r.projected[n] else ''}" for n in iters]
+        paper = PAPER_TITAN_X.get(r.size)
+        paper_text = "—"
+        if paper and all(n in paper["speedup"] for n in iters):
+            paper_text = " ".join(f"{paper['speedup'][n]}x" for n in iters)
+        table.add_row(f"{r.size}²", *cells, _secs(r.feedforward),
+                      " ".join(f"{r.speedup[n]:.0f}x" for n in iters), paper_text)
+    console.print(table)
+    timed = ", ".join(f"{r.size}²: {r.iterations_timed} at {_secs(r.seconds_per_iteration)}"
+                      for r in result.rows)
+    if any(any(r.projected.values()) for r in result.rows):
+        console.print(f"[dim]* projected from the iterations timed ({timed} each) plus setup; "
+                      "the cost per iteration is constant. paper: GTX Titan X speedups.[/]")
+    else:
+        console.print(f"[dim]all iterations timed ({timed} each). paper: GTX Titan X "
+                      "speedups.[/]")
+    t2 = Table(title=f"Feed-forward throughput (matmul measured at {result.matmul_gflops:,.0f} "
+                     f"GFLOP/s)", title_justify="left")
+    for col in ("image", "images/s", "GFLOP", "GFLOP/s", "of matmul"):
+        t2.add_column(col, justify="right" if col != "image" else "left")
+    for r in result.rows:
+        t2.add_row(f"{r.size}²", f"{r.images_per_second:.2f}", f"{r.gflop:.1f}",
+                   f"{r.achieved_gflops:,.0f}", f"{100 * r.fraction_of_matmul:.0f}%")
+    console.print(t2)
+    for note in result.notes:
+        if not note.startswith("projected"):
+            console.print(f"[dim]note: {note}[/]")
+
+
+@click.command("bench")
+@click.option("--sizes", default="256,512,1024", show_default=True,
+              help="Square image sizes (pixels), comma-separated.")
+@click.option("--iters", default="100,300,500", show_default=True,
+              help="Optimisation iteration counts, comma-separated.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Time this style checkpoint's network (default: a johnson_style net; speed "
+                   "does not depend on the weights).")
+@click.option("--transform", "transform_name", default="johnson_style", show_default=True,
+              help="Registered transform to time when no checkpoint is given, e.g. "
+                   "johnson_style_fast.")
+@click.option("--max-seconds", type=float, default=None,
+              help="Time at most this long per size for the optimisation, then project "
+                   "(default: 20 on CPU, 600 on CUDA).")
+@click.option("--repeats", type=int, default=5, show_default=True,
+              help="Timed feed-forward passes per size (median reported).")
+@click.option("--matmul-size", type=int, default=None,
+              help="Side of the square matrix product that measures peak throughput (default "
+                   "2048 on CPU, 8192 on CUDA).")
+@click.option("--half/--no-half", default=None, help="fp16 autocast (CUDA only).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the style net.")
+@click.option("--threads", type=int, default=None, help="CPU threads.")
+def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path | None,
+            transform_name: str, max_seconds: float | None, repeats: int,
+            matmul_size: int | None, half: bool | None, compile_: bool,
+            threads: int | None) -> None:
+    """Reproduce the paper's speed table on this device.
+
+    Gatys et al. optimisation at 100/300/500 L-BFGS iterations against one feed-forward pass of
+    the style network at 256, 512 and 1024 px, with speedups. On a slow device only some
+    iterations are timed and the rest are projected (marked *). Also prints feed-forward
+    images/s and the fraction of the measured matrix-multiply throughput achieved.
+    """
+    import torch
+    from rich.console import Console
+
+    from ..bench import run_bench
+    from ..inference import resolve_device
+
+    size_list = _ints(sizes, "--sizes")
+    iter_list = _ints(iters, "--iters")
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    model = None
+    if checkpoint is not None:
+        from ..checkpoint import load_transform
+
+        model = load_transform(checkpoint)
+        if getattr(model, "task", None) != "style":
+            raise PercepkitError(f"{checkpoint}: bench times style networks (the paper's "
+                                 "table); this checkpoint is not one")
+        transform_name = checkpoint.stem
+    console = Console(stderr=True, highlight=False)
+    with console.status("benchmarking") as status:
+        result = run_bench(size_list, iter_list, device=dev, model=model,
+                           transform_name=transform_name, half=half, compile=compile_,
+                           max_seconds=max_seconds if max_seconds is not None else
+                           (600.0 if dev.type == "cuda" else 20.0),
+                           repeats=repeats, matmul_size=matmul_size,
+                           progress=lambda msg: status.update(msg))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        render(result, Console(highlight=False))
