@@ -1,0 +1,66 @@
+"""``percepkit export``: a checkpoint's network as ONNX or TorchScript, verified against PyTorch."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from ..errors import PercepkitError
+
+
+def _size(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
+    if not m:
+        raise PercepkitError(f"--size {text!r}: expected HxW (e.g. 512x768) or one number")
+    h = int(m.group(1))
+    return h, int(m.group(2) or h)
+
+
+@click.command("export")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx",
+              show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Output file (default: the checkpoint's name with .onnx or .pt).")
+@click.option("--size", default=None,
+              help="Fix the input size HxW (default: dynamic height and width).")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@click.option("--atol", type=float, default=1e-4, show_default=True,
+              help="Largest allowed difference from PyTorch (images in [0, 1]).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def command(checkpoint: Path, fmt: str, output: Path | None, size: str | None, opset: int,
+            atol: float, overwrite: bool) -> None:
+    """Export CHECKPOINT's network to ONNX or TorchScript and check it against PyTorch.
+
+    The exported model maps (B, 3, H, W) RGB in [0, 1] to its output (H, W multiples of the
+    network's stride, 4 for style nets). ONNX exports are run with onnxruntime when it is
+    installed (pip install 'percepkit[export]').
+    """
+    from rich.console import Console
+
+    from ..checkpoint import load_transform, read_metadata
+    from ..export import export
+
+    out = output or checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".pt")
+    if out.exists() and not overwrite:
+        raise PercepkitError(f"{out} exists; pass --overwrite to replace it")
+    if out.resolve() == checkpoint.resolve():
+        raise PercepkitError("the output would replace the checkpoint; choose another -o")
+    model = load_transform(checkpoint)
+    meta = read_metadata(checkpoint)
+    extra = {"transform": str(meta.get("transform")), "checkpoint": checkpoint.name,
+             "step": str(meta.get("step", ""))}
+    report = export(model, out, fmt, size=_size(size), opset=opset, atol=atol, metadata=extra)
+    console = Console(highlight=False)
+    sizes = ", ".join(f"{h}x{w}" for h, w in report.input_sizes)
+    shape = "dynamic height/width" if report.dynamic else f"fixed input {sizes}"
+    if report.verified_with:
+        console.print(f"[green]✓[/] wrote {out} ({fmt}, {shape}); matches PyTorch within "
+                      f"{report.max_abs_diff:.1e} at {sizes} ({report.verified_with})")
+    else:
+        console.print(f"[yellow]![/] wrote {out} ({fmt}, {shape}); not verified: install "
+                      f"onnxruntime (pip install 'percepkit[export]') to check it")

@@ -1,0 +1,186 @@
+"""Export a transform to ONNX or TorchScript, and check the export against PyTorch.
+
+The exported graph is the plain network (ONNX Runtime and TorchScript apply their own fusions)
+and maps float images in [0, 1] shaped (B, 3, H, W) to (B, 3, scale H, scale W). Height and
+width are dynamic, but must be multiples of the network's total stride (4 for the style nets;
+:func:`percepkit.inference.pad_to_multiple` pads others). Transforms that resample inside the
+network with size-dependent matrices (the bicubic skip of ``johnson_sr skip=True``, ``srcnn``,
+``bicubic``) can only be exported for one fixed input size (``size=``); :func:`export` finds
+out by checking a second size, and says so.
+
+Every export is verified: the exported model runs on random inputs (ONNX with onnxruntime, when
+installed) and must match PyTorch within ``atol``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import PercepkitError
+from .inference import geometry
+
+Format = Literal["onnx", "torchscript"]
+
+
+@dataclass
+class ExportReport:
+    """What was written and how well it matches PyTorch."""
+
+    path: Path
+    format: Format
+    dynamic: bool
+    input_sizes: list[tuple[int, int]] = field(default_factory=list)
+    max_abs_diff: float = 0.0
+    verified_with: str = ""
+
+
+def _example_size(align: int, size: tuple[int, int] | None) -> tuple[int, int]:
+    if size is not None:
+        h, w = size
+        if h % align or w % align:
+            raise PercepkitError(f"--size {h}x{w}: height and width must be multiples of "
+                                 f"{align} for this network")
+        return h, w
+    h = -(-max(64, 8 * align) // align) * align
+    return h, h + 2 * align
+
+
+def _check_size_h_w(size: tuple[int, int] | None) -> None:
+    if size is not None and (size[0] < 1 or size[1] < 1):
+        raise PercepkitError(f"--size must be positive, got {size[0]}x{size[1]}")
+
+
+def _reference(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.inference_mode():
+        return model(x).float().numpy()
+
+
+def _onnx_runner(path: Path):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x.numpy()})[0]
+
+
+def _export_onnx(model: nn.Module, path: Path, x: torch.Tensor, dynamic: bool, opset: int,
+                 metadata: dict[str, str]) -> None:
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["image"],
+                          output_names=["output"], opset_version=opset,
+                          dynamic_axes={"image": axes, "output": axes})
+    try:
+        import onnx
+    except ImportError:
+        return
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def _export_torchscript(model: nn.Module, path: Path, x: torch.Tensor,
+                        metadata: dict[str, str]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, x, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={"percepkit.json": json.dumps(metadata)})
+
+
+def _load_torchscript(path: Path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(path), map_location="cpu")
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return loaded(x).float().numpy()
+
+    return run
+
+
+def export(
+    model: nn.Module,
+    path: str | Path,
+    format: Format = "onnx",
+    *,
+    size: tuple[int, int] | None = None,
+    opset: int = 17,
+    atol: float = 1e-4,
+    metadata: dict[str, str] | None = None,
+) -> ExportReport:
+    """Export ``model`` to ``path`` and verify it (see module docs).
+
+    ``size`` (height, width) fixes the input size; without it the export has dynamic height and
+    width, verified at two sizes.
+    """
+    _check_size_h_w(size)
+    model = model.eval().cpu().float()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    align, _ = geometry(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic = size is None
+    h, w = _example_size(align, size)
+    gen = torch.Generator().manual_seed(0)
+    example = torch.rand(1, 3, h, w, generator=gen)
+    meta = {"producer": "percepkit", "task": str(getattr(model, "task", "")),
+            "scale": str(getattr(model, "scale", 1)), "stride": str(align),
+            "input": "float32 RGB in [0, 1], (B, 3, H, W)", **(metadata or {})}
+    if format == "onnx":
+        _export_onnx(model, path, example, dynamic, opset, meta)
+        runner = _onnx_runner(path)
+        verified_with = "onnxruntime" if runner else ""
+    elif format == "torchscript":
+        _export_torchscript(model, path, example, meta)
+        runner = _load_torchscript(path)
+        verified_with = "torch.jit.load"
+    else:
+        raise PercepkitError(f"unknown export format {format!r}; use onnx or torchscript")
+    report = ExportReport(path, format, dynamic, verified_with=verified_with)
+    if runner is None:
+        return report
+    checks = [example]
+    if dynamic:
+        checks.append(torch.rand(2, 3, h + 3 * align, w - align, generator=gen))
+    for i, x in enumerate(checks):
+        try:
+            got = runner(x)
+        except Exception as e:
+            got, err = None, e
+        ref = _reference(model, x)
+        if got is None or got.shape != ref.shape:
+            path.unlink(missing_ok=True)
+            why = f"({type(err).__name__})" if got is None else f"(shape {got.shape})"
+            if i > 0:
+                raise PercepkitError(
+                    f"the {format} export does not work at other input sizes {why}: this "
+                    f"transform resamples with size-dependent constants. Export it for one "
+                    f"input size with --size HxW") from None
+            raise PercepkitError(f"the {format} export failed to run {why}") from None
+        diff = float(np.abs(got - ref).max())
+        report.max_abs_diff = max(report.max_abs_diff, diff)
+        report.input_sizes.append((int(x.shape[-2]), int(x.shape[-1])))
+        if diff > atol:
+            path.unlink(missing_ok=True)
+            hint = (" at a second input size: this transform resamples with size-dependent "
+                    "constants; export it for one input size with --size HxW") if i else ""
+            raise PercepkitError(f"the {format} export differs from PyTorch by {diff:.2e} "
+                                 f"(> {atol:g}){hint}")
+    return report

@@ -1,0 +1,88 @@
+"""Export to ONNX and TorchScript: outputs match PyTorch (randomly initialised networks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from percepkit.checkpoint import save_checkpoint
+from percepkit.cli import main
+from percepkit.errors import PercepkitError
+from percepkit.export import export
+from percepkit.registry import TRANSFORMS
+from percepkit.transforms import JohnsonSR, johnson_style_fast
+
+
+def _run(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def test_onnx_matches_pytorch_at_two_sizes(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    torch.manual_seed(0)
+    model = johnson_style_fast().eval()
+    report = export(model, tmp_path / "m.onnx", "onnx")
+    assert report.dynamic and len(report.input_sizes) == 2
+    assert report.verified_with == "onnxruntime" and report.max_abs_diff < 1e-4
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.rand(1, 3, 40, 56)
+    got = session.run(None, {"image": x.numpy()})[0]
+    with torch.inference_mode():
+        ref = model(x).numpy()
+    assert np.abs(got - ref).max() < 1e-4
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert meta["task"] == "style" and meta["stride"] == "4"
+
+
+def test_torchscript_matches_pytorch(tmp_path):
+    torch.manual_seed(0)
+    model = JohnsonSR(scale=2, channels=16).eval()
+    report = export(model, tmp_path / "m.pt", "torchscript")
+    assert report.max_abs_diff < 1e-5
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    x = torch.rand(1, 3, 21, 17)
+    with torch.inference_mode():
+        assert (loaded(x) - model(x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_size_dependent_transforms_need_a_fixed_size(tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+    model = TRANSFORMS.build({"name": "bicubic", "scale": 2})
+    with pytest.raises(PercepkitError, match="--size"):
+        export(model, tmp_path / "b.out", fmt)
+    assert not (tmp_path / "b.out").exists()
+    report = export(model, tmp_path / "b.out", fmt, size=(24, 20))
+    assert not report.dynamic and report.input_sizes == [(24, 20)]
+
+
+def test_style_sizes_must_be_multiples_of_the_stride(tmp_path):
+    with pytest.raises(PercepkitError, match="multiples of 4"):
+        export(johnson_style_fast().eval(), tmp_path / "m.pt", "torchscript", size=(30, 32))
+
+
+def test_export_command(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    ckpt = save_checkpoint(tmp_path / "s.safetensors",
+                           {"model": johnson_style_fast().state_dict()},
+                           {"transform": {"name": "johnson_style_fast"}, "task": "style"})
+    assert _run(["export", str(ckpt)]) == 0
+    assert (tmp_path / "s.onnx").is_file()
+    assert "matches PyTorch" in capsys.readouterr().out
+    assert _run(["export", str(ckpt)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert _run(["export", str(ckpt), "--format", "torchscript", "--size", "32x48"]) == 0
+    assert (tmp_path / "s.pt").is_file()
+    assert _run(["export", str(tmp_path / "none.safetensors")]) == 2
+    assert _run(["export", str(ckpt), "--size", "big", "--overwrite"]) == 2
