@@ -53,13 +53,9 @@ def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
     console = Console(highlight=False)
     if recipe is None and resume is None:
         raise click.UsageError("give a RECIPE file, or --resume RUN_DIR|CHECKPOINT")
-    if recipe is not None and resume not in (None, "latest") and Path(recipe).is_dir():
-        raise click.UsageError(f"{recipe} is a folder; to resume a run use --resume {recipe}")
     if recipe is None and resume is not None and Path(resume).suffix in (".yaml", ".yml") \
             and Path(resume).is_file():
         recipe, resume = resume, "latest"  # `train --resume recipe.yaml` means "latest run"
-    if recipe is not None and Path(recipe).is_dir():
-        recipe, resume = None, recipe  # `train RUN_DIR` reads as `train --resume RUN_DIR`
     extra = list(overrides)
     if device is not None:
         extra.append(f"train.device={device}")
