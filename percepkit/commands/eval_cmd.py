@@ -47,6 +47,11 @@ def _load_model(model: str | None, checkpoint: Path | None, scale: int | None,
         return transform, name, int(ckpt_scale), notes
     name = model or "bicubic"
     scale = 4 if scale is None else scale
+    task = getattr(TRANSFORMS.get(name), "task", "sr")
+    if task != "sr":
+        sr_names = [e.name for e in TRANSFORMS.entries() if getattr(e.obj, "task", "") == "sr"]
+        raise PercepkitError(f"--model {name} is a {task} transform; eval scores "
+                             f"super-resolution models ({', '.join(sr_names)})")
     transform = TRANSFORMS.build({"name": name, "scale": scale}, where=f"--model {name}")
     if getattr(transform, "task", "sr") != "sr":
         raise PercepkitError(f"--model {name}: not a super-resolution transform")
