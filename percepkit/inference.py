@@ -84,7 +84,22 @@ def available_memory(device: torch.device) -> int:
         return 4 * GiB
 
 
-_KEEPING_MEMORY = False
+_LIBC: ctypes.CDLL | None = None
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def _set_keep(keep: bool) -> bool:
+    """glibc: serve large blocks from the heap and keep freed memory (``keep``), or the
+    defaults (blocks over 128 KiB-32 MiB are mapped and returned to the OS when freed)."""
+    if _LIBC is None:
+        return False
+    if keep:
+        return _LIBC.mallopt(_M_MMAP_MAX, 0) == 1 and \
+            _LIBC.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    ok = _LIBC.mallopt(_M_MMAP_MAX, 65536) == 1 and \
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, 128 * 1024) == 1
+    _LIBC.malloc_trim(0)
+    return ok
 
 
 def keep_freed_memory() -> bool:
@@ -93,23 +108,34 @@ def keep_freed_memory() -> bool:
     By default glibc returns every allocation above 32 MiB to the OS when it is freed, so each
     forward pass at 1024 px faults ~4 GiB of fresh pages back in (a million page faults, about a
     third of the pass on a 2-core VM). After this call the memory of one pass is reused by the
-    next. Process-wide and permanent: the process keeps its peak memory until it exits. Returns
-    whether it took effect (Linux with glibc only).
+    next. Process-wide: the process keeps its peak memory (:func:`returning_freed_memory`
+    suspends it). Returns whether it took effect (Linux with glibc only).
     """
-    global _KEEPING_MEMORY
-    if _KEEPING_MEMORY:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
+    global _LIBC
+    if _LIBC is None:
+        if not sys.platform.startswith("linux"):
+            return False
+        try:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc only)
+        except (OSError, AttributeError):
+            return False
+        _LIBC = libc
+    return _set_keep(True)
+
+
+@contextlib.contextmanager
+def returning_freed_memory() -> Iterator[None]:
+    """Suspend :func:`keep_freed_memory` within the block (tiling promises a memory bound; a
+    heap that keeps freed blocks grows by fragmentation, ~1.4x, mapped blocks do not)."""
+    if _LIBC is None:
+        yield
+        return
+    _set_keep(False)
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        ok = libc.mallopt(m_mmap_max, 0) == 1 and \
-            libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
-    except (OSError, AttributeError):
-        return False
-    _KEEPING_MEMORY = ok
-    return ok
+        yield
+    finally:
+        _set_keep(True)
 
 
 def default_memory_budget(device: torch.device) -> int:
@@ -327,6 +353,15 @@ def _ramps(spans: list[tuple[int, int]], scale: int) -> tuple[list[torch.Tensor]
     return ramps, total
 
 
+def _crop(start: int, end: int, margin: int, length: int, align: int) -> tuple[int, int]:
+    """The input window of the tile core ``[start, end)``: the core plus ``margin`` on both
+    sides, shifted inwards at the image borders rather than cut, so that every tile of a plan
+    has the same shape (allocations are reused exactly, compiled graphs are not rebuilt)."""
+    size = min(length, end - start + 2 * margin)
+    lo = min(max(0, start - margin), length - size)
+    return lo // align * align, lo // align * align + size
+
+
 def pad_to_multiple(x: torch.Tensor, align: int, min_side: int = 1
                     ) -> tuple[torch.Tensor, int, int]:
     """Pad bottom/right to multiples of ``align`` and at least ``min_side`` (reflection, or
@@ -444,7 +479,8 @@ class Predictor:
         if core == 0:
             out = self.forward(padded).cpu()
         else:
-            out = torch.cat([self._tiled(p[None], core, progress) for p in padded])
+            with returning_freed_memory():
+                out = torch.cat([self._tiled(p[None], core, progress) for p in padded])
         out = out[..., : h * self.scale, : w * self.scale]
         return out[0] if single else out
 
@@ -475,8 +511,8 @@ class Predictor:
         with frozen_norm_stats(self.model, stats):
             for (y0, y1), wy in zip(rows, ramps_y):
                 for (x0, x1), wx in zip(cols, ramps_x):
-                    cy0, cy1 = max(0, y0 - m), min(h, y1 + m)
-                    cx0, cx1 = max(0, x0 - m), min(w, x1 + m)
+                    cy0, cy1 = _crop(y0, y1, m, h, a)
+                    cx0, cx1 = _crop(x0, x1, m, w, a)
                     y = self.forward(x[..., cy0:cy1, cx0:cx1]).cpu()
                     y = y[..., (y0 - cy0) * s:(y1 - cy0) * s, (x0 - cx0) * s:(x1 - cx0) * s]
                     out[..., y0 * s:y1 * s, x0 * s:x1 * s] += y * (wy[:, None] * wx[None, :])
