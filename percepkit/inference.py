@@ -557,37 +557,115 @@ def _moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, var
 
 
-def _fill_border(buf: torch.Tensor, pad: int, mode: PadMode) -> None:
-    """Fill the ``pad``-pixel border of ``buf`` from its interior, like ``F.pad``'s modes."""
-    if pad == 0:
-        return
-    p = pad
-    h, w = buf.shape[-2] - 2 * p, buf.shape[-1] - 2 * p
-    if mode == "zero":
-        buf[..., :p, :].zero_()
-        buf[..., -p:, :].zero_()
-        buf[..., :, :p].zero_()
-        buf[..., :, -p:].zero_()
-    elif mode == "replicate":
-        buf[..., :p, p:p + w].copy_(buf[..., p:p + 1, p:p + w].expand(-1, -1, p, -1))
-        buf[..., p + h:, p:p + w].copy_(buf[..., p + h - 1:p + h, p:p + w].expand(-1, -1, p, -1))
-        buf[..., :, :p].copy_(buf[..., :, p:p + 1].expand(-1, -1, -1, p))
-        buf[..., :, p + w:].copy_(buf[..., :, p + w - 1:p + w].expand(-1, -1, -1, p))
-    else:
-        if p >= h or p >= w:
+class _Canvas:
+    """Where a layer writes its output for the next layer: a buffer holding the output with a
+    ``pad``-pixel border, either plainly (B, C, h + 2p, w + 2p), or pixel-unshuffled by ``r``
+    (B, C r², (h + 2p) / r, (w + 2p) / r), which is what an unshuffled convolution reads.
+    """
+
+    def __init__(self, like: torch.Tensor, channels: int, h: int, w: int, pad: int, r: int = 1
+                 ) -> None:
+        self.pad, self.h, self.w, self.r = pad, h, w, r
+        b = like.shape[0]
+        kw = {"dtype": like.dtype, "device": like.device}
+        if r == 1:
+            fmt = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) \
+                and not like.is_contiguous() else torch.contiguous_format
+            self.buffer = torch.empty(b, channels, h + 2 * pad, w + 2 * pad, memory_format=fmt,
+                                      **kw)
+            self.interior = self.buffer[..., pad:pad + h, pad:pad + w]
+            return
+        hu, wu = (h + 2 * pad) // r, (w + 2 * pad) // r
+        self.buffer = torch.empty(b, channels * r * r, hu, wu,
+                                  memory_format=torch.channels_last, **kw)
+        # (B, C, Hu, r, Wu, r): padded pixel (y, x) is [.., y // r, y % r, x // r, x % r]
+        self.grid = self.buffer.permute(0, 2, 3, 1).reshape(b, hu, wu, channels, r, r) \
+            .permute(0, 3, 1, 4, 2, 5)
+        q = pad // r
+        self.interior = self.grid[:, :, q:q + h // r, :, q:q + w // r, :]
+
+    @staticmethod
+    def fits(h: int, w: int, pad: int, r: int) -> bool:
+        """Whether an unshuffled canvas can hold this output."""
+        return r == 1 or (h % r == 0 and w % r == 0 and pad % r == 0)
+
+    def target(self, z: torch.Tensor, a: int = 0, b: int = 0, step: int = 1
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(destination view, source view) for output pixels (step i + a, step j + b) <- z."""
+        if self.r == 1:
+            dest = self.interior if step == 1 else self.interior[..., a::step, b::step]
+            return dest, z
+        if step == 1:
+            n, c, h, w = z.shape
+            return self.interior, z.view(n, c, h // self.r, self.r, w // self.r, self.r)
+        assert step == self.r
+        return self.interior[:, :, :, a, :, b], z
+
+    def _row(self, y: int) -> torch.Tensor:
+        if self.r == 1:
+            return self.buffer[..., y, :]
+        return self.grid[:, :, y // self.r, y % self.r]
+
+    def _col(self, x: int) -> torch.Tensor:
+        if self.r == 1:
+            return self.buffer[..., :, x]
+        return self.grid[..., x // self.r, x % self.r]
+
+    def fill_border(self, mode: PadMode) -> None:
+        """Fill the border from the interior, like ``F.pad``'s reflect/replicate/zero modes."""
+        p, h, w = self.pad, self.h, self.w
+        if p == 0:
+            return
+        if mode == "reflect" and (p >= h or p >= w):
             raise PercepkitError(f"image too small for reflection padding of {p} px")
-        buf[..., :p, p:p + w].copy_(buf[..., p + 1:2 * p + 1, p:p + w].flip(-2))
-        buf[..., p + h:, p:p + w].copy_(buf[..., h - 1:p + h - 1, p:p + w].flip(-2))
-        buf[..., :, :p].copy_(buf[..., :, p + 1:2 * p + 1].flip(-1))
-        buf[..., :, p + w:].copy_(buf[..., :, w - 1:p + w - 1].flip(-1))
+        for n, line in ((h, self._row), (w, self._col)):  # rows first, then whole columns
+            for d in range(p):
+                for dst, edge in ((p - 1 - d, p), (p + n + d, p + n - 1)):
+                    if mode == "zero":
+                        line(dst).zero_()
+                    else:
+                        src = edge if mode == "replicate" else 2 * edge - dst
+                        line(dst).copy_(line(src))
 
 
-def _padded_buffer(like: torch.Tensor, channels: int, h: int, w: int, pad: int) -> torch.Tensor:
-    """An uninitialised (B, C, h + 2 pad, w + 2 pad) buffer in ``like``'s memory format."""
-    fmt = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) and \
-        not like.is_contiguous() else torch.contiguous_format
-    return torch.empty(like.shape[0], channels, h + 2 * pad, w + 2 * pad, dtype=like.dtype,
-                       device=like.device, memory_format=fmt)
+def _window_moments(y: torch.Tensor, groups: int, windows: list[tuple[int, int]], h: int,
+                    w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance per channel over ``groups`` channel groups of ``y`` (B, groups C,
+    h + 1, w + 1), group k restricted to rows/cols ``windows[k] + [0, h) x [0, w)``.
+
+    Each window misses one row and one column of ``y``, so its sums are the sums over all of
+    ``y`` (one vectorised pass) minus that row and column plus their corner.
+    """
+    bsz, gc, hh, ww = y.shape
+    c = gc // groups
+    if y.device.type != "cpu" or not y.is_contiguous(memory_format=torch.channels_last) \
+            or y.dtype != torch.float32:
+        parts = [y[:, k * c:(k + 1) * c, a:a + h, b:b + w].float()
+                 for k, (a, b) in enumerate(windows)]
+        mean = sum(p.mean(dim=(2, 3)) for p in parts) / groups
+        var = sum(p.pow(2).mean(dim=(2, 3)) for p in parts) / groups - mean * mean
+        return mean, var.clamp_min(0)
+    x = y.permute(0, 2, 3, 1).reshape(bsz, hh * ww, gc)
+    s1, s2 = x.sum(1), (x * x).sum(1)
+    t1 = y.new_zeros(bsz, c)
+    t2 = y.new_zeros(bsz, c)
+    for k, (a, b) in enumerate(windows):
+        g = y[:, k * c:(k + 1) * c]
+        row, col = g[:, :, h if a == 0 else 0, :], g[:, :, :, w if b == 0 else 0]
+        corner = g[:, :, h if a == 0 else 0, w if b == 0 else 0]
+        t1 += s1[:, k * c:(k + 1) * c] - row.sum(-1) - col.sum(-1) + corner
+        t2 += s2[:, k * c:(k + 1) * c] - (row * row).sum(-1) - (col * col).sum(-1) \
+            + corner * corner
+    n = groups * h * w
+    mean = t1 / n
+    var = t2 / n - mean * mean
+    if bool((var <= 1e-3 * mean * mean).any()):
+        parts = [y[:, k * c:(k + 1) * c, a:a + h, b:b + w].double()
+                 for k, (a, b) in enumerate(windows)]
+        m64 = sum(p.mean(dim=(2, 3)) for p in parts) / groups
+        v64 = sum(p.pow(2).mean(dim=(2, 3)) for p in parts) / groups - m64 * m64
+        return m64.float(), v64.float()
+    return mean, var
 
 
 def _fold_batch_norm(weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d,
@@ -607,9 +685,11 @@ class FusedConv(nn.Module):
 
     ``kind``: ``conv`` reads an input already padded by ``in_pad``; ``deconv`` is the paper's
     3x3 stride-1/2 convolution; ``resize`` is nearest x2 then a reflection-padded 3x3 conv,
-    computed without the x2 image as four 2x2 sub-pixel convolutions of the replicate-padded
-    input (exactly equal, 2.25x fewer multiply-adds). Instance-norm statistics can be recorded
-    (``record``) or imposed (``frozen``) for tiling.
+    computed without the x2 image as four 2x2 sub-pixel kernels (one convolution with 4x the
+    output channels) on the replicate-padded input: exactly equal, 2.25x fewer multiply-adds.
+    A layer followed by an unshuffled convolution writes its output pixel-unshuffled
+    (``out_unshuffle``). Instance-norm statistics can be recorded (``record``) or imposed
+    (``frozen``) for tiling.
     """
 
     def __init__(self, kind: str, weight: torch.Tensor, bias: torch.Tensor | None, *,
@@ -622,6 +702,7 @@ class FusedConv(nn.Module):
         self.in_mode: PadMode = {"resize": "replicate", "deconv": "zero"}.get(kind, "reflect")
         self.out_pad = 0
         self.out_mode: PadMode = "reflect"
+        self.out_unshuffle = 1
         self.relu = relu
         self.kernel = weight.shape[-1]
         self.instance_norm = None
@@ -638,6 +719,7 @@ class FusedConv(nn.Module):
             and self.kernel >= 5 and instance_norm is None else 1
         if kind == "resize":
             weight = self._phase_weights(weight)
+            bias = None if bias is None else bias.repeat(4)
         elif self.unshuffle > 1:
             weight, bias = self._unshuffle_weights(weight, bias, self.unshuffle)
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
@@ -699,38 +781,37 @@ class FusedConv(nn.Module):
         return factor / 2 if self.kind in ("deconv", "resize") else factor * self.stride
 
     # -- forward -------------------------------------------------------------------------------
-    def _convolve(self, x: torch.Tensor) -> list[torch.Tensor]:
+    _PHASES = ((0, 0), (0, 1), (1, 0), (1, 1))
+
+    def _convolve(self, x: torch.Tensor) -> torch.Tensor:
+        """The raw convolution output (for ``resize``: the four phases as channel groups)."""
         if self.kind == "conv" and self.unshuffle > 1:
             r = self.unshuffle
-            h, w = x.shape[-2] - self.kernel + 1, x.shape[-1] - self.kernel + 1
-            ph, pw = (-x.shape[-2]) % r, (-x.shape[-1]) % r
-            if ph or pw:
-                x = F.pad(x, (0, pw, 0, ph))
-            xu = F.pixel_unshuffle(x, r)
-            if x.is_contiguous(memory_format=torch.channels_last):
-                xu = xu.contiguous(memory_format=torch.channels_last)
+            if x.shape[1] == self.weight.shape[1]:  # the previous layer wrote it unshuffled
+                xu = x
+                hp, wp = x.shape[-2] * r, x.shape[-1] * r
+            else:
+                hp, wp = x.shape[-2:]
+                ph, pw = (-hp) % r, (-wp) % r
+                xu = F.pixel_unshuffle(F.pad(x, (0, pw, 0, ph)) if ph or pw else x, r)
+                if x.is_contiguous(memory_format=torch.channels_last):
+                    xu = xu.contiguous(memory_format=torch.channels_last)
             y = F.pixel_shuffle(F.conv2d(xu, self.weight, self.bias), r)
-            return [y[..., :h, :w]]
+            return y[..., :hp - self.kernel + 1, :wp - self.kernel + 1]
         if self.kind == "conv":
-            return [F.conv2d(x, self.weight, self.bias, stride=self.stride)]
+            return F.conv2d(x, self.weight, self.bias, stride=self.stride)
         if self.kind == "deconv":
-            return [F.conv_transpose2d(x, self.weight, self.bias, stride=2, padding=1,
-                                       output_padding=1)]
-        h, w = x.shape[-2] - 2, x.shape[-1] - 2
-        o = self.out_channels
-        return [F.conv2d(x[..., a:a + h + 1, b:b + w + 1], self.weight[k * o:(k + 1) * o],
-                         self.bias) for k, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1)))]
+            return F.conv_transpose2d(x, self.weight, self.bias, stride=2, padding=1,
+                                      output_padding=1)
+        return F.conv2d(x, self.weight, self.bias)
 
-    def _norm_coefficients(self, parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-(sample, channel) scale and shift of the instance norm."""
+    def _norm_coefficients(self, mean: torch.Tensor, var: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-(sample, channel) scale and shift of the instance norm (frozen ones if set)."""
         if self.frozen is not None:
             mean, var = self.frozen
-        else:
-            moments = [_moments(p) for p in parts]
-            mean = sum(m for m, _ in moments) / len(moments)
-            var = sum(v + (m - mean) ** 2 for m, v in moments) / len(moments)
-            if self.record is not None:
-                self.record[self] = (mean, var)
+        elif self.record is not None:
+            self.record[self] = (mean, var)
         norm = self.instance_norm
         assert norm is not None
         a = torch.rsqrt(var + self.eps)
@@ -742,37 +823,58 @@ class FusedConv(nn.Module):
         return a[..., None, None], b[..., None, None]
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        parts = self._convolve(x)
+        y = self._convolve(x)
         p = self.out_pad
-        h, w = parts[0].shape[-2:]
-        up = 2 if self.kind == "resize" else 1
-        if p == 0 and up == 1:
-            out = interior = parts[0]
-            views = [out]
+        c = self.out_channels
+        if self.kind == "resize":
+            h, w = y.shape[-2] - 1, y.shape[-1] - 1
+            parts = [(y[:, k * c:(k + 1) * c, a:a + h, b:b + w], a, b)
+                     for k, (a, b) in enumerate(self._PHASES)]
+            out_h, out_w, step = 2 * h, 2 * w, 2
         else:
-            out = _padded_buffer(parts[0], self.out_channels, h * up, w * up, p)
-            interior = out[..., p:p + h * up, p:p + w * up]
-            views = [interior] if up == 1 else \
-                [interior[..., a::2, b::2] for a in range(2) for b in range(2)]
+            parts = [(y, 0, 0)]
+            out_h, out_w, step = y.shape[-2], y.shape[-1], 1
+        r = self.out_unshuffle if _Canvas.fits(out_h, out_w, p, self.out_unshuffle) else 1
+        if p == 0 and r == 1 and step == 1:
+            canvas = None
+            targets = [(y, y)]
+            interior = y
+        else:
+            canvas = _Canvas(y, c, out_h, out_w, p, r)
+            targets = [canvas.target(z, a, b, step) for z, a, b in parts]
+            interior = canvas.interior
+        if residual is not None and r > 1 and step == 1:  # match the 6-d destination views
+            n, ch, rh, rw = residual.shape
+            residual = residual.view(n, ch, rh // r, r, rw // r, r)
         if self.instance_norm is not None:
-            a, b = self._norm_coefficients(parts)
-            a, b = a.to(parts[0].dtype), b.to(parts[0].dtype)
-            for z, v in zip(parts, views):
+            if self.frozen is not None:
+                mean = var = y.new_zeros(0)
+            elif self.kind == "resize":
+                mean, var = _window_moments(y, 4, list(self._PHASES), h, w)
+            else:
+                mean, var = _moments(y)
+            a, b = self._norm_coefficients(mean, var)
+            a, b = a.to(y.dtype), b.to(y.dtype)
+            if r > 1 and step == 1:  # (B, C, 1, 1) -> (B, C, 1, 1, 1, 1) for the 6-d views
+                a, b = a[..., None, None], b[..., None, None]
+            for dest, src in targets:
                 if residual is None:
-                    torch.addcmul(b, z, a, out=v)
+                    torch.addcmul(b, src, a, out=dest)
                 else:
-                    torch.addcmul(residual, z, a, out=v)
-                    v.add_(b)
+                    torch.addcmul(residual, src, a, out=dest)
+                    dest.add_(b)
         else:
-            for z, v in zip(parts, views):
+            for dest, src in targets:
                 if residual is not None:
-                    torch.add(residual, z, out=v)
-                elif v is not z:
-                    v.copy_(z)
+                    torch.add(residual, src, out=dest)
+                elif dest is not src:
+                    dest.copy_(src)
         if self.relu:
             interior.relu_()
-        _fill_border(out, p, self.out_mode)
-        return out
+        if canvas is None:
+            return y
+        canvas.fill_border(self.out_mode)
+        return canvas.buffer
 
 
 class FusedResidual(nn.Module):
@@ -814,6 +916,8 @@ class FastTransform(nn.Module):
                 layer.set_out(nxt.in_pad, nxt.in_mode)
             else:
                 layer.out_pad, layer.out_mode = nxt.in_pad, nxt.in_mode
+                if isinstance(nxt, FusedConv):
+                    layer.out_unshuffle = nxt.unshuffle
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first = self.layers[0]
