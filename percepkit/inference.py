@@ -320,6 +320,45 @@ def frozen_norm_stats(model: nn.Module, stats: NormStats) -> Iterator[None]:
                 del m.forward
 
 
+class _StopForward(Exception):
+    """Raised by a probe to end a statistics pass at the layer it measures."""
+
+
+#: ``probe(parts, step, out_h, out_w)``: a layer's pre-normalisation output as views ``(z, a,
+#: b)`` holding output pixels ``(step i + a, step j + b)`` of an ``out_h x out_w`` map.
+Probe = Callable[[list[tuple[torch.Tensor, int, int]], int, int, int], None]
+
+
+@contextlib.contextmanager
+def _probing(module: nn.Module, probe: Probe) -> Iterator[None]:
+    """Within the block, a forward pass reaching ``module`` (an instance norm, or a fused layer
+    with one) hands its input to ``probe`` and stops there (:class:`_StopForward`)."""
+    if isinstance(module, FusedConv):
+        module.probe = probe
+        try:
+            yield
+        finally:
+            module.probe = None
+        return
+
+    def pre_hook(_m: nn.Module, inputs: tuple) -> None:
+        x = inputs[0]
+        probe([(x, 0, 0)], 1, x.shape[-2], x.shape[-1])
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(pre_hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _partition(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Disjoint pieces of overlapping spans that still cover everything: each span keeps what
+    its predecessor does not cover."""
+    return [(spans[i - 1][1] if i else 0, end) for i, (_start, end) in enumerate(spans)]
+
+
 # -- tiles --------------------------------------------------------------------------------------
 def plan_axis(length: int, core: int, overlap: int, align: int = 1) -> list[tuple[int, int]]:
     """Intervals ``[start, end)`` covering ``[0, length)``, each ``core`` long (the last ones
@@ -375,6 +414,36 @@ def pad_to_multiple(x: torch.Tensor, align: int, min_side: int = 1
     return F.pad(x, (0, pw, 0, ph), mode=mode), h, w
 
 
+def _window_probe(window: tuple[int, int, int, int, int, int], sums: list[torch.Tensor]
+                  ) -> Probe:
+    """A probe adding (sum, sum of squares, count) over a window of a tile's crop to ``sums``.
+
+    ``window`` is (y0, y1, x0, x1, crop height, crop width) in input pixels; it is mapped to the
+    layer's resolution (crops and windows are multiples of the net's stride, so exactly).
+    """
+    y0, y1, x0, x1, ch, cw = window
+
+    def probe(parts: list[tuple[torch.Tensor, int, int]], step: int, oh: int, ow: int) -> None:
+        ly0, ly1, lx0, lx1 = y0 * oh // ch, y1 * oh // ch, x0 * ow // cw, x1 * ow // cw
+        s1 = s2 = None
+        count = 0
+        for z, a, b in parts:
+            i0, i1 = -(-(ly0 - a) // step), -(-(ly1 - a) // step)
+            j0, j1 = -(-(lx0 - b) // step), -(-(lx1 - b) // step)
+            v = z[..., i0:i1, j0:j1].double()
+            t1, t2 = v.sum(dim=(2, 3)), (v * v).sum(dim=(2, 3))
+            s1, s2 = (t1, t2) if s1 is None else (s1 + t1, s2 + t2)
+            count += v.shape[-2] * v.shape[-1]
+        if sums:
+            sums[0] += s1
+            sums[1] += s2
+            sums[2] += count
+        else:
+            sums.extend([s1, s2, torch.tensor(float(count), dtype=torch.float64)])
+
+    return probe
+
+
 # -- the predictor --------------------------------------------------------------------------------
 class Predictor:
     """Apply a transform to images of any size with the fast settings of the device.
@@ -382,8 +451,15 @@ class Predictor:
     ``tile``: ``None`` chooses tiles from ``memory_budget`` (bytes; default
     :func:`default_memory_budget`), ``0`` never tiles, ``N`` uses tiles of N input pixels.
     ``half`` (default: on CUDA) runs in fp16 autocast on CUDA only; ``compile`` wraps the net in
-    ``torch.compile``; ``fast`` uses :func:`fast_model`; ``keep_memory`` (CPU) calls
+    ``torch.compile`` (the plain network: inductor does its own fusion; worth it on CUDA for
+    many images of one size); ``fast`` uses :func:`fast_model`; ``keep_memory`` (CPU) calls
     :func:`keep_freed_memory` so that repeated passes do not page-fault their memory back in.
+
+    ``norm_stats`` is how tiles of an instance-normalised net get the statistics of the whole
+    image when it does not fit the budget: ``exact`` measures each norm layer's statistics with
+    one more pass over the tiles, stopping at that layer (the output is the untiled output, at
+    several times the cost), ``approx`` measures them all at once on a copy downscaled to fit
+    (cheap and seamless, but the rendition changes slightly: the statistics depend on scale).
     """
 
     def __init__(
@@ -399,6 +475,7 @@ class Predictor:
         overlap: int | None = None,
         memory_budget: int | None = None,
         keep_memory: bool = True,
+        norm_stats: str = "exact",
     ) -> None:
         self.device = resolve_device(device)
         if keep_memory and self.device.type == "cpu":
@@ -412,7 +489,7 @@ class Predictor:
         for p in model.parameters():
             p.requires_grad_(False)
         self.task = getattr(model, "task", None)
-        if fast:
+        if fast and not compile:  # inductor fuses the plain graph itself
             model = fast_model(model)
         model = model.to(self.device)
         if channels_last:
@@ -426,6 +503,10 @@ class Predictor:
         self.memory_budget = memory_budget or default_memory_budget(self.device)
         if tile is not None and tile < 0:
             raise PercepkitError(f"tile size must be positive (or 0 for no tiling), got {tile}")
+        if norm_stats not in ("exact", "approx"):
+            raise PercepkitError(f"norm_stats must be 'exact' or 'approx', got {norm_stats!r}")
+        self.norm_stats = norm_stats
+        self._norm_order: list[nn.Module] | None = None
 
     # -- the network itself --------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -485,7 +566,8 @@ class Predictor:
         return out[0] if single else out
 
     def _stats(self, x: torch.Tensor) -> NormStats:
-        """Instance-norm statistics of the whole image (downscaled if it does not fit)."""
+        """Instance-norm statistics of one pass over the whole image, downscaled to fit the
+        budget if needed (exact when it fits)."""
         h, w = x.shape[-2:]
         if not self.fits(h, w):
             f = math.sqrt(self.memory_budget / (h * w * self.info.bytes_per_pixel))
@@ -496,6 +578,48 @@ class Predictor:
             self.forward(x)
         return dict(stats)
 
+    def norm_layers(self) -> list[nn.Module]:
+        """The instance-norm layers in the order a forward pass reaches them."""
+        if self._norm_order is None:
+            order: list[nn.Module] = []
+            mods = [m for m in self.model.modules() if _is_global_norm(m)]
+            handles = [m.register_forward_pre_hook(lambda m, _i: order.append(m))
+                       for m in mods]
+            try:
+                side = max(16, 4 * self.info.align)
+                self.forward(torch.zeros(1, 3, side, side))
+            finally:
+                for h in handles:
+                    h.remove()
+            self._norm_order = list(dict.fromkeys(order))
+        return self._norm_order
+
+    def _exact_stats(self, x: torch.Tensor, rows: list[tuple[int, int]],
+                     cols: list[tuple[int, int]], progress: Callable[[], None]) -> NormStats:
+        """Exact whole-image statistics with bounded memory: for each norm layer in turn, one
+        pass over the tiles that stops at that layer and sums its input over disjoint pieces
+        of the tile cores (earlier layers already use their whole-image statistics)."""
+        m, a = self.info.margin, self.info.align
+        h, w = x.shape[-2:]
+        stats: NormStats = {}
+        pieces = list(zip(_partition(rows), rows)), list(zip(_partition(cols), cols))
+        for layer in self.norm_layers():
+            sums: list[torch.Tensor] = []
+            for (py0, py1), (y0, y1) in pieces[0]:
+                for (px0, px1), (x0, x1) in pieces[1]:
+                    cy0, cy1 = _crop(y0, y1, m, h, a)
+                    cx0, cx1 = _crop(x0, x1, m, w, a)
+                    window = (py0 - cy0, py1 - cy0, px0 - cx0, px1 - cx0, cy1 - cy0, cx1 - cx0)
+                    probe = _window_probe(window, sums)
+                    with frozen_norm_stats(self.model, stats), _probing(layer, probe), \
+                            contextlib.suppress(_StopForward):
+                        self.forward(x[..., cy0:cy1, cx0:cx1])
+                    progress()
+            s1, s2, n = sums
+            mean = s1 / n
+            stats[layer] = (mean.float(), (s2 / n - mean * mean).clamp_min(0).float())
+        return stats
+
     def _tiled(self, x: torch.Tensor, core: int, progress: TileCallback | None) -> torch.Tensor:
         """Run one aligned image (1, 3, H, W) tile by tile and blend the tiles' outputs."""
         s, m, a = self.scale, self.info.margin, self.info.align
@@ -503,11 +627,26 @@ class Predictor:
         rows = plan_axis(h, core, self.overlap, a)
         cols = plan_axis(w, core, self.overlap, a)
         out = torch.zeros(1, 3, h * s, w * s)
-        stats = self._stats(x) if self.info.global_norm else {}
+        n_tiles = len(rows) * len(cols)
+        exact_passes = self.info.global_norm and self.norm_stats == "exact" and not self.fits(h, w)
+        total = n_tiles * (1 + (len(self.norm_layers()) if exact_passes else 0))
+        done = 0
+
+        def advance() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        if not self.info.global_norm:
+            stats: NormStats = {}
+        elif exact_passes:
+            stats = self._exact_stats(x, rows, cols, advance)
+        else:
+            stats = self._stats(x)
         _warn_other_global_norms(self.model)
         ramps_y, sum_y = _ramps(rows, s)
         ramps_x, sum_x = _ramps(cols, s)
-        total, done = len(rows) * len(cols), 0
         with frozen_norm_stats(self.model, stats):
             for (y0, y1), wy in zip(rows, ramps_y):
                 for (x0, x1), wx in zip(cols, ramps_x):
@@ -516,9 +655,7 @@ class Predictor:
                     y = self.forward(x[..., cy0:cy1, cx0:cx1]).cpu()
                     y = y[..., (y0 - cy0) * s:(y1 - cy0) * s, (x0 - cx0) * s:(x1 - cx0) * s]
                     out[..., y0 * s:y1 * s, x0 * s:x1 * s] += y * (wy[:, None] * wx[None, :])
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
+                    advance()
         return out.div_(sum_y[:, None] * sum_x[None, :])
 
 
@@ -712,6 +849,7 @@ class FusedConv(nn.Module):
             self.eps = instance_norm.eps
         self.record: NormStats | None = None
         self.frozen: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.probe: Probe | None = None
         # Few output channels leave most SIMD lanes of a direct convolution idle: compute a
         # large-kernel one on the 2x2 pixel-unshuffled input instead (k -> ceil((k+1)/2)
         # kernel, 4x the channels; e.g. the last 9x9 conv of the style net runs ~2x faster).
@@ -834,6 +972,9 @@ class FusedConv(nn.Module):
         else:
             parts = [(y, 0, 0)]
             out_h, out_w, step = y.shape[-2], y.shape[-1], 1
+        if self.probe is not None:
+            self.probe(parts, step, out_h, out_w)
+            raise _StopForward
         r = self.out_unshuffle if _Canvas.fits(out_h, out_w, p, self.out_unshuffle) else 1
         if p == 0 and r == 1 and step == 1:
             canvas = None

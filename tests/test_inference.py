@@ -115,23 +115,44 @@ def test_tiled_output_equals_untiled(name):
     assert (out - ref).abs().max() < 1e-5
 
 
-def test_memory_budget_forces_tiles_and_downscaled_statistics_leave_no_seams():
-    """An image that does not fit: statistics come from a reduced copy, shared by all tiles,
-    so the tiles agree exactly with one untiled pass under those same statistics."""
+@pytest.mark.parametrize("fast", [True, False])
+def test_image_too_big_for_the_budget_gets_exact_statistics(fast):
+    """Tiles of an instance-normalised net whose image does not fit: one statistics pass per
+    norm layer over the tiles, and the output is the untiled output."""
     torch.manual_seed(0)
-    model = _randomise_norms(NETS["sr_x2_instance_resize"]())
+    model = _randomise_norms(JohnsonSR(scale=2, norm="instance", upsample="resize_conv",
+                                       channels=8, residual_blocks=1))
     x = torch.rand(3, 96, 120)
-    small = Predictor(model, "cpu")
+    ref = Predictor(model, "cpu", tile=0, fast=fast)(x)
+    small = Predictor(model, "cpu", fast=fast)
     assert small.tile_size(96, 120) == 0  # fits the default budget
     small.memory_budget = int(80**2 * small.info.bytes_per_pixel)  # 56% of the image
     core = small.tile_size(96, 120)
     assert 32 <= core < 96
+    assert not small.fits(96, 120)
+    steps = []
+    out = small(x, progress=lambda done, total: steps.append((done, total)))
+    tiles = len(plan_axis(96, core, small.overlap)) * len(plan_axis(120, core, small.overlap))
+    assert steps[-1] == (tiles * 5, tiles * 5)  # 4 norm layers + the output pass
+    assert (out - ref).abs().max() < 1e-5
+
+
+def test_approximate_statistics_are_shared_by_all_tiles_so_there_are_no_seams():
+    """``approx``: statistics come from a reduced copy, shared by all tiles, so the tiles agree
+    exactly with one untiled pass under those same statistics."""
+    torch.manual_seed(0)
+    model = _randomise_norms(NETS["sr_x2_instance_resize"]())
+    x = torch.rand(3, 96, 120)
+    small = Predictor(model, "cpu", norm_stats="approx")
+    small.memory_budget = int(80**2 * small.info.bytes_per_pixel)
     out = small(x)
     stats = small._stats(x[None])
     assert len(stats) == 10  # 1 + 2 x 4 residual + 1 up
     with frozen_norm_stats(small.model, stats):
         consistent = small.forward(x[None])[0]
     assert (out - consistent).abs().max() < 1e-5
+    with pytest.raises(PercepkitError, match="norm_stats"):
+        Predictor(model, "cpu", norm_stats="guess")
 
 
 def test_record_and_frozen_stats_round_trip():

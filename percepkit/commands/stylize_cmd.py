@@ -29,6 +29,11 @@ def inference_options(f: Callable) -> Callable:
         click.option("--memory", default=None,
                      help="Activation memory budget per pass, e.g. 1.5G (default: half the free "
                           "GPU memory, or 40%% of free RAM up to 2G)."),
+        click.option("--norm-stats", type=click.Choice(["exact", "approx"]), default="exact",
+                     show_default=True,
+                     help="Instance-norm statistics when an image must be tiled: exact (one "
+                          "more pass over the tiles per norm layer; output = untiled output) or "
+                          "approx (from a downscaled copy: fast, seamless, slightly different)."),
         click.option("--half/--no-half", default=None,
                      help="fp16 autocast (CUDA only; default on CUDA)."),
         click.option("--compile", "compile_", is_flag=True,
@@ -54,7 +59,8 @@ def make_predictor(model, options: dict):
         torch.set_num_threads(options["threads"])
     budget = parse_memory(options["memory"]) if options["memory"] else None
     return Predictor(model, options["device"], half=options["half"], compile=options["compile_"],
-                     tile=options["tile"], memory_budget=budget)
+                     tile=options["tile"], memory_budget=budget,
+                     norm_stats=options["norm_stats"])
 
 
 def run(inputs: tuple[str, ...], model, options: dict, prepare=None, what: str = "images"
