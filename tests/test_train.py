@@ -237,6 +237,10 @@ def test_cli_train_resume_and_errors(tmp_path, capsys):
     assert "resuming at step 3" in text and "step 5/5" in text
     main(["train", "--resume", str(out), "--no-progress"])
     assert "nothing to do" in capsys.readouterr().out
+    # a bare --resume continues --out (or the newest runs/<recipe>-*)
+    main(["train", str(TINY_STYLE), "--out", str(out), "--resume", "--set", "train.iterations=6",
+          "--no-progress"])
+    assert "resuming at step 5" in capsys.readouterr().out
 
 
 def test_a_checkpoint_for_another_transform_is_refused(tmp_path):
@@ -248,3 +252,24 @@ def test_a_checkpoint_for_another_transform_is_refused(tmp_path):
     save_checkpoint(other, state, meta)
     with pytest.raises(PercepkitError, match="do not fit"):
         run(TINY_SR, tmp_path / "branch", "train.iterations=4", resume=other)
+
+
+def test_resume_edge_cases_fresh_run_dir_and_older_checkpoint(tmp_path):
+    # killed before its first checkpoint: the run starts again from step 0 in the same directory
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / "recipe.yaml").write_text(TINY_SR.read_text())
+    _, result = run(TINY_SR, None, "train.iterations=2", resume=early)
+    assert result.start_step == 0 and result.step == 2 and result.run_dir == early
+
+    # resuming an older checkpoint of a run keeps the newer ones, moved aside
+    out = tmp_path / "run"
+    run(TINY_SR, out, "train.iterations=4", "checkpoint.every=2", "checkpoint.keep_last=0")
+    older = out / "checkpoints" / "step_00000002.safetensors"
+    _, result = run(TINY_SR, None, "train.iterations=3", "checkpoint.keep_last=0", resume=older)
+    assert result.start_step == 2 and result.run_dir == out
+    assert [s for s, _ in find_checkpoints(out)] == [3, 2]
+    aside = list((out / "checkpoints").glob("superseded-*/step_00000004.safetensors"))
+    assert len(aside) == 1
+    rows = (out / "log.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == ["1", "2", "3"]
