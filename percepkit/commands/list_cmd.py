@@ -13,10 +13,10 @@ from ..registry import REGISTRIES
               help="Shell-style wildcard on names, e.g. 'vgg*'.")
 def command(kind: str | None, pattern: str) -> None:
     """Show registered transforms, loss networks, losses, datasets, metrics, optimisers."""
+    import sys
+
     from rich.console import Console
     from rich.table import Table
-
-    import sys
 
     console = Console(width=None if sys.stdout.isatty() else 200)  # don't wrap in pipes
     for key in [kind] if kind else list(REGISTRIES):
