@@ -109,8 +109,11 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
 def test_a_run_killed_during_a_save_resumes_from_the_newest_intact_checkpoint(tmp_path):
     out = tmp_path / "killed"
     steps = ["train.iterations=12", "checkpoint.every=4", "checkpoint.keep_last=0"]
+    # same thread count as this process: float reductions must run in the same order
     script = textwrap.dedent(f"""
         import os, sys
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})
         import percepkit.checkpoint as ck
         real = os.replace
         calls = []
