@@ -49,6 +49,7 @@ from torch import nn
 from . import __version__
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
+from .devices import resolve_device
 from .errors import CheckpointError, PercepkitError, RecipeError
 from .recipe import Recipe, expand_path
 from .registry import DATASETS
@@ -231,28 +232,6 @@ def recipe_text_for_resume(point: ResumePoint) -> tuple[str, str]:
 
 
 # -- small helpers --------------------------------------------------------------------------------
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; bare ``cuda`` -> this process's GPU."""
-    name = (name or "auto").strip()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise PercepkitError(f"--device {name!r}: not a device (use cpu, cuda, cuda:1, mps or "
-                             f"auto)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise PercepkitError(f"--device {name}: CUDA is not available (torch "
-                                 f"{torch.__version__}, {torch.cuda.device_count()} GPUs "
-                                 f"visible); use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise PercepkitError(f"--device {name}: MPS is not available on this machine")
-    return device
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)

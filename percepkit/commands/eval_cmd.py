@@ -8,20 +8,8 @@ from typing import Any
 import click
 import torch
 
+from ..devices import resolve_device
 from ..errors import PercepkitError
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise PercepkitError(f"--device {device!r} is not a device torch knows ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PercepkitError(f"--device {device}: CUDA is not available on this machine; use "
-                             f"--device cpu")
-    return dev
 
 
 def _load_model(model: str | None, checkpoint: Path | None, scale: int | None,
@@ -235,7 +223,7 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
         torch.set_num_threads(threads)
     to_stdout = str(json_path) == "-" or str(csv_path) == "-"
     console = Console(stderr=to_stdout, highlight=False)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     transform, name, scale, notes = _load_model(model, checkpoint, scale, dev)
 
     sets = [k for k, on in (("set5", use_set5 or use_all), ("set14", use_set14 or use_all),
