@@ -4,21 +4,26 @@
 need when applying one:
 
 * device placement; on CUDA fp16 autocast and optional ``torch.compile`` (never bf16, and no
-  reduced precision on the CPU), ``torch.inference_mode`` and channels_last everywhere;
+  reduced precision on the CPU), ``torch.inference_mode`` and channels_last everywhere; on the
+  CPU freed memory is kept for the next pass (:func:`keep_freed_memory`);
 * the fast path (:func:`fast_model`): the paper's nets re-expressed with the same weights as
-  fused, channels_last operations (batch norm folded into convolutions, instance norm and ReLU
-  in one in-place pass, reflection padding written straight into the next conv's input,
-  transposed convolutions as sub-pixel convolutions). Outputs match the plain network to float
-  round-off (tested);
+  fused channels_last layers (:class:`FusedConv`): batch norm folded into the convolutions,
+  instance norm, residual add and ReLU in one in-place pass, each layer writing straight into
+  the padded buffer the next one reads, resize-convolutions as sub-pixel convolutions, and
+  the 3-channel output convolution on the pixel-unshuffled input. Outputs match the plain
+  network to float round-off (tested);
 * any height, width and aspect ratio: inputs are reflection-padded to a multiple of the net's
   total stride and the output is cropped back;
 * large images in overlapping tiles sized to a memory budget (automatic by default). Each tile
   carries a context margin of at least the network's receptive field, which is thrown away, and
-  neighbouring tiles are cross-faded over an overlap, so there are no seams. Instance norm is
-  global (its statistics cover the whole image), so tiles of an instance-normalised net all use
-  the same statistics, measured once on the whole image, or on a copy downscaled to fit the
-  budget when the whole image does not fit. With batch norm (eval) or no norm, tiled output
-  equals untiled output to float round-off.
+  neighbouring tiles are cross-faded over an overlap. Instance norm is global (its statistics
+  cover the whole image), so tiles of an instance-normalised net all use the whole image's
+  statistics, measured exactly with one pass over the tiles per norm layer (or estimated on a
+  downscaled copy, ``norm_stats="approx"``). Tiled output equals untiled output to float
+  round-off (tested).
+
+:func:`plan_batch` and :func:`run_batch` are the file handling of ``percepkit stylize`` /
+``upscale`` / ``optimize``: a bad file is reported and the batch goes on.
 """
 
 from __future__ import annotations
@@ -178,6 +183,7 @@ class NetInfo:
 
 
 def _is_global_norm(m: nn.Module) -> bool:
+    """Whether ``m`` normalises with statistics of its whole input (instance norm)."""
     if isinstance(m, FusedConv):
         return m.instance_norm is not None
     if isinstance(m, nn.InstanceNorm2d):
@@ -247,11 +253,11 @@ def analyze(model: nn.Module, device: torch.device, dtype_bytes: int = 4) -> Net
     if scale < 1 or abs(out_scale - scale) > 1e-6 or y.shape[-2] != side * scale:
         raise PercepkitError(f"{type(model).__name__} maps {side}x{side} to "
                              f"{y.shape[-2]}x{y.shape[-1]}: not an integer up-scaling")
-    # Peak ~ the largest layer's input + output, plus the largest tensor held across layers
-    # (a residual branch, the bicubic skip) and the result; 1.25 for allocator slack.
+    # Peak ~ the largest layer's input + output, plus a tensor held across layers (a residual
+    # branch, the bicubic skip: taken as half of that) and the result; 1.25 for allocator
+    # slack. Checked against the resident memory of x4 upscales (docs/inference.md).
     biggest = max(sizes, default=0)
-    held = max((s for s in sizes), default=0) / 2
-    peak = 1.25 * (biggest + held + y.numel()) * dtype_bytes
+    peak = 1.25 * (1.5 * biggest + y.numel()) * dtype_bytes
     global_norm = any(_is_global_norm(m) for m in model.modules())
     return NetInfo(scale, align, margin, peak / (side * side), global_norm)
 
@@ -695,58 +701,20 @@ def _moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Canvas:
-    """Where a layer writes its output for the next layer: a buffer holding the output with a
-    ``pad``-pixel border, either plainly (B, C, h + 2p, w + 2p), or pixel-unshuffled by ``r``
-    (B, C r², (h + 2p) / r, (w + 2p) / r), which is what an unshuffled convolution reads.
-    """
+    """Where a layer writes its output for the next layer: a (B, C, h + 2 pad, w + 2 pad)
+    buffer in ``like``'s memory format whose border is filled from the interior."""
 
-    def __init__(self, like: torch.Tensor, channels: int, h: int, w: int, pad: int, r: int = 1
-                 ) -> None:
-        self.pad, self.h, self.w, self.r = pad, h, w, r
-        b = like.shape[0]
-        kw = {"dtype": like.dtype, "device": like.device}
-        if r == 1:
-            fmt = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) \
-                and not like.is_contiguous() else torch.contiguous_format
-            self.buffer = torch.empty(b, channels, h + 2 * pad, w + 2 * pad, memory_format=fmt,
-                                      **kw)
-            self.interior = self.buffer[..., pad:pad + h, pad:pad + w]
-            return
-        hu, wu = (h + 2 * pad) // r, (w + 2 * pad) // r
-        self.buffer = torch.empty(b, channels * r * r, hu, wu,
-                                  memory_format=torch.channels_last, **kw)
-        # (B, C, Hu, r, Wu, r): padded pixel (y, x) is [.., y // r, y % r, x // r, x % r]
-        self.grid = self.buffer.permute(0, 2, 3, 1).reshape(b, hu, wu, channels, r, r) \
-            .permute(0, 3, 1, 4, 2, 5)
-        q = pad // r
-        self.interior = self.grid[:, :, q:q + h // r, :, q:q + w // r, :]
+    def __init__(self, like: torch.Tensor, channels: int, h: int, w: int, pad: int) -> None:
+        self.pad, self.h, self.w = pad, h, w
+        fmt = torch.channels_last if like.is_contiguous(memory_format=torch.channels_last) \
+            and not like.is_contiguous() else torch.contiguous_format
+        self.buffer = torch.empty(like.shape[0], channels, h + 2 * pad, w + 2 * pad,
+                                  memory_format=fmt, dtype=like.dtype, device=like.device)
+        self.interior = self.buffer[..., pad:pad + h, pad:pad + w]
 
-    @staticmethod
-    def fits(h: int, w: int, pad: int, r: int) -> bool:
-        """Whether an unshuffled canvas can hold this output."""
-        return r == 1 or (h % r == 0 and w % r == 0 and pad % r == 0)
-
-    def target(self, z: torch.Tensor, a: int = 0, b: int = 0, step: int = 1
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(destination view, source view) for output pixels (step i + a, step j + b) <- z."""
-        if self.r == 1:
-            dest = self.interior if step == 1 else self.interior[..., a::step, b::step]
-            return dest, z
-        if step == 1:
-            n, c, h, w = z.shape
-            return self.interior, z.view(n, c, h // self.r, self.r, w // self.r, self.r)
-        assert step == self.r
-        return self.interior[:, :, :, a, :, b], z
-
-    def _row(self, y: int) -> torch.Tensor:
-        if self.r == 1:
-            return self.buffer[..., y, :]
-        return self.grid[:, :, y // self.r, y % self.r]
-
-    def _col(self, x: int) -> torch.Tensor:
-        if self.r == 1:
-            return self.buffer[..., :, x]
-        return self.grid[..., x // self.r, x % self.r]
+    def target(self, a: int = 0, b: int = 0, step: int = 1) -> torch.Tensor:
+        """The view of output pixels (step i + a, step j + b)."""
+        return self.interior if step == 1 else self.interior[..., a::step, b::step]
 
     def fill_border(self, mode: PadMode) -> None:
         """Fill the border from the interior, like ``F.pad``'s reflect/replicate/zero modes."""
@@ -755,7 +723,10 @@ class _Canvas:
             return
         if mode == "reflect" and (p >= h or p >= w):
             raise PercepkitError(f"image too small for reflection padding of {p} px")
-        for n, line in ((h, self._row), (w, self._col)):  # rows first, then whole columns
+        buf = self.buffer
+        rows = (h, lambda i: buf[..., i, :])
+        cols = (w, lambda i: buf[..., :, i])
+        for n, line in (rows, cols):  # rows first, then whole columns (corners included)
             for d in range(p):
                 for dst, edge in ((p - 1 - d, p), (p + n + d, p + n - 1)):
                     if mode == "zero":
@@ -824,9 +795,8 @@ class FusedConv(nn.Module):
     3x3 stride-1/2 convolution; ``resize`` is nearest x2 then a reflection-padded 3x3 conv,
     computed without the x2 image as four 2x2 sub-pixel kernels (one convolution with 4x the
     output channels) on the replicate-padded input: exactly equal, 2.25x fewer multiply-adds.
-    A layer followed by an unshuffled convolution writes its output pixel-unshuffled
-    (``out_unshuffle``). Instance-norm statistics can be recorded (``record``) or imposed
-    (``frozen``) for tiling.
+    Instance-norm statistics can be recorded (``record``), imposed (``frozen``) or probed
+    (``probe``) for tiling.
     """
 
     def __init__(self, kind: str, weight: torch.Tensor, bias: torch.Tensor | None, *,
@@ -839,7 +809,6 @@ class FusedConv(nn.Module):
         self.in_mode: PadMode = {"resize": "replicate", "deconv": "zero"}.get(kind, "reflect")
         self.out_pad = 0
         self.out_mode: PadMode = "reflect"
-        self.out_unshuffle = 1
         self.relu = relu
         self.kernel = weight.shape[-1]
         self.instance_norm = None
@@ -925,15 +894,11 @@ class FusedConv(nn.Module):
         """The raw convolution output (for ``resize``: the four phases as channel groups)."""
         if self.kind == "conv" and self.unshuffle > 1:
             r = self.unshuffle
-            if x.shape[1] == self.weight.shape[1]:  # the previous layer wrote it unshuffled
-                xu = x
-                hp, wp = x.shape[-2] * r, x.shape[-1] * r
-            else:
-                hp, wp = x.shape[-2:]
-                ph, pw = (-hp) % r, (-wp) % r
-                xu = F.pixel_unshuffle(F.pad(x, (0, pw, 0, ph)) if ph or pw else x, r)
-                if x.is_contiguous(memory_format=torch.channels_last):
-                    xu = xu.contiguous(memory_format=torch.channels_last)
+            hp, wp = x.shape[-2:]
+            ph, pw = (-hp) % r, (-wp) % r
+            xu = F.pixel_unshuffle(F.pad(x, (0, pw, 0, ph)) if ph or pw else x, r)
+            if x.is_contiguous(memory_format=torch.channels_last):
+                xu = xu.contiguous(memory_format=torch.channels_last)
             y = F.pixel_shuffle(F.conv2d(xu, self.weight, self.bias), r)
             return y[..., :hp - self.kernel + 1, :wp - self.kernel + 1]
         if self.kind == "conv":
@@ -975,18 +940,14 @@ class FusedConv(nn.Module):
         if self.probe is not None:
             self.probe(parts, step, out_h, out_w)
             raise _StopForward
-        r = self.out_unshuffle if _Canvas.fits(out_h, out_w, p, self.out_unshuffle) else 1
-        if p == 0 and r == 1 and step == 1:
+        if p == 0 and step == 1:
             canvas = None
             targets = [(y, y)]
             interior = y
         else:
-            canvas = _Canvas(y, c, out_h, out_w, p, r)
-            targets = [canvas.target(z, a, b, step) for z, a, b in parts]
+            canvas = _Canvas(y, c, out_h, out_w, p)
+            targets = [(canvas.target(a, b, step), z) for z, a, b in parts]
             interior = canvas.interior
-        if residual is not None and r > 1 and step == 1:  # match the 6-d destination views
-            n, ch, rh, rw = residual.shape
-            residual = residual.view(n, ch, rh // r, r, rw // r, r)
         if self.instance_norm is not None:
             if self.frozen is not None:
                 mean = var = y.new_zeros(0)
@@ -996,8 +957,6 @@ class FusedConv(nn.Module):
                 mean, var = _moments(y)
             a, b = self._norm_coefficients(mean, var)
             a, b = a.to(y.dtype), b.to(y.dtype)
-            if r > 1 and step == 1:  # (B, C, 1, 1) -> (B, C, 1, 1, 1, 1) for the 6-d views
-                a, b = a[..., None, None], b[..., None, None]
             for dest, src in targets:
                 if residual is None:
                     torch.addcmul(b, src, a, out=dest)
@@ -1057,8 +1016,6 @@ class FastTransform(nn.Module):
                 layer.set_out(nxt.in_pad, nxt.in_mode)
             else:
                 layer.out_pad, layer.out_mode = nxt.in_pad, nxt.in_mode
-                if isinstance(nxt, FusedConv):
-                    layer.out_unshuffle = nxt.unshuffle
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first = self.layers[0]
