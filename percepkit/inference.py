@@ -680,7 +680,7 @@ PadMode = str  # "reflect", "replicate" or "zero"
 def _moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample, per-channel mean and (biased) variance of (B, C, H, W), as float32 (B, C).
 
-    On the CPU, for channels_last tensors, both come from sums of x and x² over the spatial
+    On the CPU, for channels_last tensors, both come from sums of x and x·x over the spatial
     positions (a vectorised outer reduction, several times faster than ``torch.var_mean``
     there, and as accurate: its partial sums keep the relative error near 1e-7); channels whose
     variance is small against their squared mean (cancellation) are recomputed in float64.
@@ -693,7 +693,7 @@ def _moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n = h * w
     x = z.permute(0, 2, 3, 1).reshape(b, n, c)
     mean = x.sum(1) / n
-    var = (x * x).sum(1) / n - mean * mean
+    var = torch.linalg.vecdot(x, x, dim=1) / n - mean * mean
     if bool((var <= 1e-3 * mean * mean).any()):
         v64, m64 = torch.var_mean(x.double(), dim=1, unbiased=False)
         return m64.float(), v64.float()
@@ -754,7 +754,7 @@ def _window_moments(y: torch.Tensor, groups: int, windows: list[tuple[int, int]]
         var = sum(p.pow(2).mean(dim=(2, 3)) for p in parts) / groups - mean * mean
         return mean, var.clamp_min(0)
     x = y.permute(0, 2, 3, 1).reshape(bsz, hh * ww, gc)
-    s1, s2 = x.sum(1), (x * x).sum(1)
+    s1, s2 = x.sum(1), torch.linalg.vecdot(x, x, dim=1)
     t1 = y.new_zeros(bsz, c)
     t2 = y.new_zeros(bsz, c)
     for k, (a, b) in enumerate(windows):
