@@ -367,15 +367,18 @@ def _partition(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 # -- tiles --------------------------------------------------------------------------------------
 def plan_axis(length: int, core: int, overlap: int, align: int = 1) -> list[tuple[int, int]]:
-    """Intervals ``[start, end)`` covering ``[0, length)``, each ``core`` long (the last ones
-    may be shorter only if ``length`` is), spread evenly, neighbours overlapping by at least
-    ``overlap``, starts multiples of ``align`` (``length`` and ``core`` should be too)."""
+    """Intervals ``[start, end)`` covering ``[0, length)``: as few as cores of at most ``core``
+    allow, all of one length (as short as that count allows, so tiles waste little work on
+    overlaps), spread evenly, neighbours overlapping by at least ``overlap``, starts multiples
+    of ``align`` (``length`` and ``core`` should be multiples too)."""
     core = max(align, core // align * align)
     if length <= core:
         return [(0, length)]
     overlap = min(overlap, core // 2)
     step = max(align, (core - overlap) // align * align)
     n = 1 + math.ceil((length - core) / step)
+    balanced = -(-(length + (n - 1) * overlap) // n)
+    core = min(core, (-(-balanced // align) + 1) * align)
     starts = sorted({round(i * (length - core) / (n - 1) / align) * align for i in range(n)})
     return [(s, min(s + core, length)) for s in starts]
 
