@@ -132,8 +132,31 @@ def test_image_too_big_for_the_budget_gets_exact_statistics(fast):
     assert not small.fits(96, 120)
     steps = []
     out = small(x, progress=lambda done, total: steps.append((done, total)))
-    tiles = len(plan_axis(96, core, small.overlap)) * len(plan_axis(120, core, small.overlap))
-    assert steps[-1] == (tiles * 5, tiles * 5)  # 4 norm layers + the output pass
+    assert steps[-1][0] == steps[-1][1] and len(steps) > 4
+    if not fast:  # plain nets: one pass over the tiles per norm layer, then the output pass
+        tiles = len(plan_axis(96, core, small.overlap)) * len(plan_axis(120, core, small.overlap))
+        assert steps[-1] == (tiles * 5, tiles * 5)  # 4 norm layers + the output pass
+    assert (out - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("bottleneck_fits", [True, False])
+def test_staged_exact_tiling_of_the_style_net(monkeypatch, bottleneck_fits):
+    """Fast nets tile in stages: down to the bottleneck, the residual blocks on the whole
+    1/4-resolution tensor (or tile by tile when even that does not fit), back up."""
+    torch.manual_seed(0)
+    model = _randomise_norms(JohnsonStyle(channels=(8, 16, 32), residual_blocks=2))
+    x = torch.rand(3, 264, 280)
+    ref = Predictor(model, "cpu", tile=0)(x)
+    small = Predictor(model, "cpu")
+    # bottleneck: 32 channels at 1/4 resolution, 8 bytes per input pixel, held if 5x that fits
+    small.memory_budget = (50 if bottleneck_fits else 30) * 264 * 280
+    assert not small.fits(264, 280)
+    stages = []
+    original = Predictor._run_stage
+    monkeypatch.setattr(Predictor, "_run_stage",
+                        lambda self, *a, **k: stages.append(1) or original(self, *a, **k))
+    out = small(x)
+    assert len(stages) == (2 if bottleneck_fits else 3)
     assert (out - ref).abs().max() < 1e-5
 
 
