@@ -18,9 +18,9 @@ need when applying one:
   carries a context margin of at least the network's receptive field, which is thrown away, and
   neighbouring tiles are cross-faded over an overlap. Instance norm is global (its statistics
   cover the whole image), so tiles of an instance-normalised net all use the whole image's
-  statistics, measured exactly with one pass over the tiles per norm layer (or estimated on a
-  downscaled copy, ``norm_stats="approx"``). Tiled output equals untiled output to float
-  round-off (tested).
+  statistics, measured exactly (for fast nets in stages around the small bottleneck tensor,
+  :meth:`Predictor._staged`), or estimated on a downscaled copy (``norm_stats="approx"``).
+  Tiled output equals untiled output to float round-off (tested).
 
 :func:`plan_batch` and :func:`run_batch` are the file handling of ``percepkit stylize`` /
 ``upscale`` / ``optimize``: a bad file is reported and the batch goes on.
