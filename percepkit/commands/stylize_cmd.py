@@ -31,9 +31,9 @@ def inference_options(f: Callable) -> Callable:
                           "GPU memory, or 40%% of free RAM up to 2G)."),
         click.option("--norm-stats", type=click.Choice(["exact", "approx"]), default="exact",
                      show_default=True,
-                     help="Instance-norm statistics when an image must be tiled: exact (one "
-                          "more pass over the tiles per norm layer; output = untiled output) or "
-                          "approx (from a downscaled copy: fast, seamless, slightly different)."),
+                     help="Instance-norm statistics when an image must be tiled: exact (extra "
+                          "passes over the tiles; output = untiled output) or approx (from a "
+                          "downscaled copy: faster, seamless, slightly different)."),
         click.option("--half/--no-half", default=None,
                      help="fp16 autocast (CUDA only; default on CUDA)."),
         click.option("--compile", "compile_", is_flag=True,
