@@ -128,3 +128,13 @@ def test_cli_recipe_check_ok_and_bad(tmp_path, capsys):
     message = capsys.readouterr().err
     assert "losses[0]: key 'weight': expected a number" in message
     assert "Traceback" not in message
+
+
+def test_optimize_defaults_are_the_paper_recipes_losses():
+    """`percepkit optimize` without --recipe must use the same terms as the shipped recipes."""
+    from percepkit.optimize import default_losses
+
+    style = load_recipe(next(p for p in RECIPES if p.stem == "style_johnson2016"))
+    feat = load_recipe(next(p for p in RECIPES if p.stem == "sr_x4_feat"))
+    assert default_losses("style") == style.raw["losses"]
+    assert default_losses("sr") == feat.raw["losses"]
