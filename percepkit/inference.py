@@ -439,7 +439,8 @@ def _window_probe(window: tuple[int, int, int, int, int, int], sums: list[torch.
         for z, a, b in parts:
             i0, i1 = -(-(ly0 - a) // step), -(-(ly1 - a) // step)
             j0, j1 = -(-(lx0 - b) // step), -(-(lx1 - b) // step)
-            v = z[..., i0:i1, j0:j1].double()
+            v = z[..., i0:i1, j0:j1]
+            v = v.float() if v.device.type == "mps" else v.double()  # MPS has no float64
             t1, t2 = v.sum(dim=(2, 3)), (v * v).sum(dim=(2, 3))
             s1, s2 = (t1, t2) if s1 is None else (s1 + t1, s2 + t2)
             count += v.shape[-2] * v.shape[-1]
