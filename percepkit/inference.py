@@ -529,10 +529,11 @@ class Predictor:
         x = x.to(self.device, torch.float32, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One untiled forward pass of an aligned batch (B, 3, H, W); float32 result."""
+    def forward(self, x: torch.Tensor, eager: bool = False) -> torch.Tensor:
+        """One untiled forward pass of an aligned batch (B, 3, H, W); float32 result.
+        ``eager`` bypasses ``torch.compile`` (passes with hooks or patched norm layers)."""
         with torch.inference_mode(), self._autocast():
-            return self.net(self._prep(x)).float()
+            return (self.model if eager else self.net)(self._prep(x)).float()
 
     # -- planning ------------------------------------------------------------------------------
     def fits(self, height: int, width: int) -> bool:
@@ -586,7 +587,7 @@ class Predictor:
             size = (max(a, int(h * f) // a * a), max(a, int(w * f) // a * a))
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         with record_norm_stats(self.model) as stats:
-            self.forward(x)
+            self.forward(x, eager=True)
         return dict(stats)
 
     def norm_layers(self) -> list[nn.Module]:
@@ -598,7 +599,7 @@ class Predictor:
                        for m in mods]
             try:
                 side = max(16, 4 * self.info.align)
-                self.forward(torch.zeros(1, 3, side, side))
+                self.forward(torch.zeros(1, 3, side, side), eager=True)
             finally:
                 for h in handles:
                     h.remove()
@@ -624,7 +625,7 @@ class Predictor:
                     probe = _window_probe(window, sums)
                     with frozen_norm_stats(self.model, stats), _probing(layer, probe), \
                             contextlib.suppress(_StopForward):
-                        self.forward(x[..., cy0:cy1, cx0:cx1])
+                        self.forward(x[..., cy0:cy1, cx0:cx1], eager=True)
                     progress()
             s1, s2, n = sums
             mean = s1 / n
@@ -635,12 +636,13 @@ class Predictor:
         """Run one aligned image (1, 3, H, W) tile by tile and blend the tiles' outputs."""
         s, m, a = self.scale, self.info.margin, self.info.align
         h, w = x.shape[-2:]
+        exact_passes = self.info.global_norm and self.norm_stats == "exact" and not self.fits(h, w)
+        if exact_passes and isinstance(self.model, FastTransform) \
+                and self.model.output != "bicubic_skip":
+            return self._staged(x, progress)
         rows = plan_axis(h, core, self.overlap, a)
         cols = plan_axis(w, core, self.overlap, a)
-        out = torch.zeros(1, 3, h * s, w * s)
-        n_tiles = len(rows) * len(cols)
-        exact_passes = self.info.global_norm and self.norm_stats == "exact" and not self.fits(h, w)
-        total = n_tiles * (1 + (len(self.norm_layers()) if exact_passes else 0))
+        total = len(rows) * len(cols) * (1 + (len(self.norm_layers()) if exact_passes else 0))
         done = 0
 
         def advance() -> None:
@@ -649,9 +651,6 @@ class Predictor:
             if progress is not None:
                 progress(done, total)
 
-        if exact_passes and isinstance(self.model, FastTransform) \
-                and self.model.output != "bicubic_skip":
-            return self._staged(x, progress)
         if not self.info.global_norm:
             stats: NormStats = {}
         elif exact_passes:
@@ -661,17 +660,18 @@ class Predictor:
         _warn_other_global_norms(self.model)
         ramps_y, sum_y = _ramps(rows, s)
         ramps_x, sum_x = _ramps(cols, s)
+        out = torch.zeros(1, 3, h * s, w * s)
+        eager = self.info.global_norm  # patched norm layers: no compiled graph
         with frozen_norm_stats(self.model, stats):
             for (y0, y1), wy in zip(rows, ramps_y):
                 for (x0, x1), wx in zip(cols, ramps_x):
                     cy0, cy1 = _crop(y0, y1, m, h, a)
                     cx0, cx1 = _crop(x0, x1, m, w, a)
-                    y = self.forward(x[..., cy0:cy1, cx0:cx1]).cpu()
+                    y = self.forward(x[..., cy0:cy1, cx0:cx1], eager=eager).cpu()
                     y = y[..., (y0 - cy0) * s:(y1 - cy0) * s, (x0 - cx0) * s:(x1 - cx0) * s]
                     out[..., y0 * s:y1 * s, x0 * s:x1 * s] += y * (wy[:, None] * wx[None, :])
                     advance()
         return out.div_(sum_y[:, None] * sum_x[None, :])
-
 
     # -- exact tiling in stages -------------------------------------------------------------
     def _staged(self, x: torch.Tensor, progress: TileCallback | None) -> torch.Tensor:
