@@ -20,8 +20,8 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise PercepkitError(f"--device {name!r}: not a device (use cpu, cuda, cuda:1, mps or "
-                             f"auto)") from None
+        raise PercepkitError(f"--device {name!r}: unknown device (use cpu, cuda, cuda:1, mps "
+                             f"or auto)") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise PercepkitError(f"--device {name}: CUDA is not available (torch "

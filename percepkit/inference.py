@@ -37,40 +37,23 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import resolve_device
 from .errors import PercepkitError
+
+if TYPE_CHECKING:
+    import rich.console
 
 GiB = 1024**3
 TileCallback = Callable[[int, int], None]
 
 
 # -- devices and memory -----------------------------------------------------------------------
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, then MPS, then the CPU; unknown devices are errors."""
-    if isinstance(device, torch.device):
-        return device
-    name = (device or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise PercepkitError(f"unknown device {device!r} ({e}); use auto, cpu, cuda or cuda:N"
-                             ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise PercepkitError(f"device {device!r} requested, but CUDA is not available here; "
-                             "use --device cpu (or auto)")
-    return dev
-
-
 def available_memory(device: torch.device) -> int:
     """Bytes free for activations now: CUDA's free memory, or the OS's available RAM."""
     if device.type == "cuda":
@@ -1304,6 +1287,17 @@ class BatchSummary:
     def exit_code(self) -> int:
         """0 when every file was written (or deliberately skipped), else 1."""
         return 1 if self.failed else 0
+
+    def report(self, console: rich.console.Console, headline: str) -> None:
+        """Print ``headline`` with the skipped/failed counts; exit 1 if any file failed."""
+        parts = [headline]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped (already there)")
+        if self.failed:
+            parts.append(f"[red]{len(self.failed)} failed[/]")
+        console.print(", ".join(parts))
+        if self.exit_code:
+            sys.exit(self.exit_code)
 
 
 def plan_batch(inputs: Sequence[str | Path], output: str | Path, ext: str = ".png"

@@ -5,21 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli
 
 from percepkit.checkpoint import save_checkpoint
-from percepkit.cli import main
 from percepkit.errors import PercepkitError
 from percepkit.export import export
 from percepkit.registry import TRANSFORMS
 from percepkit.transforms import JohnsonSR, johnson_style_fast
-
-
-def _run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 def test_onnx_matches_pytorch_at_two_sizes(tmp_path):
@@ -77,12 +69,12 @@ def test_export_command(tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "s.safetensors",
                            {"model": johnson_style_fast().state_dict()},
                            {"transform": {"name": "johnson_style_fast"}, "task": "style"})
-    assert _run(["export", str(ckpt)]) == 0
+    assert run_cli(["export", str(ckpt)]) == 0
     assert (tmp_path / "s.onnx").is_file()
     assert "matches PyTorch" in capsys.readouterr().out
-    assert _run(["export", str(ckpt)]) == 2
+    assert run_cli(["export", str(ckpt)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert _run(["export", str(ckpt), "--format", "torchscript", "--size", "32x48"]) == 0
+    assert run_cli(["export", str(ckpt), "--format", "torchscript", "--size", "32x48"]) == 0
     assert (tmp_path / "s.pt").is_file()
-    assert _run(["export", str(tmp_path / "none.safetensors")]) == 2
-    assert _run(["export", str(ckpt), "--size", "big", "--overwrite"]) == 2
+    assert run_cli(["export", str(tmp_path / "none.safetensors")]) == 2
+    assert run_cli(["export", str(ckpt), "--size", "big", "--overwrite"]) == 2

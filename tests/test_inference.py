@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli
 from PIL import Image
 
 from percepkit.checkpoint import save_checkpoint
-from percepkit.cli import main
 from percepkit.errors import PercepkitError
 from percepkit.inference import (
     FastTransform,
@@ -248,12 +248,6 @@ def test_plan_batch_names_and_conflicts(tmp_path):
 
 
 # -- the commands ------------------------------------------------------------------------------
-def _run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.fixture
@@ -283,7 +277,7 @@ def style_checkpoint(tmp_path):
 
 def test_stylize_batch_reports_bad_files_and_goes_on(images, style_checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
-    code = _run(["stylize", str(style_checkpoint), str(images), str(tmp_path / "nope.png"),
+    code = run_cli(["stylize", str(style_checkpoint), str(images), str(tmp_path / "nope.png"),
                  "-o", str(out), "-q"])
     err = capsys.readouterr().err
     assert code == 1
@@ -297,24 +291,25 @@ def test_stylize_batch_reports_bad_files_and_goes_on(images, style_checkpoint, t
     assert Image.open(out / "sub" / "g16.png").size == (24, 16)
     before = (out / "rgb.png").read_bytes()
     (out / "rgb.png").write_bytes(b"keep me")
-    code = _run(["stylize", str(style_checkpoint), str(images / "rgb.png"), "-o", str(out), "-q"])
+    code = run_cli(["stylize", str(style_checkpoint), str(images / "rgb.png"), "-o", str(out),
+                    "-q"])
     assert code == 1 and "--overwrite" in capsys.readouterr().err
     assert (out / "rgb.png").read_bytes() == b"keep me"
-    assert _run(["stylize", str(style_checkpoint), str(images / "rgb.png"), "-o", str(out),
+    assert run_cli(["stylize", str(style_checkpoint), str(images / "rgb.png"), "-o", str(out),
                  "-q", "--skip-existing"]) == 0
-    assert _run(["stylize", str(style_checkpoint), str(images / "rgb.png"), "-o", str(out),
+    assert run_cli(["stylize", str(style_checkpoint), str(images / "rgb.png"), "-o", str(out),
                  "-q", "--overwrite"]) == 0
     assert (out / "rgb.png").read_bytes() == before
 
 
 def test_stylize_size_and_unwritable_output(images, style_checkpoint, tmp_path, capsys):
     out = tmp_path / "sized.png"
-    assert _run(["stylize", str(style_checkpoint), str(images / "rgb.png"), "-o", str(out),
+    assert run_cli(["stylize", str(style_checkpoint), str(images / "rgb.png"), "-o", str(out),
                  "--size", "32", "-q"]) == 0
     assert Image.open(out).size == (32, 22)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    code = _run(["stylize", str(style_checkpoint), str(images / "rgb.png"), str(images /
+    code = run_cli(["stylize", str(style_checkpoint), str(images / "rgb.png"), str(images /
                  "gray.png"), "-o", str(blocker / "out"), "-q"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("cannot write") == 2
@@ -322,28 +317,28 @@ def test_stylize_size_and_unwritable_output(images, style_checkpoint, tmp_path, 
 
 def test_upscale_by_name_and_checkpoint(images, tmp_path, capsys):
     out = tmp_path / "up"
-    assert _run(["upscale", "bicubic", str(images / "rgb.png"), "--scale", "3", "-o", str(out),
+    assert run_cli(["upscale", "bicubic", str(images / "rgb.png"), "--scale", "3", "-o", str(out),
                  "-q"]) == 0
     assert Image.open(out / "rgb.png").size == (159, 111)
     ckpt = save_checkpoint(tmp_path / "sr.safetensors", {"model": JohnsonSR(scale=2)
                                                         .state_dict()},
                            {"transform": {"name": "johnson_sr", "scale": 2}, "task": "sr"})
-    assert _run(["upscale", str(ckpt), str(images / "sub"), "-o", str(out), "-q",
+    assert run_cli(["upscale", str(ckpt), str(images / "sub"), "-o", str(out), "-q",
                  "--tile", "8"]) == 0
     assert Image.open(out / "g16.png").size == (48, 32)
     assert Image.open(out / "g16.png").mode == "L"
     capsys.readouterr()
-    assert _run(["upscale", "bicubc", str(images / "rgb.png"), "-o", str(out)]) == 2
+    assert run_cli(["upscale", "bicubc", str(images / "rgb.png"), "-o", str(out)]) == 2
     assert "Did you mean 'bicubic'" in capsys.readouterr().err
-    assert _run(["upscale", str(ckpt), str(images / "rgb.png"), "-o", str(out),
+    assert run_cli(["upscale", str(ckpt), str(images / "rgb.png"), "-o", str(out),
                  "--scale", "4"]) == 2
     assert "upscales x2" in capsys.readouterr().err
 
 
 def test_checkpoint_of_the_wrong_task_is_refused(images, style_checkpoint, tmp_path, capsys):
-    assert _run(["upscale", str(style_checkpoint), str(images / "rgb.png"), "-o",
+    assert run_cli(["upscale", str(style_checkpoint), str(images / "rgb.png"), "-o",
                  str(tmp_path / "o")]) == 2
     assert "stylize" in capsys.readouterr().err
-    assert _run(["stylize", str(tmp_path / "missing.safetensors"), str(images / "rgb.png"),
+    assert run_cli(["stylize", str(tmp_path / "missing.safetensors"), str(images / "rgb.png"),
                  "-o", str(tmp_path / "o")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli
 from PIL import Image
 
-from percepkit.cli import main
 from percepkit.errors import PercepkitError
 from percepkit.losses import build_loss
 from percepkit.lossnets import VGG
@@ -119,12 +119,6 @@ def test_resize_longer_side():
 
 
 # -- the command -------------------------------------------------------------------------------
-def _run(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
 
 
 @pytest.fixture
@@ -140,26 +134,26 @@ def two_images(tmp_path):
 def test_optimize_command_with_real_weights(two_images, real_weights_dir, monkeypatch, capsys):
     monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(real_weights_dir))
     d = two_images
-    code = _run(["optimize", str(d / "c.png"), str(d / "bad.png"), "--style", str(d / "s.png"),
+    code = run_cli(["optimize", str(d / "c.png"), str(d / "bad.png"), "--style", str(d / "s.png"),
                  "-o", str(d / "out"), "--iters", "2", "-q"])
     assert code == 1  # bad.png failed, c.png was written
     assert "bad.png: not an image file" in capsys.readouterr().err
     assert Image.open(d / "out" / "c.png").size == (30, 24)
-    assert _run(["optimize", str(d / "c.png"), "--scale", "2", "-o", str(d / "sr.png"),
+    assert run_cli(["optimize", str(d / "c.png"), "--scale", "2", "-o", str(d / "sr.png"),
                  "--iters", "2", "--optimizer", "adam", "-q"]) == 0
     assert Image.open(d / "sr.png").size == (60, 48)
 
 
 def test_optimize_command_user_errors(two_images, isolated_weights, capsys):
     d = two_images
-    assert _run(["optimize", str(d / "c.png"), "-o", str(d / "o")]) == 2
+    assert run_cli(["optimize", str(d / "c.png"), "-o", str(d / "o")]) == 2
     assert "--style STYLE" in capsys.readouterr().err
-    assert _run(["optimize", str(d / "c.png"), "--style", str(d / "s.png"), "--scale", "2",
+    assert run_cli(["optimize", str(d / "c.png"), "--style", str(d / "s.png"), "--scale", "2",
                  "-o", str(d / "o")]) == 2
-    assert _run(["optimize", str(d / "c.png"), "--style", str(d / "s.png"), "--target",
+    assert run_cli(["optimize", str(d / "c.png"), "--style", str(d / "s.png"), "--target",
                  str(d / "s.png"), "-o", str(d / "o")]) == 2
     capsys.readouterr()
-    assert _run(["optimize", str(d / "c.png"), "--style", str(d / "s.png"), "-o",
+    assert run_cli(["optimize", str(d / "c.png"), "--style", str(d / "s.png"), "-o",
                  str(d / "o")]) == 2
     err = capsys.readouterr().err
     assert "weights" in err and "Traceback" not in err

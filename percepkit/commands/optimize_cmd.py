@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -121,12 +120,5 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
     summary = run_batch(items, run_one, overwrite=overwrite, skip_existing=skip_existing,
                         console=console, show_progress=not quiet, prepare=prepare,
                         step_label="iterations")
-    parts = [f"[green]{len(summary.written)}[/] optimised images written to {output} "
-             f"({iterations} {method} iterations each)"]
-    if summary.skipped:
-        parts.append(f"{len(summary.skipped)} skipped (already there)")
-    if summary.failed:
-        parts.append(f"[red]{len(summary.failed)} failed[/]")
-    console.print(", ".join(parts))
-    if summary.exit_code:
-        sys.exit(summary.exit_code)
+    summary.report(console, f"[green]{len(summary.written)}[/] optimised images written to "
+                            f"{output} ({iterations} {method} iterations each)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,14 +77,8 @@ def run(inputs: tuple[str, ...], model, options: dict, prepare=None, what: str =
     summary = run_batch(items, lambda image, cb: predictor(image, progress=cb),
                         overwrite=options["overwrite"], skip_existing=options["skip_existing"],
                         console=console, show_progress=not options["quiet"], prepare=prepare)
-    parts = [f"[green]{len(summary.written)}[/] {what} written to {options['output']}"]
-    if summary.skipped:
-        parts.append(f"{len(summary.skipped)} skipped (already there)")
-    if summary.failed:
-        parts.append(f"[red]{len(summary.failed)} failed[/]")
-    console.print(", ".join(parts))
-    if summary.exit_code:
-        sys.exit(summary.exit_code)
+    summary.report(console,
+                   f"[green]{len(summary.written)}[/] {what} written to {options['output']}")
 
 
 @click.command("stylize")
