@@ -54,6 +54,19 @@ TileCallback = Callable[[int, int], None]
 
 
 # -- devices and memory -----------------------------------------------------------------------
+def _counter(total: int, progress: TileCallback | None) -> Callable[[], None]:
+    """A callable that reports ``progress(done, total)`` each time it is called."""
+    done = 0
+
+    def advance() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    return advance
+
+
 def available_memory(device: torch.device) -> int:
     """Bytes free for activations now: CUDA's free memory, or the OS's available RAM."""
     if device.type == "cuda":
@@ -626,13 +639,7 @@ class Predictor:
         rows = plan_axis(h, core, self.overlap, a)
         cols = plan_axis(w, core, self.overlap, a)
         total = len(rows) * len(cols) * (1 + (len(self.norm_layers()) if exact_passes else 0))
-        done = 0
-
-        def advance() -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total)
+        advance = _counter(total, progress)
 
         if not self.info.global_norm:
             stats: NormStats = {}
@@ -684,13 +691,7 @@ class Predictor:
                                               f_in, f_out))
             f_in = f_out
         total = sum(len(p.crops) * (len(p.norms) + 1) for p in plans if p is not None)
-        done = 0
-
-        def advance() -> None:
-            nonlocal done
-            done += 1
-            if progress is not None:
-                progress(done, total)
+        advance = _counter(total, progress)
 
         stats: NormStats = {}
         for (start, end), plan in zip(fast.stages(), plans):
