@@ -163,7 +163,7 @@ def build(name: str, config: str) -> tuple[nn.Module, object]:
             m.weight.data = 1 + 0.2 * torch.randn(m.weight.shape, generator=g)
             m.bias.data = 0.2 * torch.randn(m.bias.shape, generator=g)
     if config == "percepkit":
-        predictor = Predictor(model, "cpu", tile=0)
+        predictor = Predictor(model, "cpu", tile=0, keep_memory=True)
         return model, lambda x: predictor(x[0])[None]
     plain = plain_copy(model)
     if config == "plain+keep":

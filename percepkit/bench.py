@@ -213,7 +213,7 @@ def run_bench(
         torch.manual_seed(0)
         model = TRANSFORMS.build({"name": transform_name}, where="--transform")
     model = model.eval()
-    predictor = Predictor(model, dev, half=half, compile=compile, tile=0)
+    predictor = Predictor(model, dev, half=half, compile=compile, tile=0, keep_memory=True)
     precision = "fp16 autocast" if predictor.half else "fp32"
     say("measuring matrix-multiply throughput")
     peak = matmul_throughput(dev, torch.float16 if predictor.half else torch.float32,

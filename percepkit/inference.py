@@ -459,7 +459,8 @@ class Predictor:
     ``half`` (default: on CUDA) runs in fp16 autocast on CUDA only; ``compile`` wraps the net in
     ``torch.compile`` (the plain network: inductor does its own fusion; worth it on CUDA for
     many images of one size); ``fast`` uses :func:`fast_model`; ``keep_memory`` (CPU) calls
-    :func:`keep_freed_memory` so that repeated passes do not page-fault their memory back in.
+    :func:`keep_freed_memory` so that repeated passes do not page-fault their memory back in;
+    it changes the whole process's allocator, so it is opt-in (the CLI commands turn it on).
 
     ``norm_stats`` is how tiles of an instance-normalised net get the statistics of the whole
     image when it does not fit the budget. ``exact``: the output is the untiled output. Fast
@@ -481,7 +482,7 @@ class Predictor:
         tile: int | None = None,
         overlap: int | None = None,
         memory_budget: int | None = None,
-        keep_memory: bool = True,
+        keep_memory: bool = False,
         norm_stats: str = "exact",
     ) -> None:
         self.device = resolve_device(device)

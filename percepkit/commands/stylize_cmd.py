@@ -59,7 +59,7 @@ def make_predictor(model, options: dict):
     budget = parse_memory(options["memory"]) if options["memory"] else None
     return Predictor(model, options["device"], half=options["half"], compile=options["compile_"],
                      tile=options["tile"], memory_budget=budget,
-                     norm_stats=options["norm_stats"])
+                     norm_stats=options["norm_stats"], keep_memory=True)
 
 
 def run(inputs: tuple[str, ...], model, options: dict, prepare=None, what: str = "images"
