@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +62,12 @@ def test_console_script_unknown_name_is_one_paragraph_exit_2(tmp_path):
 def test_missing_recipe_file(args, capsys):
     code, _, err = run(args, capsys)
     assert code == 2 and "no such recipe file" in err
+
+
+def test_missing_weights_is_one_paragraph_exit_2(isolated_weights, tmp_path, capsys):
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny_sr.yaml")
+    code, _, err = run(["train", recipe, "--set", "loss_network.weights=imagenet",
+                        "--out", str(tmp_path / "run"), "--no-progress"], capsys)
+    assert code == 2
+    assert "ImageNet weights for vgg16 are missing" in err and "PERCEPKIT_WEIGHTS" in err
+    assert "Traceback" not in err
