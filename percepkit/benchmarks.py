@@ -31,9 +31,10 @@ import torch
 from PIL import Image
 
 from .errors import ImageError, PercepkitError
-from .images import list_images, read_image
+from .images import list_images, quantize, read_image
 from .imresize import imresize, mod_crop
 from .registry import DATASETS
+from .weights import offline
 
 __all__ = [
     "SRBenchmark", "Sample", "cache_dir", "download_benchmark", "hr_folder", "locate_benchmark",
@@ -50,11 +51,6 @@ class Sample:
     lr: torch.Tensor
     path: Path
     notes: list[str] = field(default_factory=list)
-
-
-def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Round to the nearest 8-bit level (clamped to [0, 1]), as saving a uint8 image does."""
-    return x.clamp(0, 1).mul(255).round().div(255)
 
 
 def make_lr(hr: torch.Tensor, scale: int, quantize_lr: bool = True) -> torch.Tensor:
@@ -223,10 +219,6 @@ def cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "percepkit" / "datasets"
 
 
-def _offline() -> bool:
-    return os.environ.get("PERCEPKIT_OFFLINE", "").lower() in ("1", "true", "yes")
-
-
 def _set_folder(parent: Path, set_name: str) -> Path | None:
     """``parent`` itself if it is the set, else ``parent/<Set14|...>`` (or its ``HR`` subfolder)."""
     candidates = [parent / n for n in _FOLDER_NAMES[set_name]]
@@ -285,7 +277,7 @@ def locate_benchmark(set_name: str, root: str | Path | None = None,
             return found, label
         tried.append(f"{place} ({label})")
     where = cache_dir() / set_name
-    if download and not _offline():
+    if download and not offline():
         try:
             return download_benchmark(set_name, where), "downloaded"
         except PercepkitError:

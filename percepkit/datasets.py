@@ -33,6 +33,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from .errors import ImageError, PercepkitError
 from .images import IMAGE_EXTENSIONS, list_images, read_image
+from .images import quantize as quantize_8bit
 from .registry import DATASETS
 
 __all__ = [
@@ -133,8 +134,7 @@ def degrade(hr: torch.Tensor, scale: int, blur_sigma: float = 1.0,
     from .imresize import imresize
 
     lr = imresize(gaussian_blur(hr, blur_sigma), scale=1.0 / scale)
-    lr = lr.clamp(0, 1)
-    return lr.mul(255).round().div(255) if quantize else lr
+    return quantize_8bit(lr) if quantize else lr.clamp(0, 1)
 
 
 def _resize_short(img: torch.Tensor, short: int) -> torch.Tensor:

@@ -78,6 +78,11 @@ def read_image(path: str | Path, mode: Literal["RGB", "keep"] = "RGB") -> torch.
     return tensor
 
 
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest 8-bit level (clamped to [0, 1]), as saving a uint8 image does."""
+    return x.clamp(0, 1).mul(255).round().div(255)
+
+
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """HxWxC (or HxW for 1 channel) uint8 array from a CxHxW float tensor in [0, 1]."""
     arr = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
