@@ -7,4 +7,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load"]
+
+
+def load(model: str, device: str = "cpu"):  # noqa: ANN201 (torch is imported lazily)
+    """A ready network (eval mode) from a model name (``percepkit.load("candy")``, see
+    ``percepkit list models``) or any percepkit checkpoint file."""
+    from .zoo import load as _load
+
+    return _load(model, device=device)

@@ -7,8 +7,9 @@ recipe keys (``weight`` included). Definitions (Johnson et al. 2016, Sec. 3):
 * ``feature``: ℓ_feat = ‖φ_j(ŷ) - φ_j(y)‖²₂ / (C_j H_j W_j), summed over layers j with
   ``layer_weights``, averaged over the batch.
 * ``style``:   G_j(x) = ψψᵀ / (C_j H_j W_j) with ψ = φ_j(x) reshaped to C_j x H_j W_j;
-  ℓ_style = ‖G_j(ŷ) - G_j(y_s)‖²_F (a sum over the C_j² entries), summed over layers, averaged
-  over the batch. The style image may have any size.
+  ℓ_style = ‖G_j(ŷ) - G_j(y_s)‖²_F (a sum over the C_j² entries; ``reduction='mean'`` averages
+  them instead, as pytorch/examples and jcjohnson/fast-neural-style do), summed over layers,
+  averaged over the batch. The style image may have any size.
 * ``tv``:      Σ (ŷ_{i,j+1} - ŷ_{i,j})² + (ŷ_{i+1,j} - ŷ_{i,j})², divided by C·H·W when
   ``reduction='mean'`` (default), averaged over the batch.
 
@@ -106,11 +107,20 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
 
 @LOSSES.register("style", aliases=("gram",))
 class StyleLoss(LossTerm):
-    """Style reconstruction loss ℓ_style: squared Frobenius distance of Gram matrices."""
+    """Style reconstruction loss ℓ_style: squared Frobenius distance of Gram matrices.
+
+    ``reduction='sum'`` is the paper's ‖·‖²_F; ``'mean'`` divides layer j by C_j² (the mean
+    squared error of the Gram matrices), so weights carry over from pytorch/examples (style
+    1e10 / content 1e5 there is style 1e5 with feature 1 here).
+    """
 
     def __init__(self, layers: list[str] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
-                 weight: float = 1.0, layer_weights: list[float] | None = None) -> None:
+                 weight: float = 1.0, layer_weights: list[float] | None = None,
+                 reduction: Literal["sum", "mean"] = "sum") -> None:
         super().__init__(weight)
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        self.reduction = reduction
         self.output_layers = self.style_layers = tuple(layers)
         self.layer_weights = _layer_weights(layers, layer_weights)
         self.targets: dict[str, torch.Tensor] = {}
@@ -125,7 +135,9 @@ class StyleLoss(LossTerm):
         total = 0.0
         for k, w in zip(self.style_layers, self.layer_weights):
             diff = gram_matrix(inputs.output_features[k]) - self.targets[k].to(inputs.output.device)
-            total = total + w * diff.pow(2).sum(dim=(1, 2)).mean()
+            err = diff.pow(2).sum(dim=(1, 2)) if self.reduction == "sum" \
+                else diff.pow(2).mean(dim=(1, 2))
+            total = total + w * err.mean()
         return total
 
 

@@ -394,6 +394,7 @@ DATASETS = Registry("dataset", ["percepkit.datasets", "percepkit.benchmarks"])
 METRICS = Registry("metric", ["percepkit.metrics"])
 OPTIMIZERS = Registry("optimizer", ["percepkit.optim"])
 SCHEDULERS = Registry("scheduler", ["percepkit.optim"])
+MODELS = Registry("model", ["percepkit.zoo"])
 
 REGISTRIES: dict[str, Registry] = {
     "transforms": TRANSFORMS,
@@ -403,4 +404,5 @@ REGISTRIES: dict[str, Registry] = {
     "metrics": METRICS,
     "optimizers": OPTIMIZERS,
     "schedulers": SCHEDULERS,
+    "models": MODELS,
 }

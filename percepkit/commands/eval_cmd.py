@@ -12,19 +12,26 @@ from ..devices import resolve_device
 from ..errors import PercepkitError
 
 
-def _load_model(model: str | None, checkpoint: Path | None, scale: int | None,
+def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
                 device: torch.device) -> tuple[Any, str, int, list[str]]:
     """The transform, its display name, the scale, and warnings for the footer."""
-    from ..registry import TRANSFORMS
+    from ..registry import MODELS, TRANSFORMS
 
     notes: list[str] = []
+    if model is not None and model in MODELS and not Path(model).is_file():
+        if checkpoint is not None:
+            raise PercepkitError("give either --model or --checkpoint, not both")
+        checkpoint = model  # a trained model of the zoo: scored like its checkpoint file
+        model = None
     if checkpoint is not None:
         if model is not None:
             raise PercepkitError("give either --model or --checkpoint, not both")
         from ..checkpoint import load_transform
+        from ..zoo import resolve
 
-        transform = load_transform(checkpoint, device=device)
-        name = checkpoint.stem
+        path = resolve(checkpoint)
+        transform = load_transform(path, device=device)
+        name = checkpoint if checkpoint in MODELS else path.stem
         ckpt_scale = getattr(transform, "scale", None)
         if getattr(transform, "task", "sr") != "sr" or ckpt_scale is None:
             raise PercepkitError(f"{checkpoint}: not a super-resolution checkpoint (its transform "
@@ -49,6 +56,15 @@ def _load_model(model: str | None, checkpoint: Path | None, scale: int | None,
             notes.append(f"--model {name} was built from scratch ({n_params:,} parameters, as "
                          f"initialised): to score trained weights use --checkpoint CKPT")
     return transform, name, scale, notes
+
+
+def _with_histogram_matching(transform: Any, device: torch.device) -> Any:
+    """``transform`` followed by matching the output's histogram to the LR input's."""
+    from ..postprocess import match_histogram
+
+    if isinstance(transform, torch.nn.Module):
+        transform = transform.to(device).eval()
+    return lambda lr: match_histogram(transform(lr).clamp(0, 1), lr)
 
 
 def _datasets(sets: list[str], scale: int, data_dir: Path | None, hr_dir: Path | None,
@@ -177,9 +193,15 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
               help="Folder holding Set14/ and BSD100/ (default: $PERCEPKIT_DATA, then the cache).")
 @click.option("--scale", type=click.IntRange(1, 16), default=None,
               help="Upscaling factor (default 4, or the checkpoint's).")
-@click.option("--model", default=None, help="A registered transform by name (default bicubic).")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="A trained percepkit checkpoint (rebuilt from its stored recipe).")
+@click.option("--model", default=None,
+              help="A trained model (percepkit list models) or a registered transform by name "
+                   "(default bicubic).")
+@click.option("--checkpoint", default=None,
+              help="A trained percepkit checkpoint file (rebuilt from its stored recipe) or a "
+                   "model name.")
+@click.option("--match-histogram", is_flag=True,
+              help="Match each channel's histogram of the output to the LR input's before "
+                   "scoring (the paper's post-processing for l_feat models).")
 @click.option("--metrics", default="psnr,ssim,lpips", show_default=True,
               help="Comma-separated registered metrics (see `percepkit list metrics`).")
 @click.option("--channel", type=click.Choice(["y", "rgb"]), default="y", show_default=True,
@@ -202,8 +224,9 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 @click.option("--no-download", is_flag=True, help="Never download Set14/BSD100.")
 def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
             hr_dir: Path | None, lr_dir: Path | None, data_dir: Path | None, scale: int | None,
-            model: str | None, checkpoint: Path | None, metrics: str, channel: str,
-            lpips_net: str, device: str, threads: int | None, per_image: bool, verbose: bool,
+            model: str | None, checkpoint: str | None, match_histogram: bool, metrics: str,
+            channel: str, lpips_net: str, device: str, threads: int | None, per_image: bool,
+            verbose: bool,
             json_path: Path | None, csv_path: Path | None, save_images: Path | None,
             mod: int | None, no_download: bool) -> None:
     """Evaluate an SR model (or bicubic) with PSNR, SSIM and LPIPS, comparable to published tables.
@@ -225,6 +248,8 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     console = Console(stderr=to_stdout, highlight=False)
     dev = resolve_device(device)
     transform, name, scale, notes = _load_model(model, checkpoint, scale, dev)
+    if match_histogram:
+        transform, name = _with_histogram_matching(transform, dev), f"{name}+histmatch"
 
     sets = [k for k, on in (("set5", use_set5 or use_all), ("set14", use_set14 or use_all),
                             ("bsd100", use_bsd100 or use_all)) if on]

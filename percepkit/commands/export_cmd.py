@@ -21,7 +21,7 @@ def _size(text: str | None) -> tuple[int, int] | None:
 
 
 @click.command("export")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", metavar="MODEL|CKPT")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx",
               show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
@@ -32,9 +32,10 @@ def _size(text: str | None) -> tuple[int, int] | None:
 @click.option("--atol", type=float, default=1e-4, show_default=True,
               help="Largest allowed difference from PyTorch (images in [0, 1]).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-def command(checkpoint: Path, fmt: str, output: Path | None, size: str | None, opset: int,
+def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, opset: int,
             atol: float, overwrite: bool) -> None:
-    """Export CHECKPOINT's network to ONNX or TorchScript and check it against PyTorch.
+    """Export a model's (percepkit list models) or a checkpoint file's network to ONNX or
+    TorchScript and check it against PyTorch.
 
     The exported model maps (B, 3, H, W) RGB in [0, 1] to its output (H, W multiples of the
     network's stride, 4 for style nets). ONNX exports are run with onnxruntime when it is
@@ -44,15 +45,20 @@ def command(checkpoint: Path, fmt: str, output: Path | None, size: str | None, o
 
     from ..checkpoint import load_transform, read_metadata
     from ..export import export
+    from ..zoo import resolve
 
-    out = output or checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".pt")
+    path = resolve(checkpoint)
+    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    # a model name exports into the current folder, never next to the installed package file
+    out = output or (path.with_suffix(suffix) if path == Path(checkpoint).expanduser()
+                     else Path(checkpoint + suffix))
     if out.exists() and not overwrite:
         raise PercepkitError(f"{out} exists; pass --overwrite to replace it")
-    if out.resolve() == checkpoint.resolve():
+    if out.resolve() == path.resolve():
         raise PercepkitError("the output would replace the checkpoint; choose another -o")
-    model = load_transform(checkpoint)
-    meta = read_metadata(checkpoint)
-    extra = {"transform": str(meta.get("transform")), "checkpoint": checkpoint.name,
+    model = load_transform(path)
+    meta = read_metadata(path)
+    extra = {"transform": str(meta.get("transform")), "checkpoint": path.name,
              "step": str(meta.get("step", ""))}
     report = export(model, out, fmt, size=_size(size), opset=opset, atol=atol, metadata=extra)
     console = Console(highlight=False)

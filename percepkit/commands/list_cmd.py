@@ -21,6 +21,9 @@ def command(kind: str | None, pattern: str) -> None:
     console = Console(width=None if sys.stdout.isatty() else 200)  # don't wrap in pipes
     for key in [kind] if kind else list(REGISTRIES):
         registry = REGISTRIES[key]
+        if key == "models":
+            console.print(_models_table(registry, pattern))
+            continue
         table = Table(title=f"{key} ({registry.kind})", title_justify="left")
         table.add_column("name", style="bold cyan", no_wrap=True)
         table.add_column("aliases")
@@ -32,3 +35,27 @@ def command(kind: str | None, pattern: str) -> None:
                 table.add_row(entry.display_name, ", ".join(entry.aliases), entry.source,
                               entry.description)
         console.print(table)
+
+
+def _models_table(registry, pattern: str):
+    """The trained models with the headline numbers of their cards."""
+    from rich.table import Table
+
+    from ..errors import PercepkitError
+
+    table = Table(title="models (trained networks; use the name wherever a checkpoint goes)",
+                  title_justify="left")
+    for col in ("name", "task", "from", "description", "measured"):
+        table.add_column(col, style="bold cyan" if col == "name" else None,
+                         no_wrap=col == "name")
+    matched = set(registry.list(pattern))
+    for entry in registry.entries():
+        if entry.name not in matched:
+            continue
+        try:
+            card = entry.obj.card()
+            measured = card.get("headline", "")
+        except PercepkitError as e:
+            measured = f"[yellow]unavailable[/]: {e}"
+        table.add_row(entry.name, entry.obj.task, entry.source, entry.description, measured)
+    return table

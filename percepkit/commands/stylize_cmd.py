@@ -62,9 +62,12 @@ def make_predictor(model, options: dict):
                      norm_stats=options["norm_stats"], keep_memory=True)
 
 
-def run(inputs: tuple[str, ...], model, options: dict, prepare=None, what: str = "images"
-        ) -> None:
-    """Plan, run and summarise a batch; exits 1 when some files failed."""
+def run(inputs: tuple[str, ...], model, options: dict, prepare=None, what: str = "images",
+        post=None) -> None:
+    """Plan, run and summarise a batch; exits 1 when some files failed.
+
+    ``prepare(image)`` runs before the network, ``post(image, output)`` after it.
+    """
     from rich.console import Console
 
     from ..inference import plan_batch, run_batch
@@ -74,21 +77,47 @@ def run(inputs: tuple[str, ...], model, options: dict, prepare=None, what: str =
         raise PercepkitError("no input images given")
     items = plan_batch(inputs, options["output"], options["ext"])
     predictor = make_predictor(model, options)
-    summary = run_batch(items, lambda image, cb: predictor(image, progress=cb),
+
+    def process(image, cb):
+        output = predictor(image, progress=cb)
+        return post(image, output) if post is not None else output
+
+    summary = run_batch(items, process,
                         overwrite=options["overwrite"], skip_existing=options["skip_existing"],
                         console=console, show_progress=not options["quiet"], prepare=prepare)
     summary.report(console,
                    f"[green]{len(summary.written)}[/] {what} written to {options['output']}")
 
 
+def _style_post(preserve: bool, strength: float):
+    """``post(content, stylized)`` for --preserve-color / --strength (None when neither)."""
+    from ..postprocess import blend, preserve_color
+
+    if not preserve and strength == 1.0:
+        return None
+
+    def post(content, stylized):
+        out = preserve_color(stylized, content) if preserve else stylized
+        return blend(out, content, strength) if strength != 1.0 else out
+
+    return post
+
+
 @click.command("stylize")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", metavar="MODEL|CKPT")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--size", type=int, default=None,
               help="Resize each content image so that its longer side is this many pixels.")
+@click.option("--preserve-color", is_flag=True,
+              help="Keep the content's colours: only the luminance is stylized (Gatys et al. "
+                   "2016, luminance-only transfer).")
+@click.option("--strength", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
+              help="Blend with the content: 1 is the network's output, 0 the content image.")
 @inference_options
-def command(checkpoint: Path, inputs: tuple[str, ...], size: int | None, **options) -> None:
-    """Stylize images (files or folders) with a trained style CHECKPOINT.
+def command(checkpoint: str, inputs: tuple[str, ...], size: int | None, preserve_color: bool,
+            strength: float, **options) -> None:
+    """Stylize images (files or folders) with a style MODEL name (see percepkit list models) or
+    a trained style checkpoint file.
 
     Any size and aspect ratio; large images are processed in overlapping tiles within a memory
     budget. A file that cannot be read or written is reported and the batch goes on; the exit
@@ -96,13 +125,14 @@ def command(checkpoint: Path, inputs: tuple[str, ...], size: int | None, **optio
     """
     from ..checkpoint import load_transform
     from ..optimize import resize_longer_side
+    from ..zoo import resolve
 
     if size is not None and size < 16:
         raise PercepkitError(f"--size must be at least 16 pixels, got {size}")
-    model = load_transform(checkpoint)
+    model = load_transform(resolve(checkpoint))
     if getattr(model, "task", None) != "style":
         raise PercepkitError(f"{checkpoint}: not a style-transfer checkpoint (its transform is a "
                              f"{getattr(model, 'task', 'unknown')!s} network); use percepkit "
                              f"upscale for super-resolution checkpoints")
     run(inputs, model, options, prepare=(lambda im: resize_longer_side(im, size)) if size
-        else None, what="stylized images")
+        else None, what="stylized images", post=_style_post(preserve_color, strength))

@@ -11,15 +11,17 @@ from .stylize_cmd import inference_options, run
 
 
 def load_sr_model(model: str, scale: int | None):
-    """A checkpoint path or a registered transform name -> an SR transform (eval mode)."""
+    """A checkpoint path, a model name or a registered transform name -> an SR transform."""
     from rich.console import Console
 
-    from ..registry import TRANSFORMS
+    from ..registry import MODELS, TRANSFORMS
 
     path = Path(model)
-    if path.is_file():
+    if path.is_file() or model in MODELS:
         from ..checkpoint import load_transform
+        from ..zoo import resolve
 
+        path = resolve(model)
         net = load_transform(path)
         if getattr(net, "task", None) != "sr":
             raise PercepkitError(f"{path}: not a super-resolution checkpoint; use percepkit "
@@ -35,8 +37,9 @@ def load_sr_model(model: str, scale: int | None):
             TRANSFORMS.entry(model)
         except PercepkitError as e:
             hint = str(e).split(". ", 1)[-1].replace("Available:", "Available transforms:")
-            raise PercepkitError(f"{model!r} is neither a checkpoint file nor a transform "
-                                 f"name. {hint}") from None
+            models = ", ".join(e.name for e in MODELS.entries() if e.obj.task == "sr")
+            raise PercepkitError(f"{model!r} is neither a checkpoint file, a model name "
+                                 f"({models or 'none'}) nor a transform name. {hint}") from None
     net = TRANSFORMS.build({"name": model, "scale": 4 if scale is None else scale},
                            where=f"transform {model}")
     if getattr(net, "task", None) != "sr":
@@ -49,20 +52,28 @@ def load_sr_model(model: str, scale: int | None):
 
 
 @click.command("upscale")
-@click.argument("model", metavar="CKPT|NAME")
+@click.argument("model", metavar="MODEL|CKPT|NAME")
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--scale", type=int, default=None,
               help="Upscaling factor for a named transform (default 4); checkpoints know "
                    "theirs.")
+@click.option("--match-histogram", is_flag=True,
+              help="Match each channel's histogram of the output to the input's (the paper's "
+                   "optional post-processing for l_feat models).")
 @inference_options
-def command(model: str, inputs: tuple[str, ...], scale: int | None, **options) -> None:
-    """Super-resolve images (files or folders) with a checkpoint or a registered transform.
+def command(model: str, inputs: tuple[str, ...], scale: int | None, match_histogram: bool,
+            **options) -> None:
+    """Super-resolve images (files or folders) with a model, a checkpoint or a transform.
 
-    CKPT|NAME is a checkpoint file or a transform name such as ``bicubic``. Any size; large
+    CKPT|NAME is a model name (``sr_x4_feat``; see percepkit list models), a checkpoint file
+    or a transform name such as ``bicubic``. Any size; large
     images are processed in overlapping tiles within a memory budget (an x4 upscale of a
     1024x1024 image fits in a few GB). A file that cannot be read or written is reported and
     the batch goes on; the exit code is 1 if any failed.
     """
     if scale is not None and scale < 1:
         raise PercepkitError(f"--scale must be a positive integer, got {scale}")
-    run(inputs, load_sr_model(model, scale), options, what="upscaled images")
+    from ..postprocess import match_histogram as match
+
+    run(inputs, load_sr_model(model, scale), options, what="upscaled images",
+        post=(lambda lr, sr: match(sr, lr)) if match_histogram else None)
