@@ -38,7 +38,8 @@ Callback = Callable[[int, float], None]
 #: The paper's style recipe (recipes/style_johnson2016.yaml) without a recipe file.
 STYLE_LOSSES: list[dict[str, Any]] = [
     {"name": "feature", "layers": ["relu2_2"], "weight": 1.0},
-    {"name": "style", "layers": ["relu1_2", "relu2_2", "relu3_3", "relu4_3"], "weight": 5.0},
+    {"name": "style", "layers": ["relu1_2", "relu2_2", "relu3_3", "relu4_3"], "weight": 1.0e5,
+     "reduction": "mean"},
     {"name": "tv", "weight": 10.0},
 ]
 #: ℓ_feat at VGG16 relu2_2, the paper's SR loss.

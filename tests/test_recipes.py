@@ -10,7 +10,7 @@ from percepkit.cli import main
 from percepkit.errors import RecipeError
 from percepkit.recipe import load_recipe, parse_yaml, recipe_from_mapping
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 GOOD = {
     "task": "sr",
     "transform": {"name": "johnson_sr", "scale": 4},

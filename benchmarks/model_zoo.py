@@ -1,0 +1,370 @@
+"""Build, measure and illustrate the model zoo (every number and image in docs/zoo.md).
+
+Run from the repository root with the real VGG16/AlexNet weights and ../shared/data::
+
+    export PERCEPKIT_WEIGHTS=../shared/weights PERCEPKIT_DATA=../shared/data/benchmarks
+    python benchmarks/model_zoo.py package candy runs/candy        # -> percepkit/assets/models
+    python benchmarks/model_zoo.py package sr_x4_pixel runs/sr_x4_pixel
+    python benchmarks/model_zoo.py sr-table                       # eval --all of every SR model
+    python benchmarks/model_zoo.py style-grids                    # docs/images/zoo/style_*.jpg
+    python benchmarks/model_zoo.py sr-crops                       # docs/images/zoo/sr_x4_crops.jpg
+    python benchmarks/model_zoo.py fig5 candy --iterations 200    # feed-forward vs L-BFGS
+
+``package`` writes ``<name>.safetensors`` (weights only, the training recipe and a model card in
+its metadata), ``<name>.md`` (the card as text) and the SHA-256 into ``manifest.json``. The card's
+metrics are measured here: SR models with ``percepkit eval --all --model NAME`` (the command is
+run as a subprocess, so the card holds exactly what users get), style models with the training
+objective on the held-out content photos.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO / "percepkit" / "assets" / "models"
+IMAGES = REPO / "docs" / "images" / "zoo"
+SHARED = Path(os.environ.get("PERCEPKIT_SHARED", REPO.parent / "shared"))
+CONTENT = SHARED / "data" / "content"
+HELD_OUT_BSD100 = ("253027.png", "148026.png")  # textured BSD100 photos (never trained on)
+
+STYLE_SOURCES = {  # style image -> (where it comes from, licence as stated there)
+    "pytorch_examples": ("pytorch/examples fast_neural_style/images/style-images",
+                         "repository BSD-3-Clause; nothing separate stated for the artwork"),
+    "jcjohnson": ("jcjohnson/fast-neural-style images/styles",
+                  "'free for personal or research use; for commercial use please contact me' "
+                  "(repository README); nothing separate stated for the artwork"),
+}
+
+
+def _run_seconds(run: Path) -> float:
+    """Training wall time: the last elapsed_sec of each session in log.csv."""
+    total, last, previous_step = 0.0, 0.0, -1
+    with open(run / "log.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            step, elapsed = int(row["step"]), float(row["elapsed_sec"])
+            if step <= previous_step or elapsed < last:  # a new session (resumed run)
+                total += last
+            last, previous_step = elapsed, step
+    return total + last
+
+
+def _checkpoint(run: Path) -> Path:
+    """The newest step checkpoint of a run (the zoo ships the end of training, not 'best')."""
+    steps = sorted((run / "checkpoints").glob("step_*.safetensors"))
+    if not steps:
+        sys.exit(f"{run}: no step checkpoints")
+    return steps[-1]
+
+
+def _eval_json(name: str, extra: list[str]) -> dict[str, Any]:
+    out = REPO / ".zoo-eval.json"
+    cmd = ["percepkit", "eval", "--all", "--model", name, "--metrics", "psnr,ssim,lpips",
+           "--json", str(out), *extra]
+    out.unlink(missing_ok=True)
+    subprocess.run(cmd, check=True, cwd=REPO)
+    data = json.loads(out.read_text())
+    out.unlink()
+    return {s["name"]: {k: round(v, 4) for k, v in s["mean"].items()} for s in data["sets"]}
+
+
+def _style_objective(name: str, size: int = 512) -> dict[str, float]:
+    """Mean training objective (and its terms) of the model on the held-out content photos."""
+    from percepkit.images import list_images, read_image
+    from percepkit.optimize import resize_longer_side
+    from percepkit.zoo import load
+
+    net, (loss, _) = load(name), _loss_of(name)
+    rows = []
+    with torch.no_grad():
+        for path in list_images(CONTENT):
+            x = resize_longer_side(read_image(path), size)[None]
+            total, parts = loss(net(x), x)
+            rows.append({"total": float(total), **{k: float(v) for k, v in parts.items()}})
+    return {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in rows[0]}
+
+
+def _loss_of(name: str) -> tuple[Any, torch.Tensor | None]:
+    """A zoo model's training loss (style targets set) and its style image (from its recipe)."""
+    from percepkit.checkpoint import read_metadata
+    from percepkit.recipe import parse_yaml, recipe_from_mapping
+    from percepkit.train import load_style_image
+    from percepkit.zoo import resolve
+
+    recipe = recipe_from_mapping(parse_yaml(read_metadata(resolve(name))["recipe"]), name)
+    loss = recipe.build_loss()
+    if recipe.task != "style":
+        return loss, None
+    style = load_style_image(recipe.data.style_image, recipe.data.style_size)
+    loss.set_style(style)
+    return loss, style[0]
+
+
+def package(name: str, run: Path) -> None:
+    """Package a finished run as a zoo model, measure it, write its card and manifest entry."""
+    from percepkit.checkpoint import read_metadata
+    from percepkit.registry import MODELS
+    from percepkit.zoo import ZooModel
+    from percepkit.zoo import package as write_model
+
+    ckpt = _checkpoint(run)
+    meta = read_metadata(ckpt)
+    task = meta["task"]
+    seconds = _run_seconds(run)
+    recipe_file = f"recipes/zoo/{name}.yaml"
+    card: dict[str, Any] = {
+        "recipe_file": recipe_file, "steps": meta["step"], "batch_size": meta["batch_size"],
+        "train_seconds": round(seconds), "threads": 1,
+        "machine": "2-core x86_64 CPU, no GPU, one thread (OMP_NUM_THREADS=1), sharing the "
+                   "machine with one other training job",
+        "reproduce": f"OMP_NUM_THREADS=1 percepkit train {recipe_file} --out runs/{name}",
+    }
+    recipe = meta["recipe"]
+    if task == "style":
+        style = next(line.split(":", 1)[1].strip() for line in recipe.splitlines()
+                     if line.strip().startswith("style_image:"))
+        source = next(v for k, v in STYLE_SOURCES.items() if f"/{k}/" in style)
+        card.update(style_image=Path(style).name, style_source=source[0], license=source[1],
+                    data="random 128x128 crops of the 200 BSDS300 training photos")
+        summary = f"'{Path(style).stem}' style ({meta['transform']['name']}, 2 MB)"
+    else:
+        card.update(data="random 96x96 crops of the 200 BSDS300 training photos, LR = MATLAB "
+                         "bicubic /4 rounded to 8 bits", license="MIT (weights trained by us)")
+        loss = "l_feat (VGG16 relu2_2) + TV" if "feature" in recipe else "l_pixel (MSE)"
+        summary = f"x{meta['transform']['scale']} SR, {loss}; johnson_sr skip variant"
+
+    out = MODELS_DIR / f"{name}.safetensors"
+    manifest_path = MODELS_DIR / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+
+    def register(sha: str) -> None:
+        manifest[name] = {"file": out.name, "sha256": sha, "task": task, "summary": summary}
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        MODELS.add(ZooModel(name, out.name, sha, task, summary), name, override=True)
+
+    register(write_model(ckpt, out, card))  # first without metrics, so eval finds it by name
+    if task == "sr":
+        card["metrics"] = _eval_json(name, [])
+        s5 = card["metrics"]["set5"]
+        card["headline"] = (f"Set5 x4: PSNR {s5['psnr']:.2f} dB, SSIM {s5['ssim']:.4f}, "
+                            f"LPIPS {s5.get('lpips', float('nan')):.4f}")
+        if "feature" in recipe:
+            card["metrics_histogram_matched"] = _eval_json(name, ["--match-histogram"])
+    else:
+        card["objective_512px"] = _style_objective(name)
+        o = card["objective_512px"]
+        card["headline"] = (f"objective on held-out photos (512 px): {o['total']:.2f} "
+                            f"(content {o['feature']:.2f}, style {o['style']:.2f})")
+    sha = write_model(ckpt, out, card)
+    register(sha)
+    (MODELS_DIR / f"{name}.md").write_text(_card_text(name, summary, card, sha, recipe))
+    print(f"{name}: {out} ({out.stat().st_size / 1e6:.2f} MB) sha256 {sha}")
+    print(f"  {card['headline']}")
+
+
+def _card_text(name: str, summary: str, card: dict[str, Any], sha: str, recipe: str) -> str:
+    lines = [f"# Model card: {name}", "", summary, "",
+             "| field | value |", "| --- | --- |"]
+    for key in ("recipe_file", "data", "steps", "batch_size", "train_seconds", "machine",
+                "style_image", "style_source", "license", "headline", "reproduce"):
+        if key in card:
+            lines.append(f"| {key} | {card[key]} |")
+    lines.append(f"| sha256 | `{sha}` |")
+    for key in ("metrics", "metrics_histogram_matched", "objective_512px"):
+        if key in card:
+            lines += ["", f"{key}:", "", "```json", json.dumps(card[key], indent=2), "```"]
+    lines += ["", "Recipe (also in the file's metadata):", "", "```yaml", recipe.rstrip(), "```",
+              ""]
+    return "\n".join(lines)
+
+
+def sr_table() -> None:
+    """The x4 table of docs/zoo.md: bicubic and every SR model on Set5/Set14/BSD100 (Y)."""
+    from percepkit.registry import MODELS
+
+    rows = [("bicubic", _eval_json("bicubic", []))]
+    for entry in MODELS.entries():
+        if entry.obj.task == "sr":
+            rows.append((entry.name, _eval_json(entry.name, [])))
+            if "feat" in entry.name:
+                rows.append((f"{entry.name} + histogram matching",
+                             _eval_json(entry.name, ["--match-histogram"])))
+    print("| model | " + " | ".join(f"{s} PSNR / SSIM / LPIPS" for s in rows[0][1]) + " |")
+    print("| --- |" + " --- |" * len(rows[0][1]))
+    for label, sets in rows:
+        cells = [f"{m['psnr']:.2f} / {m['ssim']:.4f} / {m['lpips']:.4f}" for m in sets.values()]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+def style_grids(size: int = 512) -> None:
+    """content | style | output for the three content photos, one grid per style model."""
+    from percepkit.images import image_grid, list_images, read_image, write_image
+    from percepkit.inference import Predictor
+    from percepkit.optimize import resize_longer_side
+    from percepkit.registry import MODELS
+    from percepkit.train import load_style_image
+
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    photos = [resize_longer_side(read_image(p), size) for p in list_images(CONTENT)]
+    for entry in MODELS.entries():
+        if entry.obj.task != "style":
+            continue
+        card = entry.obj.card()
+        style = next(SHARED / "data" / "styles" / k / card["style_image"] for k in STYLE_SOURCES
+                     if (SHARED / "data" / "styles" / k / card["style_image"]).is_file())
+        predictor = Predictor(entry.obj(), "cpu")
+        rows = [image_grid([p, load_style_image(str(style), 256)[0], predictor(p)], height=256)
+                for p in photos]
+        width = max(r.shape[-1] for r in rows)
+        grid = torch.ones(3, sum(r.shape[-2] for r in rows), width)
+        y = 0
+        for r in rows:
+            grid[:, y:y + r.shape[-2], :r.shape[-1]] = r
+            y += r.shape[-2]
+        write_image(IMAGES / f"style_{entry.name}.jpg", grid)
+        print(f"wrote {IMAGES / f'style_{entry.name}.jpg'}")
+
+
+def sr_crops(crop: int = 96) -> None:
+    """bicubic | l_pixel | l_feat | HR crops (x4) of textured Set14/BSD100 images."""
+    from percepkit.benchmarks import quantize
+    from percepkit.evaluate import _crop_box
+    from percepkit.images import image_grid, read_image, write_image
+    from percepkit.imresize import imresize
+    from percepkit.zoo import load
+
+    bench = SHARED / "data" / "benchmarks"
+    names = [bench / "Set14" / "baboon.png", bench / "Set14" / "zebra.png",
+             *[bench / "BSD100" / n for n in HELD_OUT_BSD100]]
+    nets = {"l_pixel": load("sr_x4_pixel"), "l_feat": load("sr_x4_feat")}
+    rows = []
+    with torch.inference_mode():
+        for path in names:
+            hr = read_image(path)
+            h, w = (hr.shape[-2] // 4) * 4, (hr.shape[-1] // 4) * 4
+            hr = hr[:, :h, :w]
+            lr = quantize(imresize(hr.double(), scale=0.25).float())
+            outs = [quantize(imresize(lr.double(), scale=4).float())]
+            outs += [quantize(net(lr[None])[0]) for net in nets.values()]
+            outs.append(hr)
+            top, left = _crop_box(hr, crop)
+            tiles = [o[:, top:top + crop, left:left + crop] for o in outs]
+            rows.append(image_grid(tiles, labels=[f"bicubic ({path.stem})", *nets, "HR"],
+                                   height=crop * 2))
+    grid = torch.ones(3, sum(r.shape[-2] for r in rows), max(r.shape[-1] for r in rows))
+    y = 0
+    for r in rows:
+        grid[:, y:y + r.shape[-2], :r.shape[-1]] = r
+        y += r.shape[-2]
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    write_image(IMAGES / "sr_x4_crops.png", grid)
+    print(f"wrote {IMAGES / 'sr_x4_crops.png'}")
+
+
+def fig5(name: str, iterations: int, size: int) -> None:
+    """The paper's Fig. 5: the feed-forward net's objective vs L-BFGS from the content image."""
+    from percepkit.images import read_image
+    from percepkit.optimize import resize_longer_side, stylize
+    from percepkit.zoo import load
+
+    bench = SHARED / "data" / "benchmarks" / "BSD100"
+    photos = [*sorted(CONTENT.glob("*.jpg")), *[bench / n for n in HELD_OUT_BSD100]]
+    net, (loss, style) = load(name), _loss_of(name)
+    results = []
+    for path in photos:
+        x = resize_longer_side(read_image(path), size)
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            y = net(x[None])
+            ff_seconds = time.perf_counter() - t0
+            ff = float(loss(y, x[None])[0])
+        res = stylize(x, style, loss, iterations=iterations, init="content")
+        reached = next((i + 1 for i, v in enumerate(res.history) if v <= ff), None)
+        results.append({"image": path.name, "size": list(x.shape[-2:]), "feed_forward": ff,
+                        "feed_forward_seconds": ff_seconds, "lbfgs": res.history,
+                        "lbfgs_seconds": res.seconds, "reached_at": reached})
+        print(f"{path.name}: feed-forward {ff:.3f} in {ff_seconds:.2f} s; L-BFGS "
+              f"{res.history[0]:.1f} -> {res.history[-1]:.3f} after {len(res.history)} "
+              f"iterations ({res.seconds:.0f} s); reaches the feed-forward loss at "
+              f"{reached or f'> {iterations}'}")
+    out = REPO / "docs" / "data" / f"fig5_{name}_{size}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    _plot_fig5(results, name, size)
+    print(f"wrote {out}")
+
+
+def _plot_fig5(results: list[dict[str, Any]], name: str, size: int) -> None:
+    """A small line plot (PIL only): L-BFGS curves and the feed-forward levels."""
+    from PIL import Image, ImageDraw
+
+    width, height, pad = 720, 420, 50
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    curves = [r["lbfgs"] for r in results]
+    n = max(len(c) for c in curves)
+    top = max(max(c[min(5, len(c) - 1):]) for c in curves) * 1.1
+    low = min(min(min(c) for c in curves), min(r["feed_forward"] for r in results)) * 0.9
+
+    def xy(i: float, v: float) -> tuple[float, float]:
+        v = min(max(v, low), top)
+        return (pad + (width - 2 * pad) * i / max(1, n - 1),
+                height - pad - (height - 2 * pad) * (v - low) / (top - low))
+
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+    for r, color in zip(results, colors):
+        draw.line([xy(i, v) for i, v in enumerate(r["lbfgs"])], fill=color, width=2)
+        y = xy(0, r["feed_forward"])[1]
+        for x0 in range(pad, width - pad, 12):
+            draw.line([(x0, y), (x0 + 6, y)], fill=color, width=2)
+    draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
+    draw.text((pad, 15), f"{name}, {size} px: joint objective of L-BFGS (solid) vs the "
+                         f"feed-forward net (dashed)", fill="black")
+    for i in range(0, n, max(1, n // 5)):
+        draw.text((xy(i, low)[0] - 5, height - pad + 5), str(i + 1), fill="black")
+    draw.text((width // 2 - 30, height - 20), "L-BFGS iteration", fill="black")
+    for frac in (0, 0.5, 1):
+        v = low + frac * (top - low)
+        draw.text((5, xy(0, v)[1] - 6), f"{v:.1f}", fill="black")
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    img.save(IMAGES / f"fig5_{name}_{size}.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("package")
+    p.add_argument("name")
+    p.add_argument("run", type=Path)
+    sub.add_parser("sr-table")
+    sub.add_parser("style-grids")
+    sub.add_parser("sr-crops")
+    f = sub.add_parser("fig5")
+    f.add_argument("name")
+    f.add_argument("--iterations", type=int, default=200)
+    f.add_argument("--size", type=int, default=256)
+    args = parser.parse_args()
+    if args.cmd == "package":
+        package(args.name, args.run)
+    elif args.cmd == "sr-table":
+        sr_table()
+    elif args.cmd == "style-grids":
+        style_grids()
+    elif args.cmd == "sr-crops":
+        sr_crops()
+    else:
+        fig5(args.name, args.iterations, args.size)
+
+
+if __name__ == "__main__":
+    main()
