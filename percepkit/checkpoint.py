@@ -101,6 +101,17 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any], metadata: Mappin
     return path
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a percepkit checkpoint (a safetensors file with percepkit metadata)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:
+        return False
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """Only the metadata of a checkpoint (cheap: reads the header)."""
     return load_checkpoint(path, tensors=False)[1]

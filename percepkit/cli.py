@@ -22,6 +22,7 @@ COMMANDS = {
     "optimize": "The Gatys et al. optimisation baseline (optimise the image itself).",
     "bench": "Speed: feed-forward vs optimisation, the paper's speed table.",
     "export": "Export a checkpoint to ONNX or TorchScript.",
+    "convert": "Convert a third-party network file into a percepkit checkpoint.",
 }
 
 

@@ -1121,7 +1121,8 @@ class FastTransform(nn.Module):
                  ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
-        self.output = output  # "sigmoid2" ((tanh(z) + 1) / 2 = sigmoid(2z)) or "bicubic_skip"
+        # "sigmoid2" ((tanh(z) + 1) / 2 = sigmoid(2z)), "bicubic_skip" or "linear"
+        self.output = output
         self.scale = scale
         self.task = task
         for layer, nxt in zip(layers, layers[1:]):
@@ -1151,7 +1152,7 @@ class FastTransform(nn.Module):
 
             assert start == 0, "the bicubic skip needs the network's input"
             return h.add_(imresize(x, scale=self.scale))
-        return h.sigmoid_()
+        return h if self.output == "linear" else h.sigmoid_()
 
     def in_channels(self, index: int) -> int:
         """Channels of layer ``index``'s input."""
@@ -1255,14 +1256,16 @@ def fast_model(model: nn.Module) -> nn.Module:
         if not (isinstance(pad, nn.ReflectionPad2d) and isinstance(last, nn.Conv2d)):
             return model
         skip = isinstance(model, JohnsonSR) and model.skip
+        linear = getattr(model, "output", "tanh") == "linear"
         weight, bias = last.weight.detach(), last.bias.detach()
-        if not skip:  # (tanh(z) + 1) / 2 == sigmoid(2 z)
+        if not skip and not linear:  # (tanh(z) + 1) / 2 == sigmoid(2 z)
             weight, bias = 2 * weight, 2 * bias
         layers.append(FusedConv("conv", weight, bias, in_pad=int(pad.padding[0])))
     except TypeError:
         return model
-    fast = FastTransform(layers, "bicubic_skip" if skip else "sigmoid2",
-                         int(getattr(model, "scale", 1)), getattr(model, "task", None))
+    output = "bicubic_skip" if skip else "linear" if linear else "sigmoid2"
+    fast = FastTransform(layers, output, int(getattr(model, "scale", 1)),
+                         getattr(model, "task", None))
     return fast.to(next(model.parameters()).device)
 
 

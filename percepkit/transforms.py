@@ -23,6 +23,7 @@ from .registry import TRANSFORMS
 
 Norm = Literal["batch", "instance", "none"]
 Upsample = Literal["deconv", "resize_conv"]
+Output = Literal["tanh", "linear"]
 
 
 def _norm(kind: Norm, channels: int) -> nn.Module:
@@ -78,7 +79,11 @@ def _to_unit_range(x: torch.Tensor) -> torch.Tensor:
 
 @TRANSFORMS.register("johnson_style", aliases=("style_net",))
 class JohnsonStyle(nn.Module):
-    """The paper's style-transfer network: c9s1-32, d64, d128, 5xR128, u64, u32, c9s1-3."""
+    """The paper's style-transfer network: c9s1-32, d64, d128, 5xR128, u64, u32, c9s1-3.
+
+    ``output="tanh"`` is the paper's scaled tanh; ``"linear"`` returns the last convolution as
+    it is (pytorch/examples' ``TransformerNet``, whose images are clamped when saved).
+    """
 
     task = "style"
     scale = 1
@@ -89,8 +94,12 @@ class JohnsonStyle(nn.Module):
         upsample: Upsample = "deconv",
         channels: tuple[int, int, int] | list[int] = (32, 64, 128),
         residual_blocks: int = 5,
+        output: Output = "tanh",
     ) -> None:
         super().__init__()
+        if output not in ("tanh", "linear"):
+            raise ValueError(f"output must be 'tanh' or 'linear', got {output!r}")
+        self.output = output
         c1, c2, c3 = channels
         self.net = nn.Sequential(
             conv_block(3, c1, 9, norm=norm),
@@ -104,7 +113,8 @@ class JohnsonStyle(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _to_unit_range(self.net(x))
+        y = self.net(x)
+        return _to_unit_range(y) if self.output == "tanh" else y
 
 
 @TRANSFORMS.register("johnson_style_fast")

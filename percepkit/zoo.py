@@ -165,10 +165,15 @@ def resolve(spec: str | Path) -> Path:
 
 
 def load(spec: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A ready network (eval mode) from a model name (``"candy"``) or any checkpoint file."""
-    from .checkpoint import load_transform
+    """A ready network (eval mode) from a model name (``"candy"``), a percepkit checkpoint or a
+    supported third-party file (:mod:`percepkit.foreign`)."""
+    from .checkpoint import is_checkpoint, load_transform
+    from .foreign import load_foreign
 
-    return load_transform(resolve(spec), device=device)
+    path = resolve(spec)
+    if is_checkpoint(path):
+        return load_transform(path, device=device)
+    return load_foreign(path, device=device)
 
 
 def package(checkpoint: str | Path, out: str | Path, card: Mapping[str, Any]) -> str:

@@ -26,11 +26,10 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
     if checkpoint is not None:
         if model is not None:
             raise PercepkitError("give either --model or --checkpoint, not both")
-        from ..checkpoint import load_transform
-        from ..zoo import resolve
+        from ..zoo import load, resolve
 
         path = resolve(checkpoint)
-        transform = load_transform(path, device=device)
+        transform = load(path, device=device)
         name = checkpoint if checkpoint in MODELS else path.stem
         ckpt_scale = getattr(transform, "scale", None)
         if getattr(transform, "task", "sr") != "sr" or ckpt_scale is None:

@@ -43,9 +43,10 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     """
     from rich.console import Console
 
-    from ..checkpoint import load_transform, read_metadata
+    from ..checkpoint import is_checkpoint, read_metadata
     from ..export import export
-    from ..zoo import resolve
+    from ..foreign import convert
+    from ..zoo import load, resolve
 
     path = resolve(checkpoint)
     suffix = ".onnx" if fmt == "onnx" else ".pt"
@@ -56,8 +57,8 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
         raise PercepkitError(f"{out} exists; pass --overwrite to replace it")
     if out.resolve() == path.resolve():
         raise PercepkitError("the output would replace the checkpoint; choose another -o")
-    model = load_transform(path)
-    meta = read_metadata(path)
+    model = load(path)
+    meta = read_metadata(path) if is_checkpoint(path) else {"transform": convert(path)[0]}
     extra = {"transform": str(meta.get("transform")), "checkpoint": path.name,
              "step": str(meta.get("step", ""))}
     report = export(model, out, fmt, size=_size(size), opset=opset, atol=atol, metadata=extra)

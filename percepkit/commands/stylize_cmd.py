@@ -116,20 +116,19 @@ def _style_post(preserve: bool, strength: float):
 @inference_options
 def command(checkpoint: str, inputs: tuple[str, ...], size: int | None, preserve_color: bool,
             strength: float, **options) -> None:
-    """Stylize images (files or folders) with a style MODEL name (see percepkit list models) or
-    a trained style checkpoint file.
+    """Stylize images (files or folders) with a style MODEL name (see percepkit list models), a
+    trained style checkpoint file or a pytorch/examples fast_neural_style .pth file.
 
     Any size and aspect ratio; large images are processed in overlapping tiles within a memory
     budget. A file that cannot be read or written is reported and the batch goes on; the exit
     code is 1 if any failed.
     """
-    from ..checkpoint import load_transform
     from ..optimize import resize_longer_side
-    from ..zoo import resolve
+    from ..zoo import load
 
     if size is not None and size < 16:
         raise PercepkitError(f"--size must be at least 16 pixels, got {size}")
-    model = load_transform(resolve(checkpoint))
+    model = load(checkpoint)
     if getattr(model, "task", None) != "style":
         raise PercepkitError(f"{checkpoint}: not a style-transfer checkpoint (its transform is a "
                              f"{getattr(model, 'task', 'unknown')!s} network); use percepkit "

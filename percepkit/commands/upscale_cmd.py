@@ -18,11 +18,9 @@ def load_sr_model(model: str, scale: int | None):
 
     path = Path(model)
     if path.is_file() or model in MODELS:
-        from ..checkpoint import load_transform
-        from ..zoo import resolve
+        from ..zoo import load
 
-        path = resolve(model)
-        net = load_transform(path)
+        net = load(model)
         if getattr(net, "task", None) != "sr":
             raise PercepkitError(f"{path}: not a super-resolution checkpoint; use percepkit "
                                  f"stylize for style checkpoints")

@@ -1,0 +1,44 @@
+"""``percepkit convert``: a third-party network file as a percepkit checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import PercepkitError
+
+
+@click.command("convert")
+@click.argument("source", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("output", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def command(source: Path, output: Path, overwrite: bool) -> None:
+    """Convert SOURCE (e.g. a pytorch/examples fast_neural_style .pth) into a percepkit
+    checkpoint OUTPUT (.safetensors), usable by stylize, export and percepkit.load.
+
+    The file is read as tensors only (pickled code is never run); the result holds the weights in
+    percepkit's layout, the transform spec, and the source's name and SHA-256.
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ..checkpoint import save_checkpoint
+    from ..foreign import convert
+    from ..registry import TRANSFORMS
+    from ..zoo import sha256_file
+
+    if not source.is_file():
+        raise PercepkitError(f"{source}: no such file")
+    if output.suffix != ".safetensors":
+        raise PercepkitError(f"{output}: the output must be a .safetensors file")
+    if output.exists() and not overwrite:
+        raise PercepkitError(f"{output} exists; pass --overwrite to replace it")
+    spec, state, description = convert(source)
+    model = TRANSFORMS.build(spec)
+    model.load_state_dict(state)  # checks that the mapping fits before anything is written
+    save_checkpoint(output, {"model": state},
+                    {"task": model.task, "transform": spec, "converted_from": source.name,
+                     "source_sha256": sha256_file(source), "source_format": description})
+    Console(highlight=False).print(f"[green]✓[/] {escape(str(source))} ({description}) -> "
+                                   f"{escape(str(output))} ({spec['name']})")
