@@ -106,10 +106,13 @@ class EvalResult:
 
 def build_metrics(names: Sequence[str], crop_border: int = 0,
                   extra: dict[str, dict[str, Any]] | None = None,
-                  device: str | torch.device = "cpu") -> tuple[dict[str, Metric], list[MetricInfo]]:
+                  device: str | torch.device = "cpu", crop_whole_image: bool = False
+                  ) -> tuple[dict[str, Metric], list[MetricInfo]]:
     """Build registered metrics by name, passing ``crop_border`` to those that take it.
 
-    A metric whose weights are missing is not built; its :class:`MetricInfo` says why.
+    Metrics that declare ``whole_image = True`` (LPIPS: published SR tables score it on the
+    whole image) get ``crop_border`` only with ``crop_whole_image``. A metric whose weights are
+    missing is not built; its :class:`MetricInfo` says why.
     """
     built: dict[str, Metric] = {}
     infos: list[MetricInfo] = []
@@ -117,12 +120,13 @@ def build_metrics(names: Sequence[str], crop_border: int = 0,
         kwargs = dict((extra or {}).get(name, {}))
         obj = METRICS.get(name)
         target = obj.__init__ if inspect.isclass(obj) else obj
-        if "crop_border" in inspect.signature(target).parameters:
+        whole = bool(_declared(obj, "whole_image")) and not crop_whole_image
+        if "crop_border" in inspect.signature(target).parameters and not whole:
             kwargs.setdefault("crop_border", crop_border)
         try:
             metric = METRICS.build({"name": name, **kwargs}, where=f"metric {name!r}")
         except MissingWeightsError as e:
-            infos.append(MetricInfo(name, _declared_direction(obj), unavailable=str(e)))
+            infos.append(MetricInfo(name, _declared(obj, "higher_is_better"), unavailable=str(e)))
             continue
         if isinstance(metric, nn.Module):
             metric = metric.to(device).eval()
@@ -153,15 +157,15 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _declared_direction(obj: Any) -> bool | None:
-    """``higher_is_better`` of a metric class, or of the class a factory is annotated to return."""
+def _declared(obj: Any, attr: str) -> Any:
+    """A class attribute of a metric class, or of the class a factory is annotated to return."""
     if inspect.isclass(obj):
-        return getattr(obj, "higher_is_better", None)
+        return getattr(obj, attr, None)
     try:
         ret = typing.get_type_hints(obj).get("return")
     except Exception:
         return None
-    return getattr(ret, "higher_is_better", None) if inspect.isclass(ret) else None
+    return getattr(ret, attr, None) if inspect.isclass(ret) else None
 
 
 def run_transform(transform: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor,

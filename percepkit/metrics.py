@@ -212,6 +212,8 @@ class LPIPS(Metric):
 
     higher_is_better = False
     fmt = ".4f"
+    #: published SR tables (SPSR, ESRGAN, ...) score perceptual metrics on the whole image
+    whole_image = True
 
     def __init__(self, net: Literal["alex", "vgg"] = "alex", crop_border: int = 0,
                  weights: str = "imagenet") -> None:
@@ -239,7 +241,8 @@ class LPIPS(Metric):
     def convention(self) -> str:
         return (f"{self.name}: LPIPS v0.1, {_LPIPS_ARCH[self.net_name]} ImageNet backbone with the "
                 f"lpips package's linear heads, on RGB in [-1, 1] (1-channel images repeated to "
-                f"RGB); {self.crop_border} px border cropped")
+                f"RGB); " + (f"{self.crop_border} px border cropped" if self.crop_border
+                             else "whole image (no border cropped)"))
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.crop_border:

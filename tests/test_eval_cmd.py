@@ -62,7 +62,11 @@ def test_lpips_with_real_weights_is_plausible(real_weights_dir, monkeypatch, tmp
     r = _run("--set5", "--metrics", "lpips", "--json", str(tmp_path / "r.json"))
     assert r.exit_code == 0, r.output
     mean = json.loads((tmp_path / "r.json").read_text())["sets"][0]["mean"]["lpips"]
-    assert 0.2 < mean < 0.4  # bicubic x4 on Set5 (ours: 0.344)
+    assert round(mean, 4) == 0.3407  # bicubic x4 Set5, whole image: as printed in SPSR (2020)
+    r = _run("--set5", "--metrics", "lpips", "--crop-lpips", "--json", str(tmp_path / "c.json"))
+    data = json.loads((tmp_path / "c.json").read_text())
+    assert round(data["sets"][0]["mean"]["lpips"], 4) == 0.3443  # 4 px border removed first
+    assert "4 px border cropped" in data["convention"]["metrics"]["lpips"]
 
 
 def test_plugin_metric_shows_up(tmp_path, isolated_weights):

@@ -207,6 +207,9 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
               help="PSNR/SSIM on MATLAB BT.601 Y (as published tables) or on RGB.")
 @click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex",
               show_default=True, help="LPIPS backbone.")
+@click.option("--crop-lpips", is_flag=True,
+              help="Remove the scale border before LPIPS too (percepkit 0.1's numbers); by "
+                   "default LPIPS scores the whole image, as published SR tables do.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="CPU threads for the model (default: torch's choice).")
@@ -224,9 +227,9 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
             hr_dir: Path | None, lr_dir: Path | None, data_dir: Path | None, scale: int | None,
             model: str | None, checkpoint: str | None, match_histogram: bool, metrics: str,
-            channel: str, lpips_net: str, device: str, threads: int | None, per_image: bool,
-            verbose: bool,
-            json_path: Path | None, csv_path: Path | None, save_images: Path | None,
+            channel: str, lpips_net: str, crop_lpips: bool, device: str, threads: int | None,
+            per_image: bool, verbose: bool, json_path: Path | None, csv_path: Path | None,
+            save_images: Path | None,
             mod: int | None, no_download: bool) -> None:
     """Evaluate an SR model (or bicubic) with PSNR, SSIM and LPIPS, comparable to published tables.
 
@@ -257,7 +260,7 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     datasets = _datasets(sets, scale, data_dir, hr_dir, lr_dir, download=not no_download,
                          mod=mod)
     built, infos = build_metrics(_metric_names(metrics, channel, lpips_net), crop_border=scale,
-                                 device=dev)
+                                 crop_whole_image=crop_lpips, device=dev)
     total = sum(len(d) for d in datasets)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
