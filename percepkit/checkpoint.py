@@ -144,6 +144,13 @@ def load_checkpoint(path: str | Path, tensors: bool = True) -> tuple[dict[str, A
     return (_unflatten(tree, flat) if tensors else {}), metadata
 
 
+def state_dict_mismatch(error: RuntimeError) -> str:
+    """The informative part of ``load_state_dict``'s error (which keys or shapes differ)."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "")
+    return detail[:400]
+
+
 def load_transform(path: str | Path, device: str | torch.device = "cpu", ema: bool = True
                    ) -> torch.nn.Module:
     """Rebuild a checkpoint's transform network from its metadata and load its weights.
@@ -164,5 +171,5 @@ def load_transform(path: str | Path, device: str | torch.device = "cpu", ema: bo
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit {spec.get('name')}: "
-                              f"{str(e).splitlines()[0]}") from None
+                              f"{state_dict_mismatch(e)}") from None
     return model.to(device).eval()

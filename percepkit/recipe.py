@@ -61,7 +61,9 @@ class TrainSettings:
     ``workers``: DataLoader worker processes. ``log_every`` / ``sample_every`` / ``val_every``:
     steps between log lines, preview grids and validations. ``sample_images``: images in a preview
     grid. ``val_images``: cap on validation images (None: all). ``deterministic``: deterministic
-    CUDA kernels (slower; CPU runs are deterministic anyway).
+    CUDA kernels (slower; CPU runs are deterministic anyway). ``init``: start from the weights of
+    a model name (``percepkit list models``) or checkpoint file, with a fresh optimiser (None:
+    random initialisation).
     """
 
     iterations: int = 1000
@@ -81,6 +83,7 @@ class TrainSettings:
     sample_images: int = 4
     val_images: int | None = None
     deterministic: bool = False
+    init: str | None = None
 
 
 @dataclass

@@ -259,6 +259,22 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(list(cuda))
 
 
+def _init_weights(model: nn.Module, spec: str) -> None:
+    """Copy the weights of a model name or checkpoint (``train.init``) into ``model``."""
+    from .checkpoint import state_dict_mismatch
+    from .zoo import load
+
+    try:
+        source = load(spec)
+    except PercepkitError as e:
+        raise RecipeError(f"train.init: {e}") from None
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as e:
+        raise RecipeError(f"train.init: the weights of {spec} do not fit the recipe's transform "
+                          f"({state_dict_mismatch(e)})") from None
+
+
 def load_style_image(spec: str, size: int | None) -> torch.Tensor:
     """The style image (1, 3, H, W): a file (shorter side resized to ``size``) or ``synthetic[:N]``.
 
@@ -439,6 +455,8 @@ class Trainer:
         if task != recipe.task:
             raise RecipeError(f"task: the recipe says {recipe.task!r} but transform "
                               f"{self._transform_spec()['name']!r} is a {task!r} network")
+        if s.init is not None and point is None:  # a resumed run has its own weights
+            _init_weights(model, s.init)
         self.loss = recipe.build_loss().to(self.device)
         self.module = model.to(self.device)
         self.channels_last = bool(s.channels_last) and self.cuda

@@ -276,3 +276,31 @@ def test_resume_edge_cases_fresh_run_dir_and_older_checkpoint(tmp_path):
     assert len(aside) == 1
     rows = (out / "log.csv").read_text().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == ["1", "2", "3"]
+
+
+def test_init_starts_from_given_weights_with_a_fresh_optimizer(tmp_path, capsys):
+    _, first = run(TINY_SR, tmp_path / "a", "train.iterations=3")
+    source = load_transform(first.last_checkpoint)
+    rec = load_recipe(TINY_SR, [*QUIET, "train.iterations=2",
+                                f"train.init={first.last_checkpoint}"])
+    trainer = Trainer(rec, out=tmp_path / "b", console=quiet(), progress=False)
+    trainer._setup()
+    for key, value in source.state_dict().items():
+        assert torch.equal(trainer.module.state_dict()[key], value), key
+    assert trainer.step == 0 and not trainer.optimizer.state  # fresh optimiser, step 0
+    other = tmp_path / "style.safetensors"
+    spec = {"name": "johnson_style", "channels": [4, 4, 4], "residual_blocks": 1}
+    from percepkit.registry import TRANSFORMS
+
+    save_checkpoint(other, {"model": TRANSFORMS.build(spec).state_dict()},
+                    {"task": "style", "transform": spec})
+    code = main_code(["train", str(TINY_SR), "--init", str(other), "--out", str(tmp_path / "c")])
+    assert code == 2 and "train.init" in capsys.readouterr().err
+
+
+def main_code(argv: list[str]) -> int:
+    try:
+        main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0

@@ -35,6 +35,9 @@ Examples:
               metavar="[RUN_DIR|CHECKPOINT]",
               help="Continue a run: a run directory (newest intact checkpoint), a checkpoint "
                    "file, or nothing for --out / the newest runs/<recipe>-* run.")
+@click.option("--init", default=None, metavar="MODEL|CKPT",
+              help="Start from these weights (a model name or checkpoint) with a fresh "
+                   "optimiser; shorthand for --set train.init=...")
 @click.option("--amp/--no-amp", default=None,
               help="Automatic mixed precision on CUDA (default: the recipe's train.amp).")
 @click.option("--compile", "compile_", is_flag=True, default=None,
@@ -42,8 +45,8 @@ Examples:
 @click.option("--progress/--no-progress", default=None,
               help="Show the progress bar (default: when the output is a terminal).")
 def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
-            out: str | None, resume: str | None, amp: bool | None, compile_: bool | None,
-            progress: bool | None) -> None:
+            out: str | None, resume: str | None, init: str | None, amp: bool | None,
+            compile_: bool | None, progress: bool | None) -> None:
     """Train a transform network from RECIPE (a YAML file), or resume a run with --resume."""
     from rich.console import Console
 
@@ -63,6 +66,8 @@ def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
         extra.append(f"train.amp={'true' if amp else 'false'}")
     if compile_:
         extra.append("train.compile=true")
+    if init is not None:
+        extra.append(f"train.init={init}")
 
     point = None
     if recipe is not None:
