@@ -68,8 +68,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except PercepkitError as e:
         from rich.console import Console
+        from rich.markup import escape
 
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {e}", soft_wrap=True)
+        # escaped: messages quote paths and commands such as runs/exp[lr=1e-3] or 'pkg[extra]'
+        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(str(e))}",
+                                                    soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)

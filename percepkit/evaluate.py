@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import inspect
 import io
 import json
@@ -96,6 +97,8 @@ class EvalResult:
     metrics: list[MetricInfo]
     sets: list[SetResult]
     seconds: float = 0.0
+    #: where the model came from: file, SHA-256, format, architecture (for the results file)
+    model_info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def convention(self) -> dict[str, Any]:
@@ -325,6 +328,7 @@ def result_to_dict(result: EvalResult) -> dict[str, Any]:
     return {
         "percepkit": __version__,
         "model": result.model,
+        **({"model_info": result.model_info} if result.model_info else {}),
         "scale": result.scale,
         "device": result.device,
         "convention": result.convention,

@@ -1,8 +1,12 @@
 """Networks trained by other projects, loaded as percepkit transforms.
 
-Supported today: pytorch/examples ``fast_neural_style`` models (``candy.pth``, ``mosaic.pth``,
-…: a ``TransformerNet`` state dict), mapped exactly onto :class:`~percepkit.transforms.JohnsonStyle`
-so that they run through percepkit's fast inference path and tiler.
+* pytorch/examples ``fast_neural_style`` models (``candy.pth``, ``mosaic.pth``, …: a
+  ``TransformerNet`` state dict), mapped exactly onto
+  :class:`~percepkit.transforms.JohnsonStyle` so that they run through percepkit's fast
+  inference path and tiler;
+* super-resolution checkpoints of BasicSR, KAIR, chaiNNer, Real-ESRGAN … (ESRGAN/RRDB, Compact,
+  SPAN, SwinIR, HAT, … ~40 architectures) through ``spandrel`` (the optional extra
+  ``pip install 'percepkit[models]'``), wrapped as :class:`SpandrelSR`.
 
 ``.pth`` files are read with ``torch.load(weights_only=True)``, PyTorch's restricted unpickler
 that builds tensors and plain containers only and refuses any other object without running it.
@@ -95,6 +99,96 @@ def examples_to_johnson_style(state: Mapping[str, torch.Tensor]) -> dict[str, to
     return out
 
 
+SPANDREL_MISSING = (
+    "{path}: not a percepkit checkpoint nor a pytorch/examples style model; models from other "
+    "SR projects (ESRGAN/RRDB, Real-ESRGAN Compact, SPAN, SwinIR, HAT, …) are read through the "
+    "optional spandrel package, which is not installed: pip install 'percepkit[models]' (or pip "
+    "install spandrel), then run the same command again.")
+
+
+class SpandrelSR(torch.nn.Module):
+    """A super-resolution network loaded by spandrel, as a percepkit transform.
+
+    The input is padded (reflection) to the network's size requirements and the output cropped
+    back. ``tile_margin`` / ``tiling`` tell percepkit's tiler how far a tile must see and
+    whether tiling is safe (spandrel's hint: ``supported``, ``discouraged``, ``internal``).
+    """
+
+    task = "sr"
+
+    def __init__(self, descriptor) -> None:  # a spandrel ImageModelDescriptor
+        super().__init__()
+        self.model = descriptor.model
+        self.scale = int(descriptor.scale)
+        req = descriptor.size_requirements
+        self.size_multiple = max(1, int(req.multiple_of))
+        self.min_size = int(req.minimum)
+        self.square = bool(req.square)
+        self.tiling = descriptor.tiling.name.lower()
+        self.architecture = descriptor.architecture.name
+        self.purpose = descriptor.purpose
+        self.tile_margin = None if _conv_only(self.model) else 64
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        th, tw = max(h, self.min_size), max(w, self.min_size)
+        if self.square:
+            th = tw = max(th, tw)
+        m = self.size_multiple
+        th, tw = -(-th // m) * m, -(-tw // m) * m
+        if (th, tw) != (h, w):
+            mode = "reflect" if th - h < h and tw - w < w else "replicate"
+            x = torch.nn.functional.pad(x, (0, tw - w, 0, th - h), mode=mode)
+        y = self.model(x)
+        return y[..., : h * self.scale, : w * self.scale]
+
+
+def _conv_only(model: torch.nn.Module) -> bool:
+    """Whether the tiler can measure the receptive field (no attention or global pooling)."""
+    from torch import nn
+
+    local = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.SiLU, nn.GELU,
+             nn.Sigmoid, nn.Tanh, nn.Identity, nn.PixelShuffle, nn.Upsample, nn.Sequential,
+             nn.ModuleList, nn.Dropout)
+    for m in model.modules():
+        if m is model or isinstance(m, local):
+            continue
+        if any(isinstance(c, (nn.Linear, nn.AdaptiveAvgPool2d, nn.LayerNorm))
+               for c in m.modules()):
+            return False
+    return True
+
+
+def load_spandrel(path: Path, state: Mapping[str, torch.Tensor]) -> SpandrelSR:
+    """An SR network from a third-party state dict through spandrel (the optional extra)."""
+    try:
+        import spandrel
+    except ImportError:
+        raise CheckpointError(SPANDREL_MISSING.format(path=path)) from None
+    try:
+        descriptor = spandrel.ModelLoader().load_from_state_dict(dict(state))
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        sample = ", ".join(list(state)[:4])
+        raise CheckpointError(
+            f"{path}: spandrel {spandrel.__version__} does not recognise this file ({first}; "
+            f"first keys: {sample}); it is not a percepkit checkpoint or a pytorch/examples "
+            f"style model either") from None
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor):
+        raise CheckpointError(f"{path}: spandrel reads it as a {descriptor.architecture.name} "
+                              f"model that is not an image-to-image network")
+    if descriptor.purpose != "SR" or descriptor.scale < 2:
+        raise CheckpointError(
+            f"{path}: a {descriptor.architecture.name} {descriptor.purpose.lower()} model "
+            f"(x{descriptor.scale}); percepkit evaluates and runs super-resolution models only")
+    if descriptor.input_channels != 3 or descriptor.output_channels != 3:
+        raise CheckpointError(
+            f"{path}: a {descriptor.architecture.name} model with {descriptor.input_channels} "
+            f"input and {descriptor.output_channels} output channels; only RGB-to-RGB models "
+            f"are supported")
+    return SpandrelSR(descriptor)
+
+
 def convert(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
     """``(transform spec, percepkit state dict, description)`` of a third-party file."""
     state = read_state_dict(path)
@@ -115,6 +209,9 @@ def load_foreign(path: str | Path, device: str | torch.device = "cpu") -> torch.
     """A third-party network as a percepkit transform in eval mode."""
     from .registry import TRANSFORMS
 
+    state = read_state_dict(path)
+    if not is_examples_transformer_net(state):
+        return load_spandrel(Path(path), state).to(device).eval()
     spec, state, _ = convert(path)
     model = TRANSFORMS.build(spec, where=f"{path}: transform")
     model.load_state_dict(state)

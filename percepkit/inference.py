@@ -226,6 +226,8 @@ def geometry(model: nn.Module) -> tuple[int, float]:
 def analyze(model: nn.Module, device: torch.device, dtype_bytes: int = 4) -> NetInfo:
     """Measure a transform's geometry and peak activation memory with a small dry run."""
     align, radius = geometry(model)
+    align = max(align, int(getattr(model, "size_multiple", 1)))
+    radius = max(radius, float(getattr(model, "tile_margin", None) or 0))  # declared by the net
     margin = int(math.ceil((radius + 2) / align) * align)
     side = max(64, 4 * align)
     sizes: list[int] = []
@@ -506,7 +508,9 @@ class Predictor:
         self.info = analyze(model, self.device, dtype_bytes=2 if self.half else 4)
         self.scale = self.info.scale
         self.net = torch.compile(model) if compile else model
-        self.tile = tile
+        # nets whose own hint says tiling changes their output run whole unless asked to tile
+        self.tile = 0 if tile is None and getattr(model, "tiling", "supported") != "supported" \
+            else tile
         self.overlap = overlap if overlap is not None else 4 * self.info.align
         self.memory_budget = memory_budget or default_memory_budget(self.device)
         if tile is not None and tile < 0:

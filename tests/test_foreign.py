@@ -7,8 +7,10 @@ key mapping and the arithmetic, not a trained model.
 
 from __future__ import annotations
 
+import json
 import pickle
 
+import pytest
 import torch
 from cli_runner import run_cli
 from torch import nn
@@ -150,8 +152,84 @@ def test_a_pickle_with_code_is_refused_without_running_it(tmp_path, capsys):
     assert "never runs pickled code" in captured.err.replace("\n", " ")
 
 
-def test_unknown_architecture_names_the_file_and_what_is_supported(tmp_path, capsys):
+def test_convert_of_an_unknown_architecture_names_the_file_and_what_is_supported(tmp_path,
+                                                                                capsys):
     torch.save({"body.0.weight": torch.zeros(3)}, tmp_path / "x.pth")
     assert run_cli(["convert", str(tmp_path / "x.pth"), str(tmp_path / "x.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "x.pth" in err and "body.0.weight" in err and "pytorch/examples" in err
+
+
+# -- super-resolution checkpoints of other projects, through spandrel (optional extra) ----------
+def _spandrel_nets():
+    """Small randomly initialised spandrel networks of three families (plumbing only)."""
+    from spandrel.architectures.Compact import Compact
+    from spandrel.architectures.ESRGAN import ESRGAN
+    from spandrel.architectures.SPAN import SPAN
+
+    torch.manual_seed(0)
+    return {"compact": Compact(num_feat=8, num_conv=2, upscale=4),
+            "rrdb": ESRGAN(num_filters=8, num_blocks=1, scale=4),
+            "span": SPAN(num_in_ch=3, num_out_ch=3, feature_channels=8, upscale=4)}
+
+
+def _save(net, path, layout):
+    state = net.state_dict()
+    if layout == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({"params": state, "params_ema": state} if layout == "params_ema"
+                   else {"params": state} if layout == "params" else state, path)
+
+
+def test_random_init_spandrel_sr_models_eval_and_upscale_like_spandrel(tmp_path):
+    spandrel = pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
+    image = torch.rand(3, 23, 30)
+    write_image(tmp_path / "lr.png", image)
+    image = read_image(tmp_path / "lr.png")
+    layouts = ["plain", "params", "params_ema", "safetensors"]
+    for (name, net), layout in zip(_spandrel_nets().items(), layouts[1:] + layouts[:1]):
+        path = tmp_path / f"{name}.{'safetensors' if layout == 'safetensors' else 'pth'}"
+        _save(net, path, layout)
+        reference = spandrel.ModelLoader().load_from_file(str(path))
+        with torch.inference_mode():
+            expected = reference(image[None])[0].clamp(0, 1)
+        ours = percepkit.load(path)
+        assert ours.scale == 4 and ours.architecture == reference.architecture.name
+        with torch.inference_mode():
+            torch.testing.assert_close(ours(image[None])[0].clamp(0, 1), expected,
+                                       atol=1e-5, rtol=0)
+        out = tmp_path / f"{name}_x4.png"
+        assert run_cli(["upscale", str(path), str(tmp_path / "lr.png"), "-o", str(out),
+                        "-q"]) == 0
+        assert (read_image(out) - expected).abs().max() <= 1 / 255 + 1e-6, name
+        assert run_cli(["eval", "--set5", "--checkpoint", str(path), "--metrics", "psnr",
+                        "--json", str(tmp_path / f"{name}.json")]) == 0
+        record = json.loads((tmp_path / f"{name}.json").read_text())
+        assert record["model_info"]["architecture"] == reference.architecture.name
+        assert len(record["model_info"]["sha256"]) == 64
+        assert "bicubic" in record["model_info"]["degradation"]
+
+
+def test_spandrel_refuses_a_scale_mismatch_and_unknown_files(tmp_path, capsys):
+    pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
+    _save(_spandrel_nets()["compact"], tmp_path / "c.pth", "plain")
+    assert run_cli(["eval", "--set5", "--checkpoint", str(tmp_path / "c.pth"),
+                    "--scale", "2"]) == 2
+    assert "upscales x4" in capsys.readouterr().err
+    torch.save({"body.0.weight": torch.zeros(3)}, tmp_path / "x.pth")
+    assert run_cli(["upscale", str(tmp_path / "x.pth"), str(tmp_path), "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "x.pth" in err and "spandrel" in err and "body.0.weight" in err
+
+
+def test_without_spandrel_a_foreign_sr_file_says_how_to_install_it(tmp_path, capsys,
+                                                                    monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "spandrel", None)  # as if not installed
+    torch.save({"body.0.weight": torch.zeros(3)}, tmp_path / "x.pth")
+    assert run_cli(["upscale", str(tmp_path / "x.pth"), str(tmp_path), "-o", str(tmp_path)]) == 2
+    assert "pip install 'percepkit[models]'" in capsys.readouterr().err.replace("\n", " ")

@@ -12,9 +12,30 @@ from ..devices import resolve_device
 from ..errors import PercepkitError
 
 
+def _model_info(path: Path, transform: Any) -> dict[str, Any]:
+    """What the results file records about a model file."""
+    from ..checkpoint import is_checkpoint
+    from ..foreign import SpandrelSR
+    from ..zoo import sha256_file
+
+    info: dict[str, Any] = {"file": str(path), "sha256": sha256_file(path)}
+    if isinstance(transform, SpandrelSR):
+        import spandrel
+
+        info.update(format=f"third-party, read by spandrel {spandrel.__version__}",
+                    architecture=transform.architecture, purpose=transform.purpose,
+                    degradation="LR = MATLAB bicubic, 8-bit (what public x4 SR models are "
+                                "trained on; models for other degradations score lower here)")
+    else:
+        info["format"] = "percepkit checkpoint" if is_checkpoint(path) else "third-party"
+        info["architecture"] = type(transform).__name__
+    return info
+
+
 def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
-                device: torch.device) -> tuple[Any, str, int, list[str]]:
-    """The transform, its display name, the scale, and warnings for the footer."""
+                device: torch.device) -> tuple[Any, str, int, list[str], dict[str, Any]]:
+    """The transform, its display name, the scale, warnings for the footer, and what the
+    results file records about the model's file."""
     from ..registry import MODELS, TRANSFORMS
 
     notes: list[str] = []
@@ -31,6 +52,10 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
         path = resolve(checkpoint)
         transform = load(path, device=device)
         name = checkpoint if checkpoint in MODELS else path.stem
+        info = _model_info(path, transform)
+        if info.get("purpose"):
+            notes.append(f"{path.name}: {info['architecture']} x{transform.scale} "
+                         f"({info['purpose']}), {info['format']}; {info['degradation']}")
         ckpt_scale = getattr(transform, "scale", None)
         if getattr(transform, "task", "sr") != "sr" or ckpt_scale is None:
             raise PercepkitError(f"{checkpoint}: not a super-resolution checkpoint (its transform "
@@ -38,7 +63,7 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
         if scale is not None and scale != ckpt_scale:
             raise PercepkitError(f"{checkpoint}: the model upscales x{ckpt_scale}, but --scale "
                                  f"{scale} was given; drop --scale or pass --scale {ckpt_scale}")
-        return transform, name, int(ckpt_scale), notes
+        return transform, name, int(ckpt_scale), notes, info
     name = model or "bicubic"
     scale = 4 if scale is None else scale
     task = getattr(TRANSFORMS.get(name), "task", "sr")
@@ -54,7 +79,7 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
         if n_params:
             notes.append(f"--model {name} was built from scratch ({n_params:,} parameters, as "
                          f"initialised): to score trained weights use --checkpoint CKPT")
-    return transform, name, scale, notes
+    return transform, name, scale, notes, {"architecture": type(transform).__name__}
 
 
 def _with_histogram_matching(transform: Any, device: torch.device) -> Any:
@@ -249,7 +274,7 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     to_stdout = str(json_path) == "-" or str(csv_path) == "-"
     console = Console(stderr=to_stdout, highlight=False)
     dev = resolve_device(device)
-    transform, name, scale, notes = _load_model(model, checkpoint, scale, dev)
+    transform, name, scale, notes, model_info = _load_model(model, checkpoint, scale, dev)
     if match_histogram:
         transform, name = _with_histogram_matching(transform, dev), f"{name}+histmatch"
 
@@ -271,6 +296,7 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
 
         result = evaluate(transform, datasets, built, infos, model_name=name, device=dev,
                           save_images=save_images, on_image=advance)
+    result.model_info = model_info
     _render(console, result, per_image)
     _footer(console, result, notes, total, verbose)
     if json_path is not None:

@@ -42,10 +42,10 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     installed (pip install 'percepkit[export]').
     """
     from rich.console import Console
+    from rich.markup import escape
 
     from ..checkpoint import is_checkpoint, read_metadata
     from ..export import export
-    from ..foreign import convert
     from ..zoo import load, resolve
 
     path = resolve(checkpoint)
@@ -58,7 +58,8 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     if out.resolve() == path.resolve():
         raise PercepkitError("the output would replace the checkpoint; choose another -o")
     model = load(path)
-    meta = read_metadata(path) if is_checkpoint(path) else {"transform": convert(path)[0]}
+    meta = read_metadata(path) if is_checkpoint(path) else \
+        {"transform": getattr(model, "architecture", type(model).__name__)}
     extra = {"transform": str(meta.get("transform")), "checkpoint": path.name,
              "step": str(meta.get("step", ""))}
     report = export(model, out, fmt, size=_size(size), opset=opset, atol=atol, metadata=extra)
@@ -66,8 +67,8 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     sizes = ", ".join(f"{h}x{w}" for h, w in report.input_sizes)
     shape = "dynamic height/width" if report.dynamic else f"fixed input {sizes}"
     if report.verified_with:
-        console.print(f"[green]✓[/] wrote {out} ({fmt}, {shape}); matches PyTorch within "
-                      f"{report.max_abs_diff:.1e} at {sizes} ({report.verified_with})")
+        console.print(f"[green]✓[/] wrote {escape(str(out))} ({fmt}, {shape}); matches PyTorch "
+                      f"within {report.max_abs_diff:.1e} at {sizes} ({report.verified_with})")
     else:
-        console.print(f"[yellow]![/] wrote {out} ({fmt}, {shape}); not verified: install "
-                      f"onnxruntime (pip install 'percepkit[export]') to check it")
+        console.print(f"[yellow]![/] wrote {escape(str(out))} ({fmt}, {shape}); not verified: "
+                      f"install onnxruntime (pip install 'percepkit\\[export]') to check it")

@@ -39,6 +39,7 @@ def command(kind: str | None, pattern: str) -> None:
 
 def _models_table(registry, pattern: str):
     """The trained models with the headline numbers of their cards."""
+    from rich.markup import escape
     from rich.table import Table
 
     from ..errors import PercepkitError
@@ -56,6 +57,7 @@ def _models_table(registry, pattern: str):
             card = entry.obj.card()
             measured = card.get("headline", "")
         except PercepkitError as e:
-            measured = f"[yellow]unavailable[/]: {e}"
-        table.add_row(entry.name, entry.obj.task, entry.source, entry.description, measured)
+            measured = f"[yellow]unavailable[/]: {escape(str(e))}"
+        table.add_row(entry.name, entry.obj.task, entry.source, escape(entry.description),
+                      measured if measured.startswith("[yellow]") else escape(measured))
     return table

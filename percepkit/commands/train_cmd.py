@@ -49,6 +49,7 @@ def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
             compile_: bool | None, progress: bool | None) -> None:
     """Train a transform network from RECIPE (a YAML file), or resume a run with --resume."""
     from rich.console import Console
+    from rich.markup import escape
 
     from ..recipe import load_recipe, parse_yaml, recipe_from_mapping
     from ..train import Trainer, TrainingInterrupted, recipe_text_for_resume, resolve_resume
@@ -84,7 +85,7 @@ def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
     try:
         result = trainer.run()
     except TrainingInterrupted as e:
-        console.print(f"[yellow]{e}[/]")
+        console.print(f"[yellow]{escape(str(e))}[/]")
         sys.exit(130)
     if trainer.env.is_main:
         _summary(console, result)

@@ -13,6 +13,7 @@ from .stylize_cmd import inference_options, run
 def load_sr_model(model: str, scale: int | None):
     """A checkpoint path, a model name or a registered transform name -> an SR transform."""
     from rich.console import Console
+    from rich.markup import escape
 
     from ..registry import MODELS, TRANSFORMS
 
@@ -44,7 +45,7 @@ def load_sr_model(model: str, scale: int | None):
         raise PercepkitError(f"transform {model!r} is not a super-resolution transform")
     if any(True for _ in net.parameters()):
         Console(stderr=True, highlight=False).print(
-            f"[yellow]warning:[/] {model} is built with random weights; pass a trained "
+            f"[yellow]warning:[/] {escape(model)} is built with random weights; pass a trained "
             f"checkpoint to get real results")
     return net.eval()
 
