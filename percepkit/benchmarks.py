@@ -17,10 +17,8 @@ Where the data comes from:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tempfile
 import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ import torch
 from PIL import Image
 
 from .errors import ImageError, PercepkitError
+from .files import atomic_write, sha256_file
 from .images import list_images, quantize, read_image
 from .imresize import imresize, mod_crop
 from .registry import DATASETS
@@ -159,14 +158,6 @@ class SRBenchmark(torch.utils.data.Dataset):
 
 
 # -- checksums ------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_sums(text: str) -> dict[str, str]:
     sums = {}
     for line in text.splitlines():
@@ -191,7 +182,7 @@ def _compare_sums(paths: Sequence[Path], sums: dict[str, str]) -> list[str]:
     """Names of files that are missing from, or differ from, the reference copy."""
     by_name = {p.name: p for p in paths}
     return [name for name, digest in sums.items()
-            if name not in by_name or _sha256(by_name[name]) != digest]
+            if name not in by_name or sha256_file(by_name[name]) != digest]
 
 
 # -- locating and downloading ---------------------------------------------------------------------
@@ -238,21 +229,19 @@ def download_benchmark(set_name: str, dest: Path) -> Path:
     names = sorted(sums)  # BSD100 source files are img_NNN in lexicographic order of the ids
     for index, name in enumerate(names, start=1):
         target = dest / name
-        if target.is_file() and _sha256(target) == sums[name]:
+        if target.is_file() and sha256_file(target) == sums[name]:
             continue
         url = _SET14_URL.format(name=name) if set_name == "Set14" else \
             _BSD100_URL.format(index=index)
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=30) as resp:
-                out.write(resp.read())
-            got = _sha256(Path(tmp))
+
+        def check(tmp: Path, url: str = url, name: str = name) -> None:
+            got = sha256_file(tmp)
             if got != sums[name]:
                 raise PercepkitError(f"{url}: checksum mismatch (sha256 {got[:12]}..., expected "
                                      f"{sums[name][:12]}...); the download was not used")
-            os.replace(tmp, target)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            atomic_write(target, lambda out, resp=resp: out.write(resp.read()), verify=check)
     return dest
 
 
@@ -309,7 +298,7 @@ def set5(scale: int = 4, quantize_lr: bool = True, mod: int | None = None) -> SR
     folder = _asset("Set5")
     sums = reference_sums("Set5")
     paths = [folder / name for name in sorted(sums)]
-    bad = [p.name for p in paths if not p.is_file() or _sha256(p) != sums[p.name]]
+    bad = [p.name for p in paths if not p.is_file() or sha256_file(p) != sums[p.name]]
     if bad:
         raise PercepkitError(f"the Set5 images shipped in {folder} are damaged ({', '.join(bad)} "
                              f"fail the SHA-256 check); reinstall percepkit")

@@ -9,8 +9,6 @@ the structure and the metadata go into the safetensors header.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError
+from .files import atomic_write
 
 FORMAT = "percepkit-checkpoint"
 VERSION = 1
@@ -74,30 +73,12 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any], metadata: Mappin
     from safetensors.torch import save
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
     tree = _flatten(dict(state), "", tensors)
     header = {"format": FORMAT, "version": str(VERSION), "tree": json.dumps(tree),
               "metadata": json.dumps(dict(metadata))}
     data = save(tensors, metadata=header)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    atomic_write(path, lambda f: f.write(data), durable=True)
     return path
 
 

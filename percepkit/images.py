@@ -6,8 +6,6 @@ unreadable files raise :class:`~percepkit.errors.ImageError` naming the file and
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -17,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+from .files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -99,14 +98,8 @@ def write_image(path: str | Path, image: torch.Tensor) -> Path:
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(suffix, Image.registered_extensions().get(suffix))
     if fmt is None:
         raise ImageError(f"{path}: unknown image extension {suffix!r}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: pil.save(f, format=fmt,
+                                          **({"quality": 95} if fmt == "JPEG" else {})))
     return path
 
 

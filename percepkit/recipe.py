@@ -126,14 +126,71 @@ _Loader.add_implicit_resolver(
 )
 
 
+#: Most values a recipe may expand to, counting every use of a YAML alias (a 1.5 KB "billion
+#: laughs" file expands to 10^9); real recipes have a few hundred.
+MAX_VALUES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int]) -> int:
+    """Values ``node`` stands for once every alias is expanded (memoised: bombs stay cheap)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise RecipeError("a YAML alias refers to itself (a recursive recipe)")
+    active.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(c, memo, active) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo, active) + _expanded_size(v, memo, active)
+                       for k, v in node.value)
+    else:
+        size = 1
+    active.discard(key)
+    memo[key] = min(size, 10 * MAX_VALUES)  # saturate: the exact count of a bomb is moot
+    return memo[key]
+
+
 def parse_yaml(text: str, source: str = "<string>") -> Any:
-    """Parse YAML safely; syntax errors name the file and line."""
+    """Parse YAML safely; syntax errors name the file and line; alias bombs are refused."""
+    loader = _Loader(text)
     try:
-        return yaml.load(text, Loader=_Loader)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            size = _expanded_size(node, {}, set())
+        except RecipeError as e:
+            raise RecipeError(f"{source}: {e}") from None
+        if size > MAX_VALUES:
+            raise RecipeError(f"{source}: the recipe expands to more than {MAX_VALUES:,} values "
+                              f"through YAML aliases (&anchor / *alias); a recipe is a few "
+                              f"hundred")
+        return loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise RecipeError(f"{source}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    finally:
+        loader.dispose()
+
+
+def read_recipe_text(path: Path) -> str:
+    """A recipe file's text: UTF-8 (or UTF-16/32 with a byte-order mark); others are refused."""
+    data = path.read_bytes()
+    for bom, codec in ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32"),
+                       (b"\x00\x00\xfe\xff", "utf-32"), (b"\xff\xfe", "utf-16"),
+                       (b"\xfe\xff", "utf-16")):
+        if data.startswith(bom):
+            return data.decode(codec)
+    if b"\x00" in data[:4096]:
+        raise RecipeError(f"{path}: a binary file, not a YAML recipe")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise RecipeError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+                          f"save the recipe as UTF-8") from None
 
 
 @dataclass
@@ -214,9 +271,11 @@ def _term_layers(spec: Any) -> list[str]:
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Load, override (``key.sub=value``) and validate a recipe file."""
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a folder; give a recipe file (.yaml)")
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
-    raw = parse_yaml(path.read_text(), str(path))
+    raw = parse_yaml(read_recipe_text(path), str(path))
     return recipe_from_mapping(raw, str(path), overrides)
 
 
@@ -314,7 +373,10 @@ def validate(raw: Mapping[str, Any]) -> list[str]:
             problems += _check_block(LOSSES, spec, f"losses[{i}]")
         problems += _check_layers(raw)
     problems += _check_settings(TrainSettings, raw.get("train"), "train")
+    problems += _check_ranges(raw.get("train"), "train", _TRAIN_RANGES)
     problems += _check_settings(CheckpointSettings, raw.get("checkpoint"), "checkpoint")
+    problems += _check_ranges(raw.get("checkpoint"), "checkpoint", {"every": (1, None),
+                                                                      "keep_last": (0, None)})
     problems += _check_settings(DataSettings, raw.get("data"), "data")
     data = raw.get("data") or {}
     if isinstance(data, Mapping):
@@ -328,6 +390,30 @@ def validate(raw: Mapping[str, Any]) -> list[str]:
     if "scheduler" in raw:
         problems += _check_block(SCHEDULERS, raw["scheduler"], "scheduler",
                                  ["optimizer", "iterations"])
+    return problems
+
+
+#: Allowed ranges of numeric settings (None: unbounded). The batch size bound is far beyond
+#: any real run; it stops a typo such as 1e12 before anything is allocated.
+_TRAIN_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "iterations": (1, None), "batch_size": (1, 65536), "workers": (0, 1024),
+    "log_every": (1, None), "sample_every": (1, None), "val_every": (1, None),
+    "sample_images": (0, 1024), "val_images": (1, None), "grad_clip": (0, None),
+    "ema": (0, 1),
+}
+
+
+def _check_ranges(block: Any, where: str, ranges: Mapping[str, tuple]) -> list[str]:
+    if not isinstance(block, Mapping):
+        return []
+    problems = []
+    for key, (low, high) in ranges.items():
+        value = block.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            problems.append(f"{where}.{key}: expected a value {bound}, got {value}")
     return problems
 
 

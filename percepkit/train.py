@@ -226,7 +226,9 @@ def recipe_text_for_resume(point: ResumePoint) -> tuple[str, str]:
             return text, f"{point.checkpoint} (stored recipe)"
     path = point.run_dir / "recipe.yaml"
     if path.is_file():
-        return path.read_text(), str(path)
+        from .recipe import read_recipe_text
+
+        return read_recipe_text(path), str(path)
     raise PercepkitError(f"{point.run_dir}: cannot find the run's recipe (no recipe.yaml and no "
                          f"checkpoint); pass the recipe file as well")
 

@@ -17,7 +17,6 @@ The file's SHA-256 is checked before use; a missing or damaged file is one clear
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -29,10 +28,10 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .files import sha256_file
 from .registry import MODELS
 
 MANIFEST = "manifest.json"
-_VERIFIED: dict[tuple[str, float, int], str] = {}
 
 
 def package_models_dir() -> Path:
@@ -50,19 +49,6 @@ def cache_dir() -> Path:
     """Where downloaded models are kept (``$PERCEPKIT_CACHE/models``)."""
     root = os.environ.get("PERCEPKIT_CACHE") or Path.home() / ".cache" / "percepkit"
     return Path(root).expanduser() / "models"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file (remembered per path, size and modification time)."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime, st.st_size)
-    if key not in _VERIFIED:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _VERIFIED[key] = h.hexdigest()
-    return _VERIFIED[key]
 
 
 @dataclass

@@ -100,3 +100,18 @@ def test_weights_that_do_not_fit_the_spec(tmp_path):
                            {"transform": {"name": "johnson_sr", "scale": 4}})
     with pytest.raises(CheckpointError, match="weights do not fit johnson_sr"):
         load_transform(path)
+
+
+def test_written_files_get_normal_permissions_not_temp_file_ones(tmp_path):
+    import os
+
+    from percepkit.images import write_image
+
+    old = os.umask(0o022)
+    try:
+        ckpt = save_checkpoint(tmp_path / "c.safetensors", {"w": torch.ones(1)}, {})
+        image = write_image(tmp_path / "i.png", torch.rand(3, 4, 4))
+    finally:
+        os.umask(old)
+    assert oct(ckpt.stat().st_mode & 0o777) == oct(0o644)
+    assert oct(image.stat().st_mode & 0o777) == oct(0o644)

@@ -114,7 +114,7 @@ def test_a_run_killed_during_a_save_resumes_from_the_newest_intact_checkpoint(tm
         import os, sys
         import torch
         torch.set_num_threads({torch.get_num_threads()})
-        import percepkit.checkpoint as ck
+        import percepkit.files as ck  # where checkpoints are renamed into place
         real = os.replace
         calls = []
         def dying_replace(src, dst):
