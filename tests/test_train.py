@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runner import run_cli
 from rich.console import Console
 
 from percepkit.checkpoint import load_checkpoint, load_transform, save_checkpoint
@@ -294,13 +295,5 @@ def test_init_starts_from_given_weights_with_a_fresh_optimizer(tmp_path, capsys)
 
     save_checkpoint(other, {"model": TRANSFORMS.build(spec).state_dict()},
                     {"task": "style", "transform": spec})
-    code = main_code(["train", str(TINY_SR), "--init", str(other), "--out", str(tmp_path / "c")])
+    code = run_cli(["train", str(TINY_SR), "--init", str(other), "--out", str(tmp_path / "c")])
     assert code == 2 and "train.init" in capsys.readouterr().err
-
-
-def main_code(argv: list[str]) -> int:
-    try:
-        main(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
