@@ -180,3 +180,19 @@ def test_user_errors_are_one_paragraph(args, message, capsys, monkeypatch, tmp_p
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err and message in err
+
+
+def test_json_output_is_checked_before_the_evaluation_runs(tmp_path, isolated_weights, capsys):
+    from cli_runner import run_cli
+
+    existing = tmp_path / "r.json"
+    existing.write_text("{}")
+    assert run_cli(["eval", "--set5", "--json", str(existing)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and existing.read_text() == "{}"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert run_cli(["eval", "--set5", "--csv", str(blocker / "r.csv")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert run_cli(["eval", "--set5", "--metrics", "psnr", "--json", str(existing),
+                    "--overwrite"]) == 0
+    assert json.loads(existing.read_text())["sets"][0]["mean"]["psnr"] > 28

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,21 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
             notes.append(f"--model {name} was built from scratch ({n_params:,} parameters, as "
                          f"initialised): to score trained weights use --checkpoint CKPT")
     return transform, name, scale, notes, {"architecture": type(transform).__name__}
+
+
+def _check_output(flag: str, path: Path | None, overwrite: bool) -> None:
+    """Refuse an output file that exists (without --overwrite) or cannot be written."""
+    if path is None or str(path) == "-":
+        return
+    if path.is_dir():
+        raise PercepkitError(f"{flag} {path}: is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise PercepkitError(f"{flag} {path}: exists; pass --overwrite to replace it")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise PercepkitError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise PercepkitError(f"{flag} {path}: {parent} is not writable")
 
 
 def _with_histogram_matching(transform: Any, device: torch.device) -> Any:
@@ -249,13 +265,14 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 @click.option("--mod-crop", "mod", type=click.IntRange(1, 96), default=None,
               help="Crop HR to a multiple of this (default: the scale; 12 = BasicSR GTmod12).")
 @click.option("--no-download", is_flag=True, help="Never download Set14/BSD100.")
+@click.option("--overwrite", is_flag=True, help="Replace existing --json / --csv files.")
 def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
             hr_dir: Path | None, lr_dir: Path | None, data_dir: Path | None, scale: int | None,
             model: str | None, checkpoint: str | None, match_histogram: bool, metrics: str,
             channel: str, lpips_net: str, crop_lpips: bool, device: str, threads: int | None,
             per_image: bool, verbose: bool, json_path: Path | None, csv_path: Path | None,
             save_images: Path | None,
-            mod: int | None, no_download: bool) -> None:
+            mod: int | None, no_download: bool, overwrite: bool) -> None:
     """Evaluate an SR model (or bicubic) with PSNR, SSIM and LPIPS, comparable to published tables.
 
     \b
@@ -271,6 +288,8 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
 
     if threads is not None:
         torch.set_num_threads(threads)
+    for flag, path in (("--json", json_path), ("--csv", csv_path)):
+        _check_output(flag, path, overwrite)  # before the evaluation, not after it
     to_stdout = str(json_path) == "-" or str(csv_path) == "-"
     console = Console(stderr=to_stdout, highlight=False)
     dev = resolve_device(device)
