@@ -54,8 +54,15 @@ def cli() -> None:
     """percepkit: perceptual losses for real-time style transfer and super-resolution."""
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
+    return f"warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one paragraph and exit with code 2, never a traceback."""
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # no source line under each warning
     try:
         code = cli.main(args=argv, prog_name="percepkit", standalone_mode=False)
         if isinstance(code, int) and code:

@@ -350,12 +350,18 @@ def _source(name: str) -> Iterator[None]:
 
 
 def _import_plugin(label: str, module: str, loader: Callable[[], Any]) -> None:
+    """Import one plugin; if it fails (even with ``sys.exit``), nothing it registered stays."""
+    saved = [(r, dict(r._entries), dict(r._aliases)) for r in _ALL]
     with _source(label):
         try:
             loader()
-        except Exception as exc:  # a broken plugin must not break percepkit
-            warnings.warn(f"percepkit plugin {label!r} ({module}) failed to load and is skipped: "
-                          f"{type(exc).__name__}: {exc}", stacklevel=4)
+        except (Exception, SystemExit) as exc:  # a broken plugin must not break percepkit
+            for registry, entries, aliases in saved:
+                registry._entries, registry._aliases = entries, aliases
+            what = f"exit({exc.code})" if isinstance(exc, SystemExit) else \
+                f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"percepkit plugin {label!r} ({module}) failed to load and is skipped "
+                          f"({what})", stacklevel=4)
 
 
 def load_plugins() -> None:

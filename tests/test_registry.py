@@ -201,3 +201,27 @@ def test_plugin_override_is_explicit_and_warned(plugin_env):
             warnings.simplefilter("ignore")
             LOSSES.add(original.obj, "tv", aliases=original.aliases, override=True)
         LOSSES._entries["tv"].source = "percepkit"
+
+
+def test_plugin_that_exits_halfway_leaves_nothing_registered(plugin_env, capsys):
+    _write(plugin_env / "pk_test_exits.py", '''
+        import sys
+        from percepkit.losses import LossTerm
+        from percepkit.registry import LOSSES
+
+        @LOSSES.register("pk_test_half_registered")
+        class Half(LossTerm):
+            """Registered before the plugin gave up."""
+
+        sys.exit(3)
+    ''')
+    _fake_distribution(plugin_env, "pk_test_exits", {"exits": "pk_test_exits"})
+    from cli_runner import run_cli
+
+    with pytest.warns(UserWarning, match=r"plugin 'exits'.*skipped \(exit\(3\)\)"):
+        assert run_cli(["list", "losses"]) == 0
+    assert "pk_test_half_registered" not in LOSSES and "style" in LOSSES
+    from percepkit.cli import _one_line_warning
+
+    assert _one_line_warning("plugin x failed", UserWarning, "f.py", 3) == \
+        "warning: plugin x failed\n"  # the CLI prints no source line under a warning
