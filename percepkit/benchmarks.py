@@ -329,13 +329,20 @@ def bsd100(scale: int = 4, root: str | None = None, download: bool = True,
     return _named_benchmark("bsd100", scale, root, download, quantize_lr, mod)
 
 
+def _require_folder(folder: Path, what: str) -> None:
+    """A clear error for a folder of images that is missing or is a file."""
+    if folder.is_file():
+        raise PercepkitError(f"{folder}: is a file; expected a folder of {what}")
+    if not folder.is_dir():
+        raise PercepkitError(f"{folder}: no such folder (expected a folder of {what})")
+
+
 @DATASETS.register("hr_folder")
 def hr_folder(root: str, scale: int = 4, name: str | None = None,
               quantize_lr: bool = True, mod: int | None = None) -> SRBenchmark:
     """Any folder of HR images; LR inputs are made by MATLAB bicubic downsampling."""
     folder = Path(root).expanduser()
-    if not folder.is_dir():
-        raise PercepkitError(f"--hr-dir {folder}: no such folder")
+    _require_folder(folder, "HR images")
     paths = list_images(folder)
     return SRBenchmark(name or folder.name or "hr_folder", paths, scale, quantize_lr=quantize_lr,
                        source=str(folder), mod=mod)
@@ -354,9 +361,8 @@ def paired_folder(lr_root: str, hr_root: str, scale: int = 4,
                   name: str | None = None) -> SRBenchmark:
     """Paired LR/HR folders, matched by file name (``_x4``/``_LR``-style suffixes ignored)."""
     lr_dir, hr_dir = Path(lr_root).expanduser(), Path(hr_root).expanduser()
-    for d, flag in ((lr_dir, "--lr-dir"), (hr_dir, "--hr-dir")):
-        if not d.is_dir():
-            raise PercepkitError(f"{flag} {d}: no such folder")
+    for d, what in ((lr_dir, "LR images"), (hr_dir, "HR images")):
+        _require_folder(d, what)
     hr_paths = list_images(hr_dir)
     lr_by_key: dict[str, Path] = {}
     for p in list_images(lr_dir):

@@ -103,6 +103,9 @@ def load_checkpoint(path: str | Path, tensors: bool = True) -> tuple[dict[str, A
     from safetensors import safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; give a checkpoint file (e.g. "
+                              f"{path}/checkpoints/best.safetensors)")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:

@@ -115,3 +115,8 @@ def test_written_files_get_normal_permissions_not_temp_file_ones(tmp_path):
         os.umask(old)
     assert oct(ckpt.stat().st_mode & 0o777) == oct(0o644)
     assert oct(image.stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_a_folder_given_as_checkpoint_says_so(tmp_path):
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(tmp_path)

@@ -226,3 +226,13 @@ def test_real_training_photos(shared_data):
     assert len(t91) == 90
     style = image_folder(str(shared_data / "content"), size=128, crop="center")
     assert len(style) == 3 and style[0]["image"].shape == (3, 128, 128)
+
+
+def test_image_folder_arguments_that_are_files_or_missing_say_which(tmp_path):
+    from percepkit.registry import DATASETS
+
+    (tmp_path / "f.png").write_bytes(b"")
+    with pytest.raises(PercepkitError, match="is a file; expected a folder of HR images"):
+        DATASETS.build({"name": "hr_folder", "root": str(tmp_path / "f.png")})
+    with pytest.raises(PercepkitError, match="no such folder"):
+        DATASETS.build({"name": "hr_folder", "root": str(tmp_path / "nope")})

@@ -93,7 +93,7 @@ def render(result, console) -> None:
                    "2048 on CPU, 8192 on CUDA).")
 @click.option("--half/--no-half", default=None, help="fp16 autocast (CUDA only).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the style net.")
-@click.option("--threads", type=int, default=None, help="CPU threads.")
+@click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads.")
 def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path | None,
             transform_name: str, max_seconds: float | None, repeats: int,
             matmul_size: int | None, half: bool | None, compile_: bool,

@@ -37,7 +37,7 @@ def inference_options(f: Callable) -> Callable:
                      help="fp16 autocast (CUDA only; default on CUDA)."),
         click.option("--compile", "compile_", is_flag=True,
                      help="torch.compile the network (pays off for many images of one size)."),
-        click.option("--threads", type=int, default=None,
+        click.option("--threads", type=click.IntRange(1, 1024), default=None,
                      help="CPU threads (default: torch's choice)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
@@ -53,8 +53,6 @@ def make_predictor(model, options: dict):
     from ..inference import Predictor, parse_memory
 
     if options["threads"]:
-        if options["threads"] < 1:
-            raise PercepkitError(f"--threads must be at least 1, got {options['threads']}")
         torch.set_num_threads(options["threads"])
     budget = parse_memory(options["memory"]) if options["memory"] else None
     return Predictor(model, options["device"], half=options["half"], compile=options["compile_"],
