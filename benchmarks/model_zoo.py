@@ -88,10 +88,15 @@ def _style_objective(name: str, size: int = 512) -> dict[str, float]:
     rows = []
     with torch.no_grad():
         for path in list_images(CONTENT):
-            x = resize_longer_side(read_image(path), size)[None]
+            x = _mod4(resize_longer_side(read_image(path), size))[None]
             total, parts = loss(net(x), x)
             rows.append({"total": float(total), **{k: float(v) for k, v in parts.items()}})
     return {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in rows[0]}
+
+
+def _mod4(x: torch.Tensor) -> torch.Tensor:
+    """Crop to multiples of 4 (the style net's stride), so output and input align."""
+    return x[..., : x.shape[-2] // 4 * 4, : x.shape[-1] // 4 * 4]
 
 
 def _loss_of(name: str) -> tuple[Any, torch.Tensor | None]:
@@ -125,8 +130,8 @@ def package(name: str, run: Path) -> None:
     card: dict[str, Any] = {
         "recipe_file": recipe_file, "steps": meta["step"], "batch_size": meta["batch_size"],
         "train_seconds": round(seconds), "threads": 1,
-        "machine": "2-core x86_64 CPU, no GPU, one thread (OMP_NUM_THREADS=1), sharing the "
-                   "machine with one other training job",
+        "machine": "2-core x86_64 CPU, no GPU, one thread (OMP_NUM_THREADS=1), the cores shared "
+                   "with other trainings and development work (the time is an upper bound)",
         "reproduce": f"OMP_NUM_THREADS=1 percepkit train {recipe_file} --out runs/{name}",
     }
     recipe = meta["recipe"]
@@ -189,16 +194,18 @@ def _card_text(name: str, summary: str, card: dict[str, Any], sha: str, recipe: 
 
 
 def sr_table() -> None:
-    """The x4 table of docs/zoo.md: bicubic and every SR model on Set5/Set14/BSD100 (Y)."""
+    """The x4 table of docs/zoo.md: bicubic (measured now) and every SR model (its card, which
+    ``package`` measured with the same ``percepkit eval --all``) on Set5/Set14/BSD100 (Y)."""
     from percepkit.registry import MODELS
 
     rows = [("bicubic", _eval_json("bicubic", []))]
     for entry in MODELS.entries():
         if entry.obj.task == "sr":
-            rows.append((entry.name, _eval_json(entry.name, [])))
-            if "feat" in entry.name:
+            card = entry.obj.card()
+            rows.append((entry.name, card["metrics"]))
+            if "metrics_histogram_matched" in card:
                 rows.append((f"{entry.name} + histogram matching",
-                             _eval_json(entry.name, ["--match-histogram"])))
+                             card["metrics_histogram_matched"]))
     print("| model | " + " | ".join(f"{s} PSNR / SSIM / LPIPS" for s in rows[0][1]) + " |")
     print("| --- |" + " --- |" * len(rows[0][1]))
     for label, sets in rows:
@@ -208,6 +215,8 @@ def sr_table() -> None:
 
 def style_grids(size: int = 512) -> None:
     """content | style | output for the three content photos, one grid per style model."""
+    from PIL import Image
+
     from percepkit.images import image_grid, list_images, read_image, write_image
     from percepkit.inference import Predictor
     from percepkit.optimize import resize_longer_side
@@ -223,16 +232,19 @@ def style_grids(size: int = 512) -> None:
         style = next(SHARED / "data" / "styles" / k / card["style_image"] for k in STYLE_SOURCES
                      if (SHARED / "data" / "styles" / k / card["style_image"]).is_file())
         predictor = Predictor(entry.obj(), "cpu")
-        rows = [image_grid([p, load_style_image(str(style), 256)[0], predictor(p)], height=256)
-                for p in photos]
+        rows = [image_grid([p, load_style_image(str(style), p.shape[-2])[0], predictor(p)],
+                           height=p.shape[-2]) for p in photos]  # photos and outputs unscaled
         width = max(r.shape[-1] for r in rows)
         grid = torch.ones(3, sum(r.shape[-2] for r in rows), width)
         y = 0
         for r in rows:
             grid[:, y:y + r.shape[-2], :r.shape[-1]] = r
             y += r.shape[-2]
-        write_image(IMAGES / f"style_{entry.name}.jpg", grid)
-        print(f"wrote {IMAGES / f'style_{entry.name}.jpg'}")
+        out = write_image(IMAGES / f"style_{entry.name}.jpg", grid)
+        with Image.open(out) as im:  # quality 85 halves the files; no visible difference
+            im.load()
+        im.save(out, quality=85)
+        print(f"wrote {out}")
 
 
 def sr_crops(crop: int = 96) -> None:
@@ -282,7 +294,7 @@ def fig5(name: str, iterations: int, size: int) -> None:
     net, (loss, style) = load(name), _loss_of(name)
     results = []
     for path in photos:
-        x = resize_longer_side(read_image(path), size)
+        x = _mod4(resize_longer_side(read_image(path), size))
         with torch.no_grad():
             t0 = time.perf_counter()
             y = net(x[None])
@@ -327,6 +339,11 @@ def _plot_fig5(results: list[dict[str, Any]], name: str, size: int) -> None:
         y = xy(0, r["feed_forward"])[1]
         for x0 in range(pad, width - pad, 12):
             draw.line([(x0, y), (x0 + 6, y)], fill=color, width=2)
+    for k, (r, color) in enumerate(zip(results, colors)):  # legend
+        y = pad + 110 + 14 * k
+        draw.line([(width - pad - 170, y + 6), (width - pad - 150, y + 6)], fill=color, width=3)
+        draw.text((width - pad - 145, y), f"{r['image']} (net {r['feed_forward']:.2f})",
+                  fill="black")
     draw.rectangle([pad, pad, width - pad, height - pad], outline="black")
     draw.text((pad, 15), f"{name}, {size} px: joint objective of L-BFGS (solid) vs the "
                          f"feed-forward net (dashed)", fill="black")
