@@ -67,6 +67,8 @@ def read_image(path: str | Path, mode: Literal["RGB", "keep"] = "RGB") -> torch.
             arr = _to_array(img)
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError as e:  # a header claiming billions of pixels
+        raise ImageError(f"{path}: refused, too many pixels to decode safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: unreadable image ({e}); the file may be truncated") from None
     if arr.shape[0] < 1 or arr.shape[1] < 1:

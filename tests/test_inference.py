@@ -342,3 +342,24 @@ def test_checkpoint_of_the_wrong_task_is_refused(images, style_checkpoint, tmp_p
     assert run_cli(["stylize", str(tmp_path / "missing.safetensors"), str(images / "rgb.png"),
                  "-o", str(tmp_path / "o")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_a_decompression_bomb_is_one_line_and_the_batch_goes_on(tmp_path, capsys):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)  # claims 10^10 pixels
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b""))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "in" / "ok.png")
+    code = run_cli(["upscale", "bicubic", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                    "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "too many pixels" in err and "Traceback" not in err
+    assert (tmp_path / "out" / "ok.png").is_file()
