@@ -5,7 +5,7 @@ Importing the package is cheap: registries import built-in parts and plugins on 
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__", "load"]
 
