@@ -189,9 +189,11 @@ def load_spandrel(path: Path, state: Mapping[str, torch.Tensor]) -> SpandrelSR:
     return SpandrelSR(descriptor)
 
 
-def convert(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
-    """``(transform spec, percepkit state dict, description)`` of a third-party file."""
-    state = read_state_dict(path)
+def convert(path: str | Path, state: Mapping[str, torch.Tensor] | None = None
+            ) -> tuple[dict, dict[str, torch.Tensor], str]:
+    """``(transform spec, percepkit state dict, description)`` of a third-party file (whose
+    tensors are read here unless ``state`` already holds them)."""
+    state = read_state_dict(path) if state is None else state
     if is_examples_transformer_net(state):
         try:
             return dict(EXAMPLES_SPEC), examples_to_johnson_style(state), \
@@ -206,13 +208,13 @@ def convert(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], str]:
 
 
 def load_foreign(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A third-party network as a percepkit transform in eval mode."""
+    """A third-party network as a percepkit transform in eval mode (the file is read once)."""
     from .registry import TRANSFORMS
 
     state = read_state_dict(path)
     if not is_examples_transformer_net(state):
         return load_spandrel(Path(path), state).to(device).eval()
-    spec, state, _ = convert(path)
+    spec, weights, _ = convert(path, state)
     model = TRANSFORMS.build(spec, where=f"{path}: transform")
-    model.load_state_dict(state)
+    model.load_state_dict(weights)
     return model.to(device).eval()

@@ -66,23 +66,21 @@ def offline() -> bool:
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a ``.safetensors`` or ``.pth`` state dict (``.pth`` with ``weights_only=True``)."""
+    """Load a ``.safetensors`` or ``.pth`` state dict (tensors only: no pickled code runs).
+
+    The reading is :func:`percepkit.foreign.read_state_dict`'s; problems are reported as
+    :class:`MissingWeightsError`.
+    """
+    from .errors import CheckpointError
+    from .foreign import read_state_dict
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise MissingWeightsError(f"weights file {path} does not exist.")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise MissingWeightsError(f"weights file {path} could not be read ({e}).") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise MissingWeightsError(f"weights file {path} does not hold a state dict.")
-    return state
+        return read_state_dict(path)
+    except CheckpointError as e:
+        raise MissingWeightsError(f"weights file {e}") from None
 
 
 def find_local(names: tuple[str, ...]) -> Path | None:

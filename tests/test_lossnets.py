@@ -101,3 +101,19 @@ def test_timm_pretrained_offline_is_a_clear_error(isolated_weights):
 def test_unknown_timm_model():
     with pytest.raises(PercepkitError, match="timm has no model"):
         LOSS_NETWORKS.build({"name": "timm:not_a_model_xyz", "weights": "random"})
+
+
+def test_a_weights_file_with_pickled_code_is_one_short_paragraph(tmp_path):
+    import pickle
+
+    from percepkit.weights import load_state_file
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+
+    path = tmp_path / "legacy.pth"
+    path.write_bytes(pickle.dumps({"features.0.weight": Payload()}))
+    with pytest.raises(MissingWeightsError, match="never runs pickled code") as info:
+        load_state_file(path)
+    assert "weights_only" not in str(info.value) and len(str(info.value)) < 300

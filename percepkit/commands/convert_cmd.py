@@ -24,9 +24,9 @@ def command(source: Path, output: Path, overwrite: bool) -> None:
     from rich.markup import escape
 
     from ..checkpoint import save_checkpoint
+    from ..files import sha256_file
     from ..foreign import convert
     from ..registry import TRANSFORMS
-    from ..zoo import sha256_file
 
     if not source.is_file():
         raise PercepkitError(f"{source}: no such file")

@@ -16,8 +16,8 @@ from ..errors import PercepkitError
 def _model_info(path: Path, transform: Any) -> dict[str, Any]:
     """What the results file records about a model file."""
     from ..checkpoint import is_checkpoint
+    from ..files import sha256_file
     from ..foreign import SpandrelSR
-    from ..zoo import sha256_file
 
     info: dict[str, Any] = {"file": str(path), "sha256": sha256_file(path)}
     if isinstance(transform, SpandrelSR):
