@@ -54,10 +54,9 @@ def _models_table(registry, pattern: str):
         if entry.name not in matched:
             continue
         try:
-            card = entry.obj.card()
-            measured = card.get("headline", "")
+            measured = escape(str(entry.obj.card().get("headline", "")))
         except PercepkitError as e:
             measured = f"[yellow]unavailable[/]: {escape(str(e))}"
         table.add_row(entry.name, entry.obj.task, entry.source, escape(entry.description),
-                      measured if measured.startswith("[yellow]") else escape(measured))
+                      measured)
     return table
