@@ -217,7 +217,7 @@ def style_grids(size: int = 512) -> None:
     """content | style | output for the three content photos, one grid per style model."""
     from PIL import Image
 
-    from percepkit.images import image_grid, list_images, read_image, write_image
+    from percepkit.images import image_grid, list_images, read_image, stack_rows, write_image
     from percepkit.inference import Predictor
     from percepkit.optimize import resize_longer_side
     from percepkit.registry import MODELS
@@ -234,13 +234,7 @@ def style_grids(size: int = 512) -> None:
         predictor = Predictor(entry.obj(), "cpu")
         rows = [image_grid([p, load_style_image(str(style), p.shape[-2])[0], predictor(p)],
                            height=p.shape[-2]) for p in photos]  # photos and outputs unscaled
-        width = max(r.shape[-1] for r in rows)
-        grid = torch.ones(3, sum(r.shape[-2] for r in rows), width)
-        y = 0
-        for r in rows:
-            grid[:, y:y + r.shape[-2], :r.shape[-1]] = r
-            y += r.shape[-2]
-        out = write_image(IMAGES / f"style_{entry.name}.jpg", grid)
+        out = write_image(IMAGES / f"style_{entry.name}.jpg", stack_rows(rows))
         with Image.open(out) as im:  # quality 85 halves the files; no visible difference
             im.load()
         im.save(out, quality=85)
@@ -251,8 +245,8 @@ def sr_crops(crop: int = 96) -> None:
     """bicubic | l_pixel | l_feat | HR crops (x4) of textured Set14/BSD100 images."""
     from percepkit.benchmarks import quantize
     from percepkit.evaluate import _crop_box
-    from percepkit.images import image_grid, read_image, write_image
-    from percepkit.imresize import imresize
+    from percepkit.images import image_grid, read_image, stack_rows, write_image
+    from percepkit.imresize import imresize, mod_crop
     from percepkit.zoo import load
 
     bench = SHARED / "data" / "benchmarks"
@@ -262,9 +256,7 @@ def sr_crops(crop: int = 96) -> None:
     rows = []
     with torch.inference_mode():
         for path in names:
-            hr = read_image(path)
-            h, w = (hr.shape[-2] // 4) * 4, (hr.shape[-1] // 4) * 4
-            hr = hr[:, :h, :w]
+            hr = mod_crop(read_image(path), 4)
             lr = quantize(imresize(hr.double(), scale=0.25).float())
             outs = [quantize(imresize(lr.double(), scale=4).float())]
             outs += [quantize(net(lr[None])[0]) for net in nets.values()]
@@ -273,13 +265,8 @@ def sr_crops(crop: int = 96) -> None:
             tiles = [o[:, top:top + crop, left:left + crop] for o in outs]
             rows.append(image_grid(tiles, labels=[f"bicubic ({path.stem})", *nets, "HR"],
                                    height=crop * 2))
-    grid = torch.ones(3, sum(r.shape[-2] for r in rows), max(r.shape[-1] for r in rows))
-    y = 0
-    for r in rows:
-        grid[:, y:y + r.shape[-2], :r.shape[-1]] = r
-        y += r.shape[-2]
     IMAGES.mkdir(parents=True, exist_ok=True)
-    write_image(IMAGES / "sr_x4_crops.png", grid)
+    write_image(IMAGES / "sr_x4_crops.png", stack_rows(rows))
     print(f"wrote {IMAGES / 'sr_x4_crops.png'}")
 
 

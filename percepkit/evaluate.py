@@ -27,7 +27,7 @@ from torch import nn
 
 from .benchmarks import SRBenchmark, quantize
 from .errors import MissingWeightsError, PercepkitError
-from .images import image_grid, write_image
+from .images import image_grid, stack_rows, write_image
 from .imresize import imresize
 from .metrics import Metric
 from .registry import METRICS
@@ -229,13 +229,7 @@ def comparison_grid(tiles: Sequence[torch.Tensor], labels: Sequence[str]) -> tor
         m[:, top:b + 1, left] = box
         m[:, top:b + 1, r] = box
         marked.append(m)
-    full = image_grid(marked, labels=list(labels))
-    zoom = image_grid(crops, height=int(h))
-    width = max(full.shape[-1], zoom.shape[-1])
-    out = torch.ones(3, full.shape[-2] + zoom.shape[-2], width)
-    out[:, : full.shape[-2], : full.shape[-1]] = full
-    out[:, full.shape[-2]:, : zoom.shape[-1]] = zoom
-    return out
+    return stack_rows([image_grid(marked, labels=list(labels)), image_grid(crops, height=int(h))])
 
 
 def _safe_name(name: str) -> str:

@@ -12,6 +12,11 @@ from typing import BinaryIO
 _DIGESTS: dict[tuple[str, float, int], str] = {}
 
 
+def env_folders(name: str) -> list[Path]:
+    """The folders listed in environment variable ``name`` (``os.pathsep``-separated)."""
+    return [Path(p).expanduser() for p in os.environ.get(name, "").split(os.pathsep) if p]
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

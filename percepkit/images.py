@@ -142,3 +142,13 @@ def image_grid(
             x += t.shape[-1] + pad
         canvas = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return canvas
+
+
+def stack_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
+    """3xHxW images one below the other, left-aligned on a white canvas as wide as the widest."""
+    canvas = torch.ones(3, sum(int(r.shape[-2]) for r in rows), max(int(r.shape[-1]) for r in rows))
+    y = 0
+    for r in rows:
+        canvas[:, y:y + r.shape[-2], : r.shape[-1]] = r
+        y += r.shape[-2]
+    return canvas

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .errors import MissingWeightsError
+from .files import env_folders
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,7 @@ TORCHVISION_WEIGHTS = {
 
 def weights_dirs() -> list[Path]:
     """Folders listed in ``PERCEPKIT_WEIGHTS``."""
-    env = os.environ.get("PERCEPKIT_WEIGHTS", "")
-    return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    return env_folders("PERCEPKIT_WEIGHTS")
 
 
 def torch_cache_dir() -> Path:

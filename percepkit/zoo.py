@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .files import sha256_file
+from .files import env_folders, sha256_file
 from .registry import MODELS
 
 MANIFEST = "manifest.json"
@@ -41,8 +41,7 @@ def package_models_dir() -> Path:
 
 def models_dirs() -> list[Path]:
     """Folders listed in ``PERCEPKIT_MODELS``."""
-    env = os.environ.get("PERCEPKIT_MODELS", "")
-    return [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    return env_folders("PERCEPKIT_MODELS")
 
 
 def cache_dir() -> Path:
