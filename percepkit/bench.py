@@ -17,7 +17,9 @@ measured matrix-multiply throughput (the net's nominal convolution FLOPs / time 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -42,15 +44,41 @@ PAPER_TITAN_X: dict[int, dict[str, Any]] = {
 
 Progress = Callable[[str], None]
 
+#: a median this much above the best time of the same call means other work interfered
+SPREAD_WARNING = 0.25
+#: a matrix-product probe below this fraction of the best rate recorded here means a busy machine
+MATMUL_WARNING = 0.7
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
+@dataclass
+class Timing:
+    """Seconds of repeated runs of one call: best, median and relative spread."""
+
+    runs: list[float]
+
+    @property
+    def min(self) -> float:
+        return min(self.runs)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    @property
+    def spread(self) -> float:
+        """(median - min) / min: near 0 on a quiet machine."""
+        return self.median / self.min - 1.0
+
+
 def time_call(fn: Callable[[], object], device: torch.device, *, repeats: int = 5,
-              warmup: int = 1, max_seconds: float = 10.0) -> float:
-    """Median seconds of ``fn()`` after ``warmup`` calls; fewer repeats if they run long."""
+              warmup: int = 1, max_seconds: float = 10.0) -> Timing:
+    """Seconds of ``fn()`` over ``repeats`` runs after ``warmup`` calls (fewer if they run
+    long)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -63,7 +91,7 @@ def time_call(fn: Callable[[], object], device: torch.device, *, repeats: int = 
         times.append(time.perf_counter() - t)
         if time.perf_counter() - budget_start > max_seconds:
             break
-    return statistics.median(times)
+    return Timing(times)
 
 
 def matmul_throughput(device: torch.device, dtype: torch.dtype = torch.float32,
@@ -84,6 +112,47 @@ def matmul_throughput(device: torch.device, dtype: torch.dtype = torch.float32,
         if time.perf_counter() - start > max_seconds:
             break
     return 2 * n**3 / best
+
+
+def busy_notes(device: torch.device) -> list[str]:
+    """A note when the CPU is already loaded by other processes (1-minute load average)."""
+    if device.type != "cpu" or not hasattr(os, "getloadavg"):
+        return []
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load <= 0.5 * cores:
+        return []
+    return [f"busy: the load average is {load:.1f} on {cores} cores before the benchmark "
+            "started; other processes share the CPU and the times are too slow"]
+
+
+def matmul_notes(device: str, precision: str, flops: float) -> list[str]:
+    """Compare the matmul probe with the best rate recorded for this device; record new bests.
+
+    The record is ``$PERCEPKIT_CACHE/bench_peaks.json`` (default ``~/.cache/percepkit``).
+    """
+    from .files import atomic_write, cache_root
+
+    path = cache_root() / "bench_peaks.json"
+    key = f"{device} {precision}"
+    try:
+        peaks = json.loads(path.read_text())
+        best = float(peaks.get(key, 0.0)) if isinstance(peaks, dict) else 0.0
+    except (OSError, ValueError):
+        peaks, best = {}, 0.0
+    notes = []
+    if best and flops < MATMUL_WARNING * best:
+        notes.append(f"busy: the matrix-product probe ran at {flops / 1e9:,.0f} GFLOP/s, "
+                     f"{flops / best:.0%} of the {best / 1e9:,.0f} GFLOP/s recorded on this "
+                     "device; the machine is probably loaded")
+    if flops > best:
+        try:
+            peaks = peaks if isinstance(peaks, dict) else {}
+            peaks[key] = flops
+            data = json.dumps(peaks, indent=1).encode()
+            atomic_write(path, lambda f: f.write(data))
+        except OSError:
+            pass  # a read-only home is no reason to fail a benchmark
+    return notes
 
 
 def conv_flops(model: nn.Module, height: int, width: int) -> float:
@@ -115,7 +184,8 @@ class SizeResult:
     """One row of the speed table (seconds)."""
 
     size: int
-    feedforward: float
+    feedforward: float  #: median seconds of one pass
+    feedforward_min: float
     images_per_second: float
     gflop: float
     achieved_gflops: float
@@ -215,15 +285,21 @@ def run_bench(
     model = model.eval()
     predictor = Predictor(model, dev, half=half, compile=compile, tile=0, keep_memory=True)
     precision = "fp16 autocast" if predictor.half else "fp32"
+    notes = busy_notes(dev)
     say("measuring matrix-multiply throughput")
     peak = matmul_throughput(dev, torch.float16 if predictor.half else torch.float32,
                              n=matmul_size)
-    notes = []
+    notes += matmul_notes(device_name(dev), precision, peak)
     rows = []
     for size in sizes:
         say(f"{size}x{size}: feed-forward")
         x = torch.rand(1, 3, size, size)
-        ff = time_call(lambda x=x: predictor(x), dev, repeats=repeats, warmup=2 if compile else 1)
+        timing = time_call(lambda x=x: predictor(x), dev, repeats=repeats,
+                           warmup=2 if compile else 1)
+        ff = timing.median
+        if timing.spread > SPREAD_WARNING:
+            notes.append(f"busy: the {size}² feed-forward timings spread by "
+                         f"{100 * timing.spread:.0f}% (median over best); compare the best times")
         flops = conv_flops(model.to(dev), size, size)
         say(f"{size}x{size}: optimisation (L-BFGS)")
         setup, cumulative = time_optimization(size, max(iterations), dev,
@@ -232,7 +308,8 @@ def run_bench(
         per_it = cumulative[-1] / timed
         opt = {n: setup + (cumulative[n - 1] if n <= timed else n * per_it) for n in iterations}
         row = SizeResult(
-            size=size, feedforward=ff, images_per_second=1.0 / ff, gflop=flops / 1e9,
+            size=size, feedforward=ff, feedforward_min=timing.min, images_per_second=1.0 / ff,
+            gflop=flops / 1e9,
             achieved_gflops=flops / ff / 1e9, fraction_of_matmul=flops / ff / peak,
             optimization_setup=setup, seconds_per_iteration=per_it, iterations_timed=timed,
             optimization=opt, projected={n: n > timed for n in iterations},

@@ -10,14 +10,14 @@ Where the data comes from:
 
 * ``set5`` ships inside the package (``percepkit/assets/Set5``, checksums verified at load);
 * ``set14`` / ``bsd100``: ``root=`` (``--data-dir``), else ``$PERCEPKIT_DATA/<Set14|BSD100>``,
-  else the cache ``$PERCEPKIT_CACHE`` (default ``~/.cache/percepkit/datasets``), where they are
-  downloaded file by file from pinned GitHub commits and checked against SHA-256 sums;
+  else the cache ``$PERCEPKIT_CACHE/datasets`` (default ``~/.cache/percepkit/datasets``),
+  where they are downloaded file by file from pinned GitHub commits and checked against
+  SHA-256 sums;
 * ``hr_folder`` / ``paired_folder``: your own images.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from .errors import ImageError, PercepkitError
-from .files import atomic_write, sha256_file
+from .files import atomic_write, cache_root, env_folders, sha256_file
 from .images import list_images, quantize, read_image
 from .imresize import imresize, mod_crop
 from .registry import DATASETS
@@ -205,9 +205,8 @@ _BSD100_URL = ("https://raw.githubusercontent.com/jiny2001/dcscn-super-resolutio
 
 
 def cache_dir() -> Path:
-    """Where downloaded datasets live: ``$PERCEPKIT_CACHE`` or ``~/.cache/percepkit/datasets``."""
-    env = os.environ.get("PERCEPKIT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "percepkit" / "datasets"
+    """Where downloaded datasets live: ``$PERCEPKIT_CACHE/datasets``."""
+    return cache_root("datasets")
 
 
 def _set_folder(parent: Path, set_name: str) -> Path | None:
@@ -250,15 +249,13 @@ def locate_benchmark(set_name: str, root: str | Path | None = None,
     """Find (or download) ``Set14``/``BSD100``; returns (folder, where it was found).
 
     Order: ``root`` (the set folder or a folder containing it), ``$PERCEPKIT_DATA``, the cache
-    (``$PERCEPKIT_CACHE``), then a checked download into the cache unless offline.
+    (``$PERCEPKIT_CACHE/datasets``), then a checked download into the cache unless offline.
     """
     tried: list[str] = []
     places: list[tuple[Path, str]] = []
     if root is not None:
         places.append((Path(root).expanduser(), "--data-dir"))
-    env = os.environ.get("PERCEPKIT_DATA")
-    if env:
-        places += [(Path(p).expanduser(), "PERCEPKIT_DATA") for p in env.split(os.pathsep) if p]
+    places += [(p, "PERCEPKIT_DATA") for p in env_folders("PERCEPKIT_DATA")]
     places.append((cache_dir(), "cache"))
     for place, label in places:
         found = _set_folder(place, set_name)

@@ -12,6 +12,13 @@ from typing import BinaryIO
 _DIGESTS: dict[tuple[str, float, int], str] = {}
 
 
+def cache_root(kind: str = "") -> Path:
+    """percepkit's cache folder ``$PERCEPKIT_CACHE`` (default ``~/.cache/percepkit``), or its
+    subfolder ``kind`` (``datasets``, ``models``)."""
+    root = Path(os.environ.get("PERCEPKIT_CACHE") or Path.home() / ".cache" / "percepkit")
+    return root.expanduser() / kind if kind else root.expanduser()
+
+
 def env_folders(name: str) -> list[Path]:
     """The folders listed in environment variable ``name`` (``os.pathsep``-separated)."""
     return [Path(p).expanduser() for p in os.environ.get(name, "").split(os.pathsep) if p]

@@ -83,6 +83,8 @@ class JohnsonStyle(nn.Module):
 
     ``output="tanh"`` is the paper's scaled tanh; ``"linear"`` returns the last convolution as
     it is (pytorch/examples' ``TransformerNet``, whose images are clamped when saved).
+    ``decoder_channels`` sets the widths of the two upsampling layers (default: the encoder's
+    mirrored, ``(channels[1], channels[0])``).
     """
 
     task = "style"
@@ -95,21 +97,23 @@ class JohnsonStyle(nn.Module):
         channels: tuple[int, int, int] | list[int] = (32, 64, 128),
         residual_blocks: int = 5,
         output: Output = "tanh",
+        decoder_channels: tuple[int, int] | list[int] | None = None,
     ) -> None:
         super().__init__()
         if output not in ("tanh", "linear"):
             raise ValueError(f"output must be 'tanh' or 'linear', got {output!r}")
         self.output = output
         c1, c2, c3 = channels
+        d2, d1 = decoder_channels if decoder_channels is not None else (c2, c1)
         self.net = nn.Sequential(
             conv_block(3, c1, 9, norm=norm),
             conv_block(c1, c2, 3, stride=2, norm=norm),
             conv_block(c2, c3, 3, stride=2, norm=norm),
             *[ResidualBlock(c3, norm) for _ in range(residual_blocks)],
-            upsample_block(c3, c2, upsample, norm),
-            upsample_block(c2, c1, upsample, norm),
+            upsample_block(c3, d2, upsample, norm),
+            upsample_block(d2, d1, upsample, norm),
             nn.ReflectionPad2d(4),
-            nn.Conv2d(c1, 3, 9),
+            nn.Conv2d(d1, 3, 9),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,6 +125,13 @@ class JohnsonStyle(nn.Module):
 def johnson_style_fast(norm: Norm = "instance", upsample: Upsample = "resize_conv") -> JohnsonStyle:
     """A lighter style net (32/64/64 channels, 5 residual blocks) for real-time CPU use."""
     return JohnsonStyle(norm=norm, upsample=upsample, channels=(32, 64, 64))
+
+
+@TRANSFORMS.register("johnson_style_lite")
+def johnson_style_lite(norm: Norm = "instance", upsample: Upsample = "resize_conv") -> JohnsonStyle:
+    """A small style net (16/32/32 channels, decoder 16/8; ~8 GFLOP at 512²) for fast CPU use."""
+    return JohnsonStyle(norm=norm, upsample=upsample, channels=(16, 32, 32),
+                        decoder_channels=(16, 8))
 
 
 @TRANSFORMS.register("johnson_sr", aliases=("sr_net",))

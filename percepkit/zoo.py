@@ -18,7 +18,6 @@ The file's SHA-256 is checked before use; a missing or damaged file is one clear
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
-from .files import env_folders, sha256_file
+from .files import cache_root, env_folders, sha256_file
 from .registry import MODELS
 
 MANIFEST = "manifest.json"
@@ -46,8 +45,7 @@ def models_dirs() -> list[Path]:
 
 def cache_dir() -> Path:
     """Where downloaded models are kept (``$PERCEPKIT_CACHE/models``)."""
-    root = os.environ.get("PERCEPKIT_CACHE") or Path.home() / ".cache" / "percepkit"
-    return Path(root).expanduser() / "models"
+    return cache_root("models")
 
 
 @dataclass

@@ -26,6 +26,11 @@ def test_matmul_throughput_is_positive():
     assert matmul_throughput(torch.device("cpu"), n=64, max_seconds=0.1) > 0
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERCEPKIT_CACHE", str(tmp_path / "cache"))
+
+
 def test_run_bench_measures_and_projects():
     result = run_bench(sizes=(16, 24), iterations=(2, 5), device="cpu",
                        transform_name="johnson_style_fast", max_seconds=0.0, min_iters=2,
@@ -39,8 +44,9 @@ def test_run_bench_measures_and_projects():
         assert r.optimization[5] > r.optimization[2] > 0
         assert r.speedup[5] == pytest.approx(r.optimization[5] / r.feedforward)
         assert r.images_per_second == pytest.approx(1 / r.feedforward)
+        assert 0 < r.feedforward_min <= r.feedforward
         assert r.fraction_of_matmul > 0
-    assert result.notes and "projected" in result.notes[0]
+    assert any(n.startswith("projected") for n in result.notes)
     assert result.precision == "fp32"
 
 
@@ -68,3 +74,54 @@ def test_bench_command_table_and_bad_options(capsys):
         main(["bench", "--sizes", "big"])
     assert e.value.code == 2
     assert "--sizes" in capsys.readouterr().err
+
+
+def test_timing_reports_best_median_and_spread():
+    from percepkit.bench import Timing
+
+    t = Timing([0.2, 0.1, 0.4, 0.1, 0.15])
+    assert t.min == 0.1 and t.median == 0.15
+    assert t.spread == pytest.approx(0.5)
+
+
+def test_matmul_probe_far_below_the_recorded_best_warns(tmp_path, monkeypatch):
+    from percepkit.bench import matmul_notes
+
+    monkeypatch.setenv("PERCEPKIT_CACHE", str(tmp_path))
+    assert matmul_notes("cpu X", "fp32", 100e9) == []  # first run: recorded, nothing to compare
+    assert json.loads((tmp_path / "bench_peaks.json").read_text()) == {"cpu X fp32": 100e9}
+    assert matmul_notes("cpu X", "fp32", 80e9) == []  # within the usual variation
+    notes = matmul_notes("cpu X", "fp32", 40e9)
+    assert len(notes) == 1 and notes[0].startswith("busy") and "40%" in notes[0]
+    assert matmul_notes("cpu Y", "fp32", 10e9) == []  # another device has its own record
+    matmul_notes("cpu X", "fp32", 120e9)  # a new best replaces the record
+    assert json.loads((tmp_path / "bench_peaks.json").read_text())["cpu X fp32"] == 120e9
+    (tmp_path / "bench_peaks.json").write_text("not json")
+    assert matmul_notes("cpu X", "fp32", 1e9) == []  # a damaged record is replaced, not fatal
+
+
+def test_a_loaded_machine_is_reported(monkeypatch):
+    import os
+
+    from percepkit import bench
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 2.0, 1.0))
+    notes = bench.busy_notes(torch.device("cpu"))
+    assert len(notes) == 1 and "load average is 3.0 on 2 cores" in notes[0]
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.4, 0.2, 0.1))
+    assert bench.busy_notes(torch.device("cpu")) == []
+
+
+def test_bench_command_prints_busy_warnings(capsys, monkeypatch, tmp_path):
+    import os
+
+    monkeypatch.setenv("PERCEPKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 2.0, 1.0))
+    try:
+        main(["bench", "--sizes", "16", "--iters", "1", "--max-seconds", "0", "--repeats", "2",
+              "--transform", "johnson_style_fast", "--matmul-size", "64"])
+    except SystemExit as e:
+        assert not e.code
+    out = capsys.readouterr().out
+    assert "warning" in out and "load average is 64.0" in out and "best" in out

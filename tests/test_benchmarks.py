@@ -138,14 +138,14 @@ def test_locate_from_data_dir_env_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PERCEPKIT_OFFLINE", "1")
     _fake_set(tmp_path / "data" / "Set14")
     _fake_set(tmp_path / "env" / "B100" / "HR")
-    _fake_set(tmp_path / "cache" / "Set14")
+    _fake_set(tmp_path / "cache" / "datasets" / "Set14")
 
     folder, how = bm.locate_benchmark("Set14", root=tmp_path / "data")
     assert folder == tmp_path / "data" / "Set14" and how == "--data-dir"
     assert bm.locate_benchmark("Set14", root=tmp_path / "data" / "Set14")[0] == folder
     monkeypatch.setenv("PERCEPKIT_DATA", str(tmp_path / "env"))
     assert bm.locate_benchmark("BSD100")[0] == tmp_path / "env" / "B100" / "HR"
-    assert bm.locate_benchmark("Set14") == (tmp_path / "cache" / "Set14", "cache")
+    assert bm.locate_benchmark("Set14") == (tmp_path / "cache" / "datasets" / "Set14", "cache")
     ds = bm.set14(scale=2)
     assert len(ds) == 2 and "may not be comparable" in ds.checksum_note
 

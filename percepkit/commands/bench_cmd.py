@@ -38,6 +38,7 @@ def render(result, console) -> None:
     for n in iters:
         table.add_column(f"{n} it", justify="right")
     table.add_column("feed-fwd", justify="right")
+    table.add_column("best", justify="right", style="dim")
     table.add_column(f"speedup {' '.join(map(str, iters))}", justify="right")
     table.add_column("paper", justify="right", style="dim")
     for r in result.rows:
@@ -46,7 +47,7 @@ def render(result, console) -> None:
         paper_text = "—"
         if paper and all(n in paper["speedup"] for n in iters):
             paper_text = " ".join(f"{paper['speedup'][n]}x" for n in iters)
-        table.add_row(f"{r.size}²", *cells, _secs(r.feedforward),
+        table.add_row(f"{r.size}²", *cells, _secs(r.feedforward), _secs(r.feedforward_min),
                       " ".join(f"{r.speedup[n]:.0f}x" for n in iters), paper_text)
     console.print(table)
     timed = ", ".join(f"{r.size}²: {r.iterations_timed} at {_secs(r.seconds_per_iteration)}"
@@ -65,8 +66,12 @@ def render(result, console) -> None:
         t2.add_row(f"{r.size}²", f"{r.images_per_second:.2f}", f"{r.gflop:.1f}",
                    f"{r.achieved_gflops:,.0f}", f"{100 * r.fraction_of_matmul:.0f}%")
     console.print(t2)
+    console.print("[dim]feed-fwd: median of the timed passes (speedups use it); best: the "
+                  "fastest pass.[/]")
     for note in result.notes:
-        if not note.startswith("projected"):
+        if note.startswith("busy"):
+            console.print(f"[yellow]warning[/]: {note}")
+        elif not note.startswith("projected"):
             console.print(f"[dim]note: {note}[/]")
 
 
