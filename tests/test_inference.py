@@ -26,7 +26,7 @@ from percepkit.inference import (
     record_norm_stats,
     resolve_device,
 )
-from percepkit.transforms import JohnsonSR, JohnsonStyle, johnson_style_fast
+from percepkit.transforms import JohnsonSR, JohnsonStyle, johnson_style_fast, johnson_style_lite
 
 
 def _randomise_norms(model: torch.nn.Module) -> torch.nn.Module:
@@ -47,6 +47,7 @@ NETS = {  # the paper's layouts; some narrower than the paper's to keep the test
     "style_resize_conv": lambda: JohnsonStyle(upsample="resize_conv", channels=(8, 16, 32)),
     "style_batch_norm": lambda: JohnsonStyle(norm="batch", channels=(8, 16, 32)),
     "style_fast": lambda: johnson_style_fast(),
+    "style_lite": lambda: johnson_style_lite(),  # a decoder narrower than the encoder
     "sr_x4": lambda: JohnsonSR(scale=4, channels=16),
     "sr_x2_instance_resize": lambda: JohnsonSR(scale=2, norm="instance", upsample="resize_conv",
                                                channels=16),
@@ -99,7 +100,7 @@ def test_tile_plan_covers_with_overlap_and_alignment(length, core, overlap, alig
     assert all(e - s <= core for s, e in spans)
 
 
-@pytest.mark.parametrize("name", ["style_fast", "sr_x4", "sr_x2_instance_resize"])
+@pytest.mark.parametrize("name", ["style_fast", "style_lite", "sr_x4", "sr_x2_instance_resize"])
 def test_tiled_output_equals_untiled(name):
     """With statistics of the whole image, tiles reproduce the untiled output exactly."""
     torch.manual_seed(0)
