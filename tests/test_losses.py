@@ -382,3 +382,30 @@ def test_gram_matrix_is_float32_under_autocast():
 def test_every_builtin_term_has_a_one_line_description(name):
     description = LOSSES.entry(name).description
     assert description.endswith(".") and len(description) <= 100
+
+
+# -- real ImageNet VGG16 on real images ----------------------------------------------------------
+@pytest.mark.realweights
+def test_contextual_loss_tolerates_misalignment_that_feature_loss_punishes(
+        shared_data, real_weights_dir, monkeypatch):
+    """Mechrez et al.'s point, on Set5 crops (128², real VGG16): a copy shifted by 4 px is far
+    closer than a ×4 bicubic blur for ``contextual``, and farther for ``pixel``/``feature``."""
+    from percepkit.images import read_image
+    from percepkit.imresize import imresize
+    from percepkit.registry import LOSS_NETWORKS
+
+    monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(real_weights_dir))
+    net = LOSS_NETWORKS.build({"name": "vgg16"})
+    losses = {name: build_loss([{"name": name}], copy.deepcopy(net))
+              for name in ("pixel", "feature", "contextual")}
+    for image in ("baby", "butterfly", "bird"):
+        hr = read_image(shared_data / "benchmarks" / "Set5" / f"{image}.png")[None]
+        crop = hr[..., 40:176, 40:176]
+        ref = crop[..., 4:132, 4:132]
+        shifted = crop[..., 8:136, 4:132]
+        blurred = imresize(imresize(ref, scale=0.25), scale=4).clamp(0, 1)
+        values = {name: [loss(x, ref)[0].item() for x in (shifted, blurred)]
+                  for name, loss in losses.items()}
+        assert values["contextual"][0] < 0.5 * values["contextual"][1], (image, values)
+        assert values["feature"][0] > values["feature"][1], (image, values)
+        assert values["pixel"][0] > values["pixel"][1], (image, values)
