@@ -385,6 +385,7 @@ def test_every_builtin_term_has_a_one_line_description(name):
 
 
 # -- real ImageNet VGG16 on real images ----------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.realweights
 def test_contextual_loss_tolerates_misalignment_that_feature_loss_punishes(
         shared_data, real_weights_dir, monkeypatch):
