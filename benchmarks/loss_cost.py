@@ -12,13 +12,14 @@ loss network is randomly initialised: that costs the same time as the ImageNet w
 needs no files, so these numbers are timings only. Each term gets one warm-up step, then
 ``--repeats`` timed steps; the table shows the minimum and the median in milliseconds, and the
 minimum of the term alone (its forward and backward from precomputed features, without the
-loss network).
+loss network). The title gives the load average: other jobs on the machine slow every row.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import statistics
 import subprocess
@@ -112,6 +113,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
+    load_start = os.getloadavg()[0]
     net = LOSS_NETWORKS.build({"name": "vgg16", "weights": "random"})
     specs = [{"name": e.name} for e in LOSSES.entries() if e.source == BUILTIN] + VARIANTS
     rows = []
@@ -122,7 +124,8 @@ def main() -> None:
 
     title = (f"loss cost per step: forward + backward, batch {args.batch} of {args.size}², "
              f"CPU 1 thread ({cpu_model()}), torch {torch.__version__}, VGG16 random init, "
-             f"{args.repeats} repeats")
+             f"{args.repeats} repeats; load average {load_start:.1f} at the start, "
+             f"{os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} CPUs")
     table = Table(title=title, title_justify="left")
     columns = ("term", "loss-network layers", "step min ms", "step median ms", "term alone min ms")
     for col in columns:
