@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,7 +173,6 @@ def test_fft_loss_by_hand_on_a_2x2_image():
 
 
 def test_fft_loss_matches_numpy_fft():
-    np = pytest.importorskip("numpy")
     g = torch.Generator().manual_seed(0)
     out, tgt = torch.rand(2, 3, 6, 5, generator=g), torch.rand(2, 3, 6, 5, generator=g)
     fo = np.fft.fft2(out.double().numpy(), norm="ortho")
