@@ -73,7 +73,12 @@ class LossNetwork(nn.Module):
 
 
 class VGG(LossNetwork):
-    """torchvision VGG features with layers named conv1_1, relu1_1, ..., pool5."""
+    """torchvision VGG features with layers named conv1_1, relu1_1, ..., pool5.
+
+    ``convX_Y`` is the convolution's output before its ReLU (pre-activation, as ESRGAN/BasicSR
+    use), ``reluX_Y`` the same after it. torchvision's ReLUs work in place, which would overwrite
+    a captured conv output; they are replaced by out-of-place ReLUs, so both stay correct.
+    """
 
     def __init__(self, weights: str = "imagenet", arch: Literal["vgg16", "vgg19"] = "vgg16",
                  layers: list[str] | None = None) -> None:
@@ -120,13 +125,13 @@ class VGG(LossNetwork):
 
 @LOSS_NETWORKS.register("vgg16")
 def vgg16(weights: str = "imagenet", layers: list[str] | None = None) -> VGG:
-    """torchvision VGG16 (ImageNet) features; layers relu1_2, relu2_2, relu3_3, relu4_3, ..."""
+    """torchvision VGG16 (ImageNet) features; layers relu1_1 ... relu5_3, pre-ReLU conv1_1 ..."""
     return VGG(weights=weights, arch="vgg16", layers=layers)
 
 
 @LOSS_NETWORKS.register("vgg19")
 def vgg19(weights: str = "imagenet", layers: list[str] | None = None) -> VGG:
-    """torchvision VGG19 (ImageNet) features; layers relu1_2 ... relu5_4."""
+    """torchvision VGG19 (ImageNet) features; layers relu1_1 ... relu5_4, pre-ReLU conv1_1 ..."""
     return VGG(weights=weights, arch="vgg19", layers=layers)
 
 

@@ -117,3 +117,22 @@ def test_a_weights_file_with_pickled_code_is_one_short_paragraph(tmp_path):
     with pytest.raises(MissingWeightsError, match="never runs pickled code") as info:
         load_state_file(path)
     assert "weights_only" not in str(info.value) and len(str(info.value)) < 300
+
+
+@pytest.mark.parametrize(("arch", "conv"), [("vgg16", "conv3_3"), ("vgg19", "conv3_4")])
+def test_random_init_vgg_pre_activation_layer_is_the_conv_output(arch, conv):
+    """conv3_3 is the convolution's own output (computed here directly from the previous
+    ReLU's features), returned in the same pass as relu3_3 without being overwritten by it."""
+    import torch.nn.functional as F
+
+    net = LOSS_NETWORKS.build({"name": arch, "weights": "random"})
+    names = vgg_layer_names(arch)
+    before = names[names.index(conv) - 1]  # the ReLU feeding the conv
+    relu = conv.replace("conv", "relu")
+    feats = net(torch.rand(2, 3, 32, 32), [before, conv, relu])
+    layer = net.features[names.index(conv)]
+    direct = F.conv2d(feats[before], layer.weight, layer.bias, padding=1)
+    torch.testing.assert_close(feats[conv], direct)
+    negative = feats[conv] < 0
+    assert negative.any() and (feats[relu][negative] == 0).all()
+    torch.testing.assert_close(feats[relu], feats[conv].clamp(min=0))

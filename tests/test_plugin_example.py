@@ -19,7 +19,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin-example"
 
 @pytest.fixture
 def charbonnier_plugin(tmp_path, monkeypatch):
-    """The example plugin: the pip-installed copy (as in CI) or a faked installation of it."""
+    """The example plugin: its entry point from the pip-installed copy (as in CI) or a faked
+    installation, its code from this checkout (so a stale installed copy cannot hide a change)."""
     try:
         metadata.distribution("percepkit-charbonnier")
     except metadata.PackageNotFoundError:
@@ -30,18 +31,19 @@ def charbonnier_plugin(tmp_path, monkeypatch):
         (info / "entry_points.txt").write_text(
             "[percepkit.plugins]\ncharbonnier = percepkit_charbonnier\n")
         monkeypatch.syspath_prepend(str(tmp_path))
-        monkeypatch.syspath_prepend(str(EXAMPLE))
-        monkeypatch.delitem(sys.modules, "percepkit_charbonnier", raising=False)
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    monkeypatch.delitem(sys.modules, "percepkit_charbonnier", raising=False)
     reg.reset_plugins_for_tests()
     yield
     reg.reset_plugins_for_tests()
 
 
-def test_example_plugin_is_listed(charbonnier_plugin, capsys):
+def test_example_plugin_is_listed_beside_the_builtin_charbonnier(charbonnier_plugin, capsys):
     main(["list", "losses"])
     out = capsys.readouterr().out
-    assert "charbonnier" in out and "Charbonnier (smooth L1)" in out
-    assert LOSSES.entry("charbonnier").source == "charbonnier"
+    assert "example_charbonnier" in out and "Example plugin's Charbonnier" in out
+    assert LOSSES.entry("example_charbonnier").source == "charbonnier"
+    assert LOSSES.entry("charbonnier").source == "percepkit"
 
 
 def test_recipe_using_the_plugin_loss_by_name_trains(charbonnier_plugin, tmp_path):
@@ -50,7 +52,7 @@ def test_recipe_using_the_plugin_loss_by_name_trains(charbonnier_plugin, tmp_pat
 task: sr
 transform: {name: johnson_sr, scale: 2, norm: none, skip: true, channels: 8, residual_blocks: 1}
 losses:
-  - {name: charbonnier, weight: 1.0, eps: 1.0e-3}
+  - {name: example_charbonnier, weight: 1.0, eps: 1.0e-3}
 data:
   train: {name: synthetic, count: 8, size: 32, scale: 2, seed: 0}
 optimizer: {name: adam, lr: 1.0e-3}
@@ -68,4 +70,4 @@ checkpoint: {every: 4, keep_last: 1}
     model = load_transform(ckpts[-1])
     assert model.scale == 2
     log = next(out.rglob("*.csv")).read_text()
-    assert "charbonnier" in log.splitlines()[0]
+    assert "example_charbonnier" in log.splitlines()[0]

@@ -1,4 +1,10 @@
-"""Charbonnier loss for percepkit: sqrt((y_hat - y)^2 + eps^2), a smooth L1 (Lai et al. 2017)."""
+"""Example percepkit plugin: a Charbonnier loss, registered as ``example_charbonnier``.
+
+percepkit has a built-in ``charbonnier`` term; a plugin may not take a built-in name (unless it
+passes ``override=True``), so this example registers under its own prefixed name. Loss labels
+become ``nn.ModuleDict`` keys and column names in training logs, so names use ``_``, not ``.``
+(and never ``:``, which passes an argument, as in ``timm:resnet50``).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,9 @@ from percepkit.losses import LossInputs, LossTerm
 from percepkit.registry import LOSSES
 
 
-@LOSSES.register("charbonnier")
+@LOSSES.register("example_charbonnier")
 class CharbonnierLoss(LossTerm):
-    """Charbonnier (smooth L1) per-pixel loss: mean of sqrt((ŷ - y)² + eps²)."""
+    """Example plugin's Charbonnier (smooth L1) loss: mean of sqrt((ŷ - y)² + eps²)."""
 
     def __init__(self, weight: float = 1.0, eps: float = 1e-3) -> None:
         super().__init__(weight)
