@@ -56,7 +56,7 @@ def test_prefix_argument(toy):
         ({"name": "alpha"}, "missing required key 'size'"),
         ({"name": "alpha", "size": "big"}, "key 'size': expected an integer, got 'big'"),
         ({"name": "alpha", "size": 1, "mode": "z"}, "expected one of 'x', 'y'"),
-        ({"name": "alpha", "size": 1, "layers": [1]}, "expected a list of a string or null"),
+        ({"name": "alpha", "size": 1, "layers": [1]}, "expected a list of strings or null"),
         ({"size": 1}, "missing key 'name'"),
     ],
 )
@@ -225,3 +225,23 @@ def test_plugin_that_exits_halfway_leaves_nothing_registered(plugin_env, capsys)
 
     assert _one_line_warning("plugin x failed", UserWarning, "f.py", 3) == \
         "warning: plugin x failed\n"  # the CLI prints no source line under a warning
+
+
+def test_close_matches_prefers_the_same_block():
+    from percepkit.lossnets import vgg_layer_names
+
+    names = vgg_layer_names("vgg16")
+    assert reg.close_matches("relu1_3", names)[0] == "relu1_2"
+    assert reg.close_matches("relu3_4", names)[0] == "relu3_3"
+    assert reg.close_matches("styel", ["style", "tv", "pixel"]) == ["style"]
+    assert reg.close_matches("zzz", names) == []
+
+
+def test_arguments_describe_the_constructor(toy):
+    args = {a.name: a for a in reg.arguments(toy.get("alpha"))}
+    assert list(args) == ["size", "rate", "mode", "layers"]
+    assert args["size"].required and args["size"].type_text == "an integer"
+    assert (args["rate"].default, args["rate"].type_text) == (0.5, "a number")
+    assert args["mode"].type_text == "one of 'x', 'y'"
+    assert args["layers"].type_text == "a list of strings or null"
+    assert toy.entry("alpha").doc == "First toy."
