@@ -1,4 +1,4 @@
-"""A JSON Schema (draft 2020-12) of recipes, generated from the registries.
+"""A JSON Schema (draft-07) of recipes, generated from the registries.
 
 ``percepkit recipe schema > recipe.schema.json`` writes it; editors that understand JSON Schema
 (VS Code's YAML extension, anything built on yaml-language-server) then complete and check
@@ -33,7 +33,8 @@ from .registry import (
     arguments,
 )
 
-DIALECT = "https://json-schema.org/draft/2020-12/schema"
+#: draft-07: what yaml-language-server (VS Code's YAML extension) reads
+DIALECT = "http://json-schema.org/draft-07/schema#"
 
 
 def hint_schema(hint: Any) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def hint_schema(hint: Any) -> dict[str, Any]:
     if hint in simple:
         return {"type": simple[hint]}
     if origin is tuple and args and args[-1] is not Ellipsis:
-        return {"type": "array", "prefixItems": [hint_schema(a) for a in args],
+        return {"type": "array", "items": [hint_schema(a) for a in args],
                 "minItems": len(args), "maxItems": len(args)}
     if origin in (list, tuple, Sequence, typing.Sequence) or hint in (list, tuple):
         return {"type": "array", **({"items": hint_schema(args[0])} if args else {})}
@@ -148,8 +149,8 @@ def recipe_schema() -> dict[str, Any]:
         "description": "training and validation datasets, and the style image",
         "additionalProperties": False,
         "properties": {
-            "train": {"anyOf": [{"$ref": "#/$defs/dataset"}, empty]},
-            "val": {"anyOf": [{"$ref": "#/$defs/dataset"}, empty, {"type": "null"}]},
+            "train": {"anyOf": [{"$ref": "#/definitions/dataset"}, empty]},
+            "val": {"anyOf": [{"$ref": "#/definitions/dataset"}, empty, {"type": "null"}]},
             "style_image": {"type": ["string", "null"],
                             "description": "an image file, or synthetic[:N] (a procedural "
                                            "texture)"},
@@ -161,8 +162,8 @@ def recipe_schema() -> dict[str, Any]:
     properties: dict[str, Any] = {
         "name": {"type": "string", "description": "the run's name (default: the file name)"},
         "task": {"enum": list(TASKS), "default": "sr"},
-        **{key: {"$ref": f"#/$defs/{key}"} for key in PART_BLOCKS},
-        "losses": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/loss"},
+        **{key: {"$ref": f"#/definitions/{key}"} for key in PART_BLOCKS},
+        "losses": {"type": "array", "minItems": 1, "items": {"$ref": "#/definitions/loss"},
                    "description": "loss terms, each {name: ..., weight: ...} or a name"},
         "data": data,
         "train": _settings_schema(TrainSettings, RANGES.get("train", {})),
@@ -182,5 +183,5 @@ def recipe_schema() -> dict[str, Any]:
                 "required": ["style_image"],
                 "properties": {"style_image": {"type": "string", "minLength": 1}}}}},
         }],
-        "$defs": defs,
+        "definitions": defs,
     }

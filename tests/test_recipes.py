@@ -248,8 +248,8 @@ def schema_validator():
     from percepkit.recipe_schema import recipe_schema
 
     schema = recipe_schema()
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
 
 
 def test_schema_covers_every_top_level_key_and_part(schema_validator):
@@ -258,13 +258,13 @@ def test_schema_covers_every_top_level_key_and_part(schema_validator):
 
     schema = schema_validator.schema
     assert set(schema["properties"]) == set(TOP_LEVEL)
-    titles = {b.get("title") for b in schema["$defs"]["loss"]["oneOf"]}
+    titles = {b.get("title") for b in schema["definitions"]["loss"]["oneOf"]}
     assert set(LOSSES.list()) <= titles
-    style = next(b for b in schema["$defs"]["transform"]["oneOf"]
+    style = next(b for b in schema["definitions"]["transform"]["oneOf"]
                  if b.get("title") == "johnson_style")
     assert style["properties"]["norm"]["enum"] == ["batch", "instance", "none"]
     assert style["properties"]["norm"]["default"] == "instance"
-    assert {b.get("title") for b in schema["$defs"]["transform"]["oneOf"]} >= \
+    assert {b.get("title") for b in schema["definitions"]["transform"]["oneOf"]} >= \
         set(TRANSFORMS.list())
 
 
