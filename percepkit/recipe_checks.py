@@ -166,6 +166,8 @@ def _check_timm(raw: Mapping[str, Any]) -> list[str]:
     if part is None or part[0].name != "timm" or not isinstance(part[1].get("model"), str):
         return []
     model = part[1]["model"]
+    if ":" in model:  # hf-hub:..., local-dir:...: found by timm at build time, not listed
+        return []
     try:
         import timm
     except ImportError:

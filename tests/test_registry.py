@@ -245,3 +245,39 @@ def test_arguments_describe_the_constructor(toy):
     assert args["mode"].type_text == "one of 'x', 'y'"
     assert args["layers"].type_text == "a list of strings or null"
     assert toy.entry("alpha").doc == "First toy."
+
+
+def test_a_plugin_part_is_in_the_schema_list_and_recipe_check(plugin_env, capsys):
+    import jsonschema
+
+    from percepkit.cli import main
+    from percepkit.recipe import recipe_from_mapping
+    from percepkit.recipe_schema import recipe_schema
+
+    _write(plugin_env / "percepkit_plugins" / "pk_schema_loss.py", """
+        from typing import Literal
+
+        from percepkit.losses import LossTerm
+        from percepkit.registry import LOSSES
+
+        @LOSSES.register("pk_test_schema_loss")
+        class SchemaLoss(LossTerm):
+            '''A plugin loss with a choice.
+
+            Its second paragraph.
+            '''
+            def __init__(self, weight: float = 1.0, mode: Literal["a", "b"] = "a") -> None:
+                super().__init__(weight)
+    """)
+    reg.load_plugins()
+    validator = jsonschema.Draft7Validator(recipe_schema())
+    good = {"transform": "bicubic", "losses": [{"name": "pk_test_schema_loss", "mode": "b"}]}
+    bad = {"transform": "bicubic", "losses": [{"name": "pk_test_schema_loss", "mode": "c"}]}
+    assert list(validator.iter_errors(good)) == [] and list(validator.iter_errors(bad))
+    recipe_from_mapping(good)
+    with pytest.raises(RecipeError, match="key 'mode': expected one of 'a', 'b', got 'c'"):
+        recipe_from_mapping(bad)
+    main(["list", "losses", "pk_test_schema_loss"])
+    out = capsys.readouterr().out
+    assert "Its second paragraph." in out and "percepkit_plugins.pk_schema_loss" in out
+    assert "one of 'a', 'b'" in out
