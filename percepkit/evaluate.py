@@ -3,7 +3,8 @@
 For every image: the LR input (see :mod:`percepkit.benchmarks`) goes through the transform, the
 output is clamped to [0, 1] and rounded to 8 bits (as a saved PNG would be), then each metric
 compares it with the 8-bit HR ground truth. Means are per-image values averaged over the set.
-The exact convention is returned with the results and written into every JSON/CSV file.
+The exact convention is returned with the results and written into every JSON file and into
+the sidecar of every CSV file (:func:`conventions_path`); CSV files are plain tables.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import inspect
 import io
 import json
 import math
+import sys
 import time
-import typing
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +28,17 @@ from torch import nn
 
 from .benchmarks import SRBenchmark, quantize
 from .errors import MissingWeightsError, PercepkitError
+from .files import atomic_write
 from .images import image_grid, stack_rows, write_image
 from .imresize import imresize
 from .metrics import Metric
-from .registry import METRICS
+from .registry import METRICS, built_class
 
 __all__ = [
     "DATA_CONVENTION", "EvalResult", "ImageRow", "MetricInfo", "SetResult", "build_metrics",
-    "comparison_grid", "evaluate", "result_to_dict", "run_transform", "score_image",
-    "write_csv", "write_json",
+    "comparison_grid", "conventions_path", "csv_number", "evaluate", "json_number",
+    "result_to_dict", "run_transform", "score_image", "write_conventions", "write_csv",
+    "write_json", "write_text",
 ]
 
 DATA_CONVENTION = (
@@ -162,13 +165,7 @@ def _threads(n: int | None) -> Iterator[None]:
 
 def _declared(obj: Any, attr: str) -> Any:
     """A class attribute of a metric class, or of the class a factory is annotated to return."""
-    if inspect.isclass(obj):
-        return getattr(obj, attr, None)
-    try:
-        ret = typing.get_type_hints(obj).get("return")
-    except Exception:
-        return None
-    return getattr(ret, attr, None) if inspect.isclass(ret) else None
+    return getattr(built_class(obj), attr, None)
 
 
 def run_transform(transform: Callable[[torch.Tensor], torch.Tensor], lr: torch.Tensor,
@@ -236,6 +233,11 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
 
 
+def _file_stem(name: str) -> str:
+    """An image's own file stem, kept as it is (``percepkit score`` pairs files by stem)."""
+    return name if name not in ("", ".", "..") and "/" not in name else _safe_name(name)
+
+
 def evaluate(
     transform: Callable[[torch.Tensor], torch.Tensor],
     datasets: Sequence[SRBenchmark],
@@ -250,6 +252,9 @@ def evaluate(
     """Score ``transform`` on ``datasets``; unreadable/unusable images are skipped with a reason.
 
     ``on_image(set_name, image_name)`` is called after each image (for progress bars).
+    ``save_images``: a folder; each set gets ``<set>/<image>.png`` comparison grids and
+    ``<set>/sr/<image>.png``, the 8-bit output exactly as it was scored (``percepkit score``
+    reproduces the numbers from these files).
     """
     device = torch.device(device)
     if isinstance(transform, nn.Module):
@@ -287,8 +292,9 @@ def evaluate(
                 else:
                     res.rows.append(ImageRow(sample.name, values, sample.notes))
                     if save_images is not None:
-                        _save_grid(Path(save_images) / _safe_name(ds.name), sample, sr,
-                                   model_name, ds.scale)
+                        folder = Path(save_images) / _safe_name(ds.name)
+                        _save_grid(folder, sample, sr, model_name, ds.scale)
+                        write_image(folder / "sr" / f"{_file_stem(sample.name)}.png", sr)
                 if on_image is not None:
                     on_image(ds.name, path.name)
             res.seconds = time.perf_counter() - set_start
@@ -309,7 +315,8 @@ def _save_grid(folder: Path, sample: Any, sr: torch.Tensor, model_name: str, sca
 
 
 # -- results files --------------------------------------------------------------------------------
-def _number(value: float | None) -> float | str | None:
+def json_number(value: float | None) -> float | str | None:
+    """A value for JSON: ``None`` when unavailable, ``"inf"``/``"-inf"`` for infinities."""
     if value is None:
         return None
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
@@ -334,8 +341,8 @@ def result_to_dict(result: EvalResult) -> dict[str, Any]:
             "name": s.name, "scale": s.scale, "mod_crop": s.mod_crop, "source": s.source,
             "checksums": s.checksum_note,
             "images": len(s.rows),
-            "mean": {m.name: _number(s.mean(m.name)) for m in result.metrics},
-            "per_image": [{"name": r.name, **{k: _number(v) for k, v in r.values.items()},
+            "mean": {m.name: json_number(s.mean(m.name)) for m in result.metrics},
+            "per_image": [{"name": r.name, **{k: json_number(v) for k, v in r.values.items()},
                            **({"notes": r.notes} if r.notes else {})} for r in s.rows],
             "skipped": [{"file": f, "reason": why} for f, why in s.skipped],
             "seconds": round(s.seconds, 4),
@@ -344,48 +351,60 @@ def result_to_dict(result: EvalResult) -> dict[str, Any]:
     }
 
 
-def _open_out(path: str | Path) -> tuple[io.TextIOBase, bool]:
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (complete or absent), or to stdout for ``-``."""
     if str(path) == "-":
-        import sys
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
-        return sys.stdout, False  # type: ignore[return-value]
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return open(p, "w", newline="", encoding="utf-8"), True
+
+def conventions_path(csv_path: str | Path) -> Path:
+    """The sidecar of a CSV results file: ``results.csv`` -> ``results.conventions.json``."""
+    return Path(csv_path).with_suffix(".conventions.json")
 
 
 def write_json(result: EvalResult, path: str | Path) -> None:
     """Write the results as JSON (``-`` for stdout), convention included."""
-    out, close = _open_out(path)
-    try:
-        json.dump(result_to_dict(result), out, indent=2)
-        out.write("\n")
-    finally:
-        if close:
-            out.close()
+    write_text(path, json.dumps(result_to_dict(result), indent=2) + "\n")
 
 
-def write_csv(result: EvalResult, path: str | Path) -> None:
-    """Write per-image rows and per-set means as CSV; ``#`` comment lines state the convention."""
-    out, close = _open_out(path)
-    try:
-        out.write(f"# percepkit eval: model={result.model} scale=x{result.scale}\n")
-        out.write(f"# data: {DATA_CONVENTION}\n")
-        for m in result.metrics:
-            out.write(f"# {m.convention or m.name + ': n/a: ' + str(m.unavailable)}\n")
-        writer = csv.writer(out)
-        names = [m.name for m in result.metrics]
-        writer.writerow(["set", "image", *names])
-        for s in result.sets:
-            for r in s.rows:
-                writer.writerow([s.name, r.name, *[_csv(r.values.get(n)) for n in names]])
-            writer.writerow([s.name, "MEAN", *[_csv(s.mean(n)) for n in names]])
-    finally:
-        if close:
-            out.close()
+def write_csv(result: EvalResult, path: str | Path) -> Path | None:
+    """Write per-image rows and per-set means as a plain CSV table (header first).
+
+    The convention goes to the sidecar :func:`conventions_path` (not for ``-``, stdout);
+    returns the sidecar's path.
+    """
+    names = [m.name for m in result.metrics]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["set", "image", *names])
+    for s in result.sets:
+        for r in s.rows:
+            writer.writerow([s.name, r.name, *[csv_number(r.values.get(n)) for n in names]])
+        writer.writerow([s.name, "MEAN", *[csv_number(s.mean(n)) for n in names]])
+    write_text(path, out.getvalue())
+    if str(path) == "-":
+        return None
+    sidecar = result_to_dict(result)
+    for s in sidecar["sets"]:
+        s.pop("per_image")
+    columns = {"set": "dataset", "image": "image name (file stem); MEAN: the set's mean",
+               **{n: "per-image value ('n/a': unavailable, 'inf': identical images)"
+                  for n in names}}
+    return write_conventions(path, {"columns": columns, **sidecar})
 
 
-def _csv(value: float | None) -> str:
+def write_conventions(csv_path: str | Path, info: dict[str, Any]) -> Path:
+    """Write the sidecar of a CSV file: what its columns are and how they were computed."""
+    side = conventions_path(csv_path)
+    write_text(side, json.dumps({"csv": Path(csv_path).name, **info}, indent=2) + "\n")
+    return side
+
+
+def csv_number(value: float | None) -> str:
+    """A value as CSV text: full precision, ``n/a`` when unavailable, ``inf``/``-inf``."""
     if value is None:
         return "n/a"
     return repr(float(value)) if math.isfinite(value) else ("inf" if value > 0 else "-inf")

@@ -54,12 +54,12 @@ class LossNetwork(nn.Module):
 
     def check_layers(self, layers: Iterable[str]) -> list[str]:
         """Validate layer names (with suggestions) and return them in network order."""
-        import difflib
+        from .registry import close_matches
 
         layers = list(dict.fromkeys(layers))
         for layer in layers:
             if layer not in self.layer_names:
-                close = difflib.get_close_matches(layer, self.layer_names, n=3)
+                close = close_matches(layer, self.layer_names, n=3)
                 hint = f"did you mean {' or '.join(close)}? " if close else ""
                 raise PercepkitError(f"loss network has no layer {layer!r}; {hint}"
                                      f"layers: {', '.join(self.layer_names)}")

@@ -19,7 +19,12 @@ other keys are constructor arguments)::
     train: {iterations: 200000, batch_size: 4, seed: 0}
     checkpoint: {every: 1000, keep_last: 3}
 
+A part named without arguments may be written by name alone: ``transform: bicubic``,
+``losses: [feature, {name: tv, weight: 1.0e-5}]``, ``data: {val: set5}``; loading normalises
+every such block to ``{name: ...}`` (what ``percepkit recipe show`` prints).
+
 Errors name the file, the key path (``losses[1].weight``) and what was expected.
+``percepkit recipe schema`` prints a JSON Schema of all this (:mod:`percepkit.recipe_schema`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any, Literal
 import yaml
 
 from .errors import PercepkitError, RecipeError
+from .recipe_checks import check_parts, missing_files, term_layers
 from .registry import (
     DATASETS,
     LOSS_NETWORKS,
@@ -44,6 +50,7 @@ from .registry import (
     TRANSFORMS,
     Registry,
     check_arguments,
+    close_matches,
 )
 
 
@@ -113,6 +120,40 @@ class DataSettings:
 
 TOP_LEVEL = ("name", "task", "transform", "loss_network", "losses", "data", "optimizer",
              "scheduler", "train", "checkpoint")
+TASKS = ("sr", "style")
+
+#: Top-level keys that name one registered part, with the arguments percepkit supplies itself.
+#: (``losses`` is a list of LOSSES parts; ``data.train`` / ``data.val`` are DATASETS parts.)
+PART_BLOCKS: dict[str, tuple[Registry, tuple[str, ...]]] = {
+    "transform": (TRANSFORMS, ()),
+    "loss_network": (LOSS_NETWORKS, ()),
+    "optimizer": (OPTIMIZERS, ("params",)),
+    "scheduler": (SCHEDULERS, ("optimizer", "iterations")),
+}
+DATA_SPLITS = ("train", "val")
+
+
+def normalise(raw: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite every part given by name alone as ``{name: ...}``, in place; returns ``raw``.
+
+    ``transform: bicubic`` becomes ``transform: {name: bicubic}``, and likewise each item of
+    ``losses``, ``loss_network``, ``optimizer``, ``scheduler``, ``data.train`` and ``data.val``.
+    An empty settings block (``train:`` with nothing under it) becomes ``{}``.
+    """
+    for key in ("train", "checkpoint", "data"):
+        if key in raw and raw[key] is None:
+            raw[key] = {}
+    for key in PART_BLOCKS:
+        if isinstance(raw.get(key), str):
+            raw[key] = {"name": raw[key]}
+    if isinstance(raw.get("losses"), list):
+        raw["losses"] = [{"name": s} if isinstance(s, str) else s for s in raw["losses"]]
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for split in DATA_SPLITS:
+            if isinstance(data.get(split), str):
+                data[split] = {"name": data[split]}
+    return raw
 
 
 class _Loader(yaml.SafeLoader):
@@ -234,7 +275,7 @@ class Recipe:
         from .losses import build_loss
 
         specs = self.raw["losses"]
-        needs_net = any(_term_layers(s) for s in specs)
+        needs_net = any(term_layers(s) for s in specs)
         net = None
         if needs_net or "loss_network" in self.raw:
             net = LOSS_NETWORKS.build(self.raw.get("loss_network", "vgg16"), where="loss_network")
@@ -251,44 +292,35 @@ class Recipe:
                                 optimizer=optimizer, iterations=self.train.iterations)
 
 
-def _term_layers(spec: Any) -> list[str]:
-    """Loss-network layers a loss spec asks for (without building it)."""
-    if not isinstance(spec, Mapping):
-        return []
-    try:
-        obj = LOSSES.get(spec.get("name", ""))
-    except PercepkitError:
-        return []
-    if "layers" in spec:
-        return list(spec["layers"] or [])
-    import inspect
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), check_files: bool = False
+                ) -> Recipe:
+    """Load, normalise, override (``key.sub=value``) and validate a recipe file.
 
-    params = inspect.signature(obj).parameters
-    default = params["layers"].default if "layers" in params else ()
-    return list(default or [])
-
-
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Load, override (``key.sub=value``) and validate a recipe file."""
+    ``check_files`` also requires the data folders and the style image to exist (what
+    ``percepkit recipe check`` does unless told ``--skip-data``).
+    """
     path = Path(path)
     if path.is_dir():
         raise RecipeError(f"{path}: is a folder; give a recipe file (.yaml)")
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe file")
     raw = parse_yaml(read_recipe_text(path), str(path))
-    return recipe_from_mapping(raw, str(path), overrides)
+    return recipe_from_mapping(raw, str(path), overrides, check_files)
 
 
-def recipe_from_mapping(raw: Any, source: str = "<recipe>", overrides: Sequence[str] = ()
-                        ) -> Recipe:
+def recipe_from_mapping(raw: Any, source: str = "<recipe>", overrides: Sequence[str] = (),
+                        check_files: bool = False) -> Recipe:
     """Validate a recipe given as a mapping (e.g. from a checkpoint's metadata)."""
     if not isinstance(raw, Mapping):
         raise RecipeError(f"{source}: expected a mapping of recipe keys at the top level, "
                           f"got {type(raw).__name__}")
-    raw = copy.deepcopy(dict(raw))
+    raw = normalise(copy.deepcopy(dict(raw)))
     for item in overrides:
         apply_override(raw, item, source)
+    normalise(raw)  # an override may name a part alone too: --set transform=bicubic
     problems = validate(raw)
+    if check_files and not problems:
+        problems = missing_files(raw)
     if problems:
         listing = "".join(f"\n  - {p}" for p in problems)
         raise RecipeError(f"{source}: invalid recipe:{listing}")
@@ -346,60 +378,62 @@ def _check_settings(cls: type, value: Any, where: str) -> list[str]:
 
 
 def validate(raw: Mapping[str, Any]) -> list[str]:
-    """All problems with a recipe mapping, each naming its key path."""
+    """All problems with a (normalised) recipe mapping, each naming its key path.
+
+    Besides keys and types, this checks what training would reject later, without loading
+    weights or building networks (:mod:`percepkit.recipe_checks`).
+    """
     problems = []
     for key in raw:
         if key not in TOP_LEVEL:
-            import difflib
-
-            close = difflib.get_close_matches(str(key), TOP_LEVEL, n=1)
+            close = close_matches(str(key), TOP_LEVEL, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"unknown top-level key {key!r}{hint}; expected some of "
                             f"{', '.join(TOP_LEVEL)}")
     for key in ("transform", "losses"):
         if key not in raw:
             problems.append(f"missing required key {key!r}")
-    if raw.get("task", "sr") not in ("sr", "style"):
+    if "name" in raw and not isinstance(raw["name"], str):
+        problems.append(f"name: expected a string, got {raw['name']!r}")
+    if raw.get("task", "sr") not in TASKS:
         problems.append(f"task: expected 'sr' or 'style', got {raw.get('task')!r}")
-    if "transform" in raw:
-        problems += _check_block(TRANSFORMS, raw["transform"], "transform")
-    if "loss_network" in raw:
-        problems += _check_block(LOSS_NETWORKS, raw["loss_network"], "loss_network")
+    for key, (registry, supplied) in PART_BLOCKS.items():
+        if key in raw:
+            problems += _check_block(registry, raw[key], key, supplied)
     losses = raw.get("losses")
     if losses is not None and (not isinstance(losses, list) or not losses):
         problems.append("losses: expected a non-empty list of {name: ..., weight: ...} terms")
     elif isinstance(losses, list):
         for i, spec in enumerate(losses):
             problems += _check_block(LOSSES, spec, f"losses[{i}]")
-        problems += _check_layers(raw)
     problems += _check_settings(TrainSettings, raw.get("train"), "train")
-    problems += _check_ranges(raw.get("train"), "train", _TRAIN_RANGES)
     problems += _check_settings(CheckpointSettings, raw.get("checkpoint"), "checkpoint")
-    problems += _check_ranges(raw.get("checkpoint"), "checkpoint", {"every": (1, None),
-                                                                      "keep_last": (0, None)})
     problems += _check_settings(DataSettings, raw.get("data"), "data")
     data = raw.get("data") or {}
     if isinstance(data, Mapping):
-        for split in ("train", "val"):
+        for split in DATA_SPLITS:
             if data.get(split):
                 problems += _check_block(DATASETS, data[split], f"data.{split}")
         if raw.get("task") == "style" and not data.get("style_image"):
             problems.append("data.style_image: a style recipe needs a style image path")
-    if "optimizer" in raw:
-        problems += _check_block(OPTIMIZERS, raw["optimizer"], "optimizer", ["params"])
-    if "scheduler" in raw:
-        problems += _check_block(SCHEDULERS, raw["scheduler"], "scheduler",
-                                 ["optimizer", "iterations"])
-    return problems
+    for where, ranges in RANGES.items():
+        problems += _check_ranges(raw.get(where), where, ranges)
+    return problems + check_parts(raw)
 
 
-#: Allowed ranges of numeric settings (None: unbounded). The batch size bound is far beyond
-#: any real run; it stops a typo such as 1e12 before anything is allocated.
-_TRAIN_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "iterations": (1, None), "batch_size": (1, 65536), "workers": (0, 1024),
-    "log_every": (1, None), "sample_every": (1, None), "val_every": (1, None),
-    "sample_images": (0, 1024), "val_images": (1, None), "grad_clip": (0, None),
-    "ema": (0, 1),
+#: Allowed ranges of numeric keys per block (None: unbounded); ``recipe check`` and the
+#: recipe schema both use them. The batch size bound is far beyond any real run; it stops a
+#: typo such as 1e12 before anything is allocated. Optimiser bounds are torch's own checks.
+RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
+    "train": {"iterations": (1, None), "batch_size": (1, 65536), "workers": (0, 1024),
+              "log_every": (1, None), "sample_every": (1, None), "val_every": (1, None),
+              "sample_images": (0, 1024), "val_images": (1, None), "grad_clip": (0, None),
+              "ema": (0, 1)},
+    "checkpoint": {"every": (1, None), "keep_last": (0, None)},
+    "data": {"style_size": (1, None)},
+    "optimizer": {"lr": (0, None), "eps": (0, None), "weight_decay": (0, None),
+                  "momentum": (0, None)},
+    "scheduler": {"warmup": (0, None), "gamma": (0, None), "min_factor": (0, 1)},
 }
 
 
@@ -414,28 +448,6 @@ def _check_ranges(block: Any, where: str, ranges: Mapping[str, tuple]) -> list[s
         if (low is not None and value < low) or (high is not None and value > high):
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             problems.append(f"{where}.{key}: expected a value {bound}, got {value}")
-    return problems
-
-
-def _check_layers(raw: Mapping[str, Any]) -> list[str]:
-    """Layer names of VGG loss networks can be checked without building the network."""
-    from .lossnets import vgg_layer_names
-
-    net = raw.get("loss_network", "vgg16")
-    name = net.get("name") if isinstance(net, Mapping) else net
-    arch = str(name)
-    if arch not in ("vgg16", "vgg19"):
-        return []
-    names = vgg_layer_names(arch)
-    problems = []
-    for i, spec in enumerate(raw["losses"]):
-        for layer in _term_layers(spec):
-            if layer not in names:
-                import difflib
-
-                close = difflib.get_close_matches(str(layer), names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                problems.append(f"losses[{i}].layers: {arch} has no layer {layer!r}{hint}")
     return problems
 
 

@@ -24,7 +24,7 @@ import pkgutil
 import types
 import typing
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -51,9 +51,14 @@ class Entry:
     prefix_arg: str | None = None
 
     @property
+    def doc(self) -> str:
+        """The part's whole docstring (``percepkit list KIND NAME``)."""
+        return (inspect.getdoc(self.obj) or "").strip()
+
+    @property
     def description(self) -> str:
-        doc = inspect.getdoc(self.obj) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """The first line of the docstring (``percepkit list``)."""
+        return self.doc.splitlines()[0] if self.doc else ""
 
     @property
     def display_name(self) -> str:
@@ -187,7 +192,7 @@ class Registry:
 
     def _suggest(self, name: str) -> str:
         names = [e.display_name for e in self.entries()] + list(self._aliases)
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        close = close_matches(name, names, n=3, cutoff=0.5)
         hint = f"Did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
         return f"{hint}Available: {', '.join(sorted(names)) or '(none)'}."
 
@@ -240,6 +245,53 @@ def _same_definition(a: Any, b: Any) -> bool:
 
 
 # -- argument checking ---------------------------------------------------------------------------
+def close_matches(word: str, candidates: Iterable[str], n: int = 3, cutoff: float = 0.6
+                  ) -> list[str]:
+    """The ``n`` candidates most like ``word``, best first (for did-you-mean hints).
+
+    Ranked by difflib's similarity, then by the length of the common prefix, then by how near the
+    first differing characters are, so ``relu1_3`` suggests ``relu1_2`` (same VGG block) before
+    ``relu3_3``; ``difflib.get_close_matches`` alone breaks such ties backwards alphabetically.
+    """
+    scored = []
+    for candidate in dict.fromkeys(candidates):
+        matcher = difflib.SequenceMatcher(None, candidate, word)
+        if matcher.real_quick_ratio() < cutoff or matcher.quick_ratio() < cutoff:
+            continue
+        ratio = matcher.ratio()
+        if ratio < cutoff:
+            continue
+        prefix = 0
+        while prefix < min(len(word), len(candidate)) and word[prefix] == candidate[prefix]:
+            prefix += 1
+        gap = abs(ord(word[prefix]) - ord(candidate[prefix])) \
+            if prefix < min(len(word), len(candidate)) else 0
+        scored.append((-ratio, -prefix, gap, candidate))
+    return [candidate for *_, candidate in sorted(scored)[:n]]
+
+
+REQUIRED = inspect.Parameter.empty
+"""The ``default`` of an :class:`Argument` that a recipe must give."""
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One keyword argument of a part's constructor: a key its recipe block may hold."""
+
+    name: str
+    hint: Any = Any
+    default: Any = REQUIRED
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def type_text(self) -> str:
+        """The accepted values in words (``an integer``, ``one of 'l1', 'l2'``)."""
+        return _describe(self.hint)
+
+
 def _signature(obj: Callable[..., Any]) -> inspect.Signature:
     return inspect.signature(obj.__init__ if inspect.isclass(obj) else obj)
 
@@ -252,16 +304,45 @@ def _type_hints(obj: Callable[..., Any]) -> dict[str, Any]:
         return {}
 
 
+def arguments(obj: Callable[..., Any]) -> list[Argument]:
+    """The keyword arguments of a class or factory, with type hints and defaults.
+
+    This is what recipe validation checks keys against, what ``percepkit list KIND NAME``
+    prints, and what ``percepkit recipe schema`` states.
+    """
+    hints = _type_hints(obj)
+    out = []
+    for name, p in _signature(obj).parameters.items():
+        if name == "self" or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            continue
+        out.append(Argument(name, hints.get(name, Any), p.default))
+    return out
+
+
+def built_class(obj: Callable[..., Any]) -> type | None:
+    """The class a registered part builds: the class itself, or a factory's annotated return."""
+    if inspect.isclass(obj):
+        return obj
+    try:
+        ret = typing.get_type_hints(obj).get("return")
+    except Exception:  # unresolvable annotations
+        return None
+    return ret if inspect.isclass(ret) else None
+
+
+def accepts_any_key(obj: Callable[..., Any]) -> bool:
+    """Whether ``obj`` takes ``**kwargs`` (then keys beyond :func:`arguments` pass unchecked)."""
+    return any(p.kind is p.VAR_KEYWORD for p in _signature(obj).parameters.values())
+
+
 def check_arguments(obj: Callable[..., Any], kwargs: Mapping[str, Any],
                     supplied: Sequence[str] = ()) -> list[str]:
     """Problems with calling ``obj(**kwargs)``: unknown, missing or mistyped arguments.
 
     ``supplied`` names arguments the calling code provides itself (not checked here).
     """
-    params = {n: p for n, p in _signature(obj).parameters.items() if n != "self"}
-    accepts_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    hints = _type_hints(obj)
+    named = {a.name: a for a in arguments(obj)}
+    accepts_any = accepts_any_key(obj)
     problems = []
     for key, value in kwargs.items():
         if key in supplied:
@@ -269,14 +350,14 @@ def check_arguments(obj: Callable[..., Any], kwargs: Mapping[str, Any],
         elif key not in named:
             if accepts_any:
                 continue
-            close = difflib.get_close_matches(key, list(named), n=1, cutoff=0.6)
+            close = close_matches(str(key), list(named), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"unknown key {key!r}{hint}; accepted keys: "
                             f"{', '.join(named) or '(none)'}")
-        elif key in hints and not _matches(value, hints[key]):
-            problems.append(f"key {key!r}: expected {_describe(hints[key])}, got {value!r}")
-    for name, p in named.items():
-        if p.default is p.empty and name not in kwargs and name not in supplied:
+        elif not _matches(value, named[key].hint):
+            problems.append(f"key {key!r}: expected {named[key].type_text}, got {value!r}")
+    for name, arg in named.items():
+        if arg.required and name not in kwargs and name not in supplied:
             problems.append(f"missing required key {name!r}")
     return problems
 
@@ -331,11 +412,25 @@ def _describe(hint: Any) -> str:
         return "true or false"
     if hint is str:
         return "a string"
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(set(args)) == 1:
+            return f"a list of {len(args)} {_plural(args[0])}"
+        return f"a list of {len(args)} items ({', '.join(_describe(a) for a in args)})"
     if origin in (list, tuple, Sequence, typing.Sequence):
-        return f"a list of {_describe(args[0])}" if args else "a list"
+        return f"a list of {_plural(args[0])}" if args else "a list"
     if origin in (dict, Mapping, typing.Mapping):
         return "a mapping"
+    if hint is Any:
+        return "any value"
     return getattr(hint, "__name__", str(hint))
+
+
+def _plural(hint: Any) -> str:
+    """``strings``, ``numbers``, ...: the items of a list of ``hint``."""
+    plural = {str: "strings", int: "integers", float: "numbers", bool: "true/false values"}
+    if hint in plural:
+        return plural[hint]
+    return f"items ({_describe(hint)})"
 
 
 # -- plugins --------------------------------------------------------------------------------------

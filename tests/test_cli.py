@@ -71,3 +71,36 @@ def test_missing_weights_is_one_paragraph_exit_2(isolated_weights, tmp_path, cap
     assert code == 2
     assert "ImageNet weights for vgg16 are missing" in err and "PERCEPKIT_WEIGHTS" in err
     assert "Traceback" not in err
+
+
+def test_list_one_part_shows_docstring_aliases_source_and_arguments(capsys):
+    code, out, _ = run(["list", "losses", "feature"], capsys)
+    assert code == 0
+    assert "aliases: content, perceptual" in out and "percepkit.losses.FeatureLoss" in out
+    assert "Feature reconstruction loss" in out
+    for row in (("layers", "a list of strings", '["relu2_2"]'), ("weight", "a number", "1.0"),
+                ("layer_weights", "a list of numbers or null", "null")):
+        line = next(line for line in out.splitlines() if f" {row[0]} " in line)
+        assert row[1] in line and row[2] in line
+    code, out, _ = run(["list", "transforms", "johnson_style"], capsys)
+    assert "one of 'batch', 'instance', 'none'" in out and "output=\"tanh\"" in out  # whole doc
+    code, out, _ = run(["list", "optimizers", "adam"], capsys)
+    assert "set by percepkit, not by recipes: params" in out and "│ params" not in out
+    code, out, _ = run(["list", "datasets", "sr_patches"], capsys)
+    assert "root" in out and "required" in out
+
+
+def test_list_one_part_of_every_kind(capsys):
+    from percepkit.registry import REGISTRIES
+
+    for kind, registry in REGISTRIES.items():
+        entry = registry.entries()[0]
+        code, out, err = run(["list", kind, entry.name], capsys)
+        assert code == 0, err
+        assert entry.name in out and entry.description.split()[0] in out
+
+
+def test_list_unknown_part_suggests_and_exits_2(capsys):
+    code, out, err = run(["list", "losses", "featur"], capsys)
+    assert code == 2 and "unknown loss 'featur'. Did you mean 'feature'" in err
+    assert "Traceback" not in err

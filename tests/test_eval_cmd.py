@@ -38,11 +38,11 @@ def test_set5_bicubic_json_csv_and_per_image(tmp_path, isolated_weights):
                                                        "woman"]
     assert "65.481" in data["convention"]["metrics"]["psnr"]
     assert "imresize" in data["convention"]["data"]
-    text = out_csv.read_text()
-    assert text.startswith("# percepkit eval") and "# psnr: 10 log10" in text
-    rows = list(csv.reader(line for line in text.splitlines() if not line.startswith("#")))
+    rows = list(csv.reader(out_csv.read_text().splitlines()))  # a plain table, header first
     assert rows[0] == ["set", "image", "psnr", "ssim"] and rows[-1][1] == "MEAN"
     assert float(rows[-1][2]) == pytest.approx(s["mean"]["psnr"])
+    side = json.loads((tmp_path / "r.conventions.json").read_text())
+    assert side["csv"] == "r.csv" and "10 log10" in side["convention"]["metrics"]["psnr"]
 
 
 def test_lpips_without_weights_is_na_with_reason(tmp_path, isolated_weights):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from percepkit.cli import main
 from percepkit.errors import RecipeError
@@ -118,7 +119,7 @@ def test_overrides(tmp_path):
 
 
 def test_cli_recipe_check_ok_and_bad(tmp_path, capsys):
-    main(["recipe", "check", *map(str, RECIPES)])  # returns normally: exit code 0
+    main(["recipe", "check", "--skip-data", *map(str, RECIPES)])  # returns: exit code 0
     assert capsys.readouterr().out.count("ok ") == len(RECIPES)
     bad = tmp_path / "bad.yaml"
     bad.write_text("transform: {name: johnson_sr}\nlosses:\n  - {name: feature, weight: x}\n")
@@ -138,3 +139,178 @@ def test_optimize_defaults_are_the_paper_recipes_losses():
     feat = load_recipe(next(p for p in RECIPES if p.stem == "sr_x4_feat"))
     assert default_losses("style") == style.raw["losses"]
     assert default_losses("sr") == feat.raw["losses"]
+
+
+# -- short forms -----------------------------------------------------------------------------------
+def test_parts_given_by_name_alone_are_normalised(tmp_path, capsys):
+    path = tmp_path / "short.yaml"
+    path.write_text("transform: bicubic\nloss_network: vgg16\noptimizer: sgd\n"
+                    "scheduler: cosine\nlosses: [feature, {name: tv, weight: 1e-5}]\n"
+                    "data: {train: synthetic, val: set5}\n")
+    r = load_recipe(path, ["transform.scale=4", "data.train.scale=4"])
+    assert r.raw["transform"] == {"name": "bicubic", "scale": 4}
+    assert r.raw["losses"] == [{"name": "feature"}, {"name": "tv", "weight": 1e-5}]
+    assert r.raw["loss_network"] == {"name": "vgg16"}
+    assert (r.raw["optimizer"], r.raw["scheduler"]) == ({"name": "sgd"}, {"name": "cosine"})
+    assert r.raw["data"]["train"] == {"name": "synthetic", "scale": 4}
+    assert r.raw["data"]["val"] == {"name": "set5"}
+    assert run_cli(["recipe", "show", str(path), "--set", "data.train.scale=4"]) == 0
+    shown = parse_yaml(capsys.readouterr().out)
+    assert shown["transform"] == {"name": "bicubic"} and shown["losses"][0] == {"name": "feature"}
+    assert shown["data"]["val"] == {"name": "set5"}
+    assert run_cli(["recipe", "check", str(path), "--set", "data.train.scale=4"]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_a_feature_term_given_by_name_gets_its_loss_network():
+    r = recipe_from_mapping({"transform": "bicubic", "losses": ["feature"],
+                             "loss_network": {"name": "vgg16", "weights": "random"}})
+    loss = r.build_loss()
+    assert loss.loss_network is not None and loss.output_layers == ("relu2_2",)
+
+
+def test_an_override_may_name_a_part_alone(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("transform: {name: johnson_sr, scale: 4}\nlosses: [pixel]\n")
+    assert load_recipe(path, ["transform=bicubic"]).raw["transform"] == {"name": "bicubic"}
+
+
+# -- what training would reject later --------------------------------------------------------------
+SR = {"transform": {"name": "johnson_sr", "scale": 4}, "losses": ["pixel"]}
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"transform": {"name": "johnson_sr", "scale": 3}},
+     "transform: johnson_sr needs a power-of-two scale (2, 4, 8), got 3"),
+    ({"losses": [{"name": "feature", "layers": ["relu1_3"]}]},
+     "losses[0].layers: vgg16 has no layer 'relu1_3' (did you mean 'relu1_2'"),
+    ({"losses": ["style"], "loss_network": {"name": "vgg19", "layers": ["relu5_5"]}},
+     "loss_network.layers: vgg19 has no layer 'relu5_5' (did you mean 'relu5_4'"),
+    ({"losses": [{"name": "style", "layers": ["relu1_2"], "layer_weights": [1.0, 2.0]}]},
+     "losses[0].layer_weights: 2 weights for 1 layers"),
+    ({"losses": ["feature"], "loss_network": "timm:resnet5"},
+     "loss_network: timm has no model 'resnet5'; did you mean 'resnet50'"),
+    ({"data": {"train": {"name": "set5"}}},
+     "data.train: 'set5' is an evaluation set (for data.val or percepkit eval), not a training "
+     "dataset; train on one of image_folder, sr_patches, synthetic"),
+    ({"data": {"train": {"name": "synthetic"}}},
+     "data.train.scale: the sr task needs LR/HR pairs; set scale: 4"),
+    ({"transform": {"name": "johnson_sr", "scale": 8}, "data": {"val": "set5"}},
+     "data.val.scale: 4 is not the transform's scale 8"),
+    ({"transform": "johnson_style"}, "task: the recipe says 'sr' but transform 'johnson_style'"),
+    ({"train": {"iterations": -5}}, "train.iterations: expected a value at least 1, got -5"),
+    ({"optimizer": {"name": "adam", "lr": -0.1}}, "optimizer.lr: expected a value at least 0"),
+    ({"name": 7}, "name: expected a string, got 7"),
+])
+def test_recipe_check_catches_what_training_would_reject(change, expected):
+    with pytest.raises(RecipeError) as info:
+        recipe_from_mapping({**SR, **change}, "my.yaml")
+    assert expected in str(info.value)
+
+
+def test_valid_scales_and_timm_names_pass():
+    recipe_from_mapping({**SR, "transform": {"name": "johnson_sr", "scale": 8},
+                         "data": {"train": {"name": "synthetic", "scale": 8}}})
+    recipe_from_mapping({**SR, "losses": [{"name": "feature", "layers": ["stage1"]}],
+                         "loss_network": "timm:resnet18"})
+
+
+def test_recipe_check_loads_no_weights_and_is_fast(isolated_weights):
+    """sr_x4_feat names ImageNet VGG16 weights; with none anywhere, checking still succeeds."""
+    import time
+
+    start = time.perf_counter()
+    for path in RECIPES:
+        load_recipe(path)
+    assert time.perf_counter() - start < 5 * len(RECIPES) / 10
+
+
+def test_missing_data_folders_fail_recipe_check_unless_skipped(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    path.write_text("transform: {name: johnson_sr, scale: 4}\nlosses: [pixel]\n"
+                    f"data: {{train: {{name: sr_patches, root: {tmp_path / 'nope'}}},\n"
+                    f"       val: {{name: hr_folder, root: {tmp_path / 'gone'}}}}}\n")
+    assert run_cli(["recipe", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "data.train.root" in err and "data.val.root" in err and "no such folder" in err
+    assert "Traceback" not in err
+    assert run_cli(["recipe", "check", "--skip-data", str(path)]) == 0
+    (tmp_path / "nope").mkdir()
+    (tmp_path / "gone").mkdir()
+    assert run_cli(["recipe", "check", str(path)]) == 0
+
+
+# -- the JSON Schema -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def schema_validator():
+    import jsonschema
+
+    from percepkit.recipe_schema import recipe_schema
+
+    schema = recipe_schema()
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def test_schema_covers_every_top_level_key_and_part(schema_validator):
+    from percepkit.recipe import TOP_LEVEL
+    from percepkit.registry import LOSSES, TRANSFORMS
+
+    schema = schema_validator.schema
+    assert set(schema["properties"]) == set(TOP_LEVEL)
+    titles = {b.get("title") for b in schema["definitions"]["loss"]["oneOf"]}
+    assert set(LOSSES.list()) <= titles
+    style = next(b for b in schema["definitions"]["transform"]["oneOf"]
+                 if b.get("title") == "johnson_style")
+    assert style["properties"]["norm"]["enum"] == ["batch", "instance", "none"]
+    assert style["properties"]["norm"]["default"] == "instance"
+    assert {b.get("title") for b in schema["definitions"]["transform"]["oneOf"]} >= \
+        set(TRANSFORMS.list())
+
+
+def test_cli_prints_the_schema(capsys):
+    import json
+
+    assert run_cli(["recipe", "schema"]) == 0
+    assert json.loads(capsys.readouterr().out)["title"] == "percepkit recipe"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_shipped_recipe_validates_against_the_schema(path, schema_validator):
+    errors = [e.message for e in schema_validator.iter_errors(parse_yaml(path.read_text()))]
+    assert errors == []
+
+
+SHORT = {"transform": "bicubic", "losses": ["pixel", {"name": "tv", "weight": 1e-5}],
+         "data": {"train": {"name": "synthetic", "scale": 4}, "val": "set5"}}
+
+
+@pytest.mark.parametrize("change", [
+    {"transform": {"name": "bicubic", "scael": 4}},            # unknown key
+    {"transform": "bicubc"},                                    # unknown part
+    {"transform": {"name": "johnson_sr", "norm": "group"}},     # not one of a Literal
+    {"losses": [{"name": "tv", "weight": "high"}]},             # wrong type
+    {"losses": []},                                             # empty
+    {"losses": ["pixel", "sr_patches"]},                        # a dataset used as a loss
+    {"data": {"train": "sr_patches"}},                          # required root missing
+    {"optimizer": {"name": "adam", "params": []}},              # supplied by percepkit
+    {"train": {"iterations": -5}},                              # out of range
+    {"checkpoint": {"every": 0}},
+    {"scheduler": {"name": "cosine", "min_factor": 2}},
+    {"loss_network": "timm"},                                   # timm needs a model
+    {"trian": {"iterations": 5}},                               # unknown top-level key
+    {"task": "style"},                                          # no style image
+    {"name": 7},
+])
+def test_invalid_recipes_fail_both_recipe_check_and_the_schema(change, schema_validator):
+    raw = {**SHORT, **change}
+    assert list(schema_validator.iter_errors(raw)), "the schema accepted it"
+    with pytest.raises(RecipeError):
+        recipe_from_mapping(raw, "bad.yaml")
+
+
+def test_short_forms_pass_both_recipe_check_and_the_schema(schema_validator):
+    for raw in (SHORT, {**SHORT, "loss_network": "timm:resnet18", "train": None,
+                        "losses": ["feature"], "optimizer": "adamw"}):
+        assert [e.message for e in schema_validator.iter_errors(raw)] == []
+        recipe_from_mapping(raw)

@@ -56,7 +56,7 @@ def test_prefix_argument(toy):
         ({"name": "alpha"}, "missing required key 'size'"),
         ({"name": "alpha", "size": "big"}, "key 'size': expected an integer, got 'big'"),
         ({"name": "alpha", "size": 1, "mode": "z"}, "expected one of 'x', 'y'"),
-        ({"name": "alpha", "size": 1, "layers": [1]}, "expected a list of a string or null"),
+        ({"name": "alpha", "size": 1, "layers": [1]}, "expected a list of strings or null"),
         ({"size": 1}, "missing key 'name'"),
     ],
 )
@@ -225,3 +225,59 @@ def test_plugin_that_exits_halfway_leaves_nothing_registered(plugin_env, capsys)
 
     assert _one_line_warning("plugin x failed", UserWarning, "f.py", 3) == \
         "warning: plugin x failed\n"  # the CLI prints no source line under a warning
+
+
+def test_close_matches_prefers_the_same_block():
+    from percepkit.lossnets import vgg_layer_names
+
+    names = vgg_layer_names("vgg16")
+    assert reg.close_matches("relu1_3", names)[0] == "relu1_2"
+    assert reg.close_matches("relu3_4", names)[0] == "relu3_3"
+    assert reg.close_matches("styel", ["style", "tv", "pixel"]) == ["style"]
+    assert reg.close_matches("zzz", names) == []
+
+
+def test_arguments_describe_the_constructor(toy):
+    args = {a.name: a for a in reg.arguments(toy.get("alpha"))}
+    assert list(args) == ["size", "rate", "mode", "layers"]
+    assert args["size"].required and args["size"].type_text == "an integer"
+    assert (args["rate"].default, args["rate"].type_text) == (0.5, "a number")
+    assert args["mode"].type_text == "one of 'x', 'y'"
+    assert args["layers"].type_text == "a list of strings or null"
+    assert toy.entry("alpha").doc == "First toy."
+
+
+def test_a_plugin_part_is_in_the_schema_list_and_recipe_check(plugin_env, capsys):
+    import jsonschema
+
+    from percepkit.cli import main
+    from percepkit.recipe import recipe_from_mapping
+    from percepkit.recipe_schema import recipe_schema
+
+    _write(plugin_env / "percepkit_plugins" / "pk_schema_loss.py", """
+        from typing import Literal
+
+        from percepkit.losses import LossTerm
+        from percepkit.registry import LOSSES
+
+        @LOSSES.register("pk_test_schema_loss")
+        class SchemaLoss(LossTerm):
+            '''A plugin loss with a choice.
+
+            Its second paragraph.
+            '''
+            def __init__(self, weight: float = 1.0, mode: Literal["a", "b"] = "a") -> None:
+                super().__init__(weight)
+    """)
+    reg.load_plugins()
+    validator = jsonschema.Draft7Validator(recipe_schema())
+    good = {"transform": "bicubic", "losses": [{"name": "pk_test_schema_loss", "mode": "b"}]}
+    bad = {"transform": "bicubic", "losses": [{"name": "pk_test_schema_loss", "mode": "c"}]}
+    assert list(validator.iter_errors(good)) == [] and list(validator.iter_errors(bad))
+    recipe_from_mapping(good)
+    with pytest.raises(RecipeError, match="key 'mode': expected one of 'a', 'b', got 'c'"):
+        recipe_from_mapping(bad)
+    main(["list", "losses", "pk_test_schema_loss"])
+    out = capsys.readouterr().out
+    assert "Its second paragraph." in out and "percepkit_plugins.pk_schema_loss" in out
+    assert "one of 'a', 'b'" in out

@@ -1,4 +1,4 @@
-"""``percepkit recipe check|show``: validate recipes without training."""
+"""``percepkit recipe check|show|schema``: validate recipes without training."""
 
 from __future__ import annotations
 
@@ -12,28 +12,36 @@ from ..recipe import load_recipe
 
 @click.group("recipe")
 def command() -> None:
-    """Check or show recipes."""
+    """Check, show or describe recipes."""
 
 
 @command.command("check")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe key, e.g. --set train.iterations=100.")
-def check(files: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
-    """Validate recipe FILES: registry names, constructor arguments, layer names."""
+@click.option("--skip-data", is_flag=True,
+              help="Don't require the data folders and the style image to exist (a recipe "
+                   "meant for another machine).")
+def check(files: tuple[Path, ...], overrides: tuple[str, ...], skip_data: bool) -> None:
+    """Validate recipe FILES as training would, without loading weights or building networks.
+
+    Registry names, constructor arguments and their types and ranges, layer names of the loss
+    network, the transform's scale against the data, and that data folders exist.
+    """
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(highlight=False)
     errors = []
     for path in files:
         try:
-            recipe = load_recipe(path, overrides)
+            recipe = load_recipe(path, overrides, check_files=not skip_data)
         except RecipeError as e:
             errors.append(str(e))
             continue
         terms = ", ".join(f"{s['name']}×{s.get('weight', 1.0):g}" for s in recipe.raw["losses"])
-        console.print(f"[green]ok[/] {path}: {recipe.task} · {recipe.raw['transform']['name']} · "
-                      f"{terms}")
+        console.print(f"[green]ok[/] {escape(str(path))}: {recipe.task} · "
+                      f"{recipe.raw['transform']['name']} · {terms}", soft_wrap=True)
     if errors:
         raise RecipeError(("\n" if len(errors) > 1 else "").join(errors))
 
@@ -42,5 +50,20 @@ def check(files: tuple[Path, ...], overrides: tuple[str, ...]) -> None:
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 def show(file: Path, overrides: tuple[str, ...]) -> None:
-    """Print the resolved recipe (after --set overrides) as YAML."""
+    """Print the resolved recipe (short forms normalised, --set applied) as YAML."""
     click.echo(load_recipe(file, overrides).to_yaml(), nl=False)
+
+
+@command.command("schema")
+def schema() -> None:
+    """Print a JSON Schema of recipes (every registered part, plugins included).
+
+    \b
+    percepkit recipe schema > recipe.schema.json
+    then start a recipe with:  # yaml-language-server: $schema=recipe.schema.json
+    """
+    import json
+
+    from ..recipe_schema import recipe_schema
+
+    click.echo(json.dumps(recipe_schema(), indent=2))

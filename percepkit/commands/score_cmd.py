@@ -1,0 +1,154 @@
+"""``percepkit score SR HR``: PSNR / SSIM / LPIPS of images you already have, as eval scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import PercepkitError
+from .eval_cmd import _check_output, _fmt, _metric_names
+
+
+def _short_convention(result: Any) -> str:
+    names = [m.name for m in result.metrics if not m.unavailable]
+    parts = []
+    if any(n in ("psnr", "ssim") for n in names):
+        parts.append("PSNR/SSIM on Y = MATLAB rgb2ycbcr (BT.601 studio range; tools using "
+                     "full-range YIQ read about 1.32 dB lower)")
+    if any(n in ("psnr_rgb", "ssim_rgb") for n in names):
+        parts.append("*_RGB on all RGB channels")
+    if any(n.startswith(("psnr", "ssim")) for n in names):
+        parts.append(f"SSIM 11x11 Gaussian sigma 1.5 (MATLAB ssim_index); {result.crop_border} px "
+                     f"border cropped")
+    if any(n.startswith("lpips") for n in names):
+        lpips = next(m for m in result.metrics if m.name.startswith("lpips"))
+        parts.append("LPIPS on the " + ("whole image" if "whole image" in lpips.convention
+                                        else "cropped image"))
+    crop = f"HR cropped to a multiple of {result.mod_crop}; " if result.mod_crop else ""
+    parts.append(f"{crop}images read as 8-bit")
+    return "; ".join(parts) + ". Exact statement: -v, --json or --csv."
+
+
+def _render(console: Any, result: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    s = result.images
+    files = {p.name: p for p in result.pairs}
+    table = Table(title=f"{escape(result.sr)} vs {escape(result.hr)} ({len(s.rows)} images)",
+                  title_justify="left")
+    table.add_column("image")
+    table.add_column("SR file", style="dim")
+    for m in result.metrics:
+        arrow = {True: " ↑", False: " ↓"}.get(m.higher_is_better, "")
+        table.add_column(f"{m.name.upper()}{arrow}", justify="right")
+    for r in s.rows:
+        table.add_row(escape(r.name), escape(files[r.name].sr.name),
+                      *[_fmt(r.values.get(m.name), m.fmt) for m in result.metrics])
+    table.add_section()
+    table.add_row("mean", "", *[_fmt(s.mean(m.name), m.fmt) for m in result.metrics],
+                  style="bold")
+    console.print(table)
+
+
+def _footer(console: Any, result: Any, verbose: bool) -> None:
+    from rich.markup import escape
+
+    if verbose:
+        lines = [f"[dim]data:[/] {escape(result.convention['data'])}"]
+        lines += [f"[dim]{escape(m.convention)}[/]" for m in result.metrics if not m.unavailable]
+    else:
+        lines = [f"[dim]convention:[/] {escape(_short_convention(result))}"]
+    for m in result.metrics:
+        if m.unavailable:
+            lines.append(f"[yellow]{m.name.upper()} n/a:[/] {escape(m.unavailable)}")
+    lines += [f"[yellow]unmatched[/] {escape(line)}" for line in result.unmatched]
+    lines += [f"[yellow]skipped[/] {escape(f)}: {escape(why)}"
+              for f, why in result.images.skipped]
+    for r in result.images.rows:
+        lines += [f"[dim]note[/] {escape(r.name)}: {escape(n)}" for n in r.notes]
+    n = len(result.pairs)
+    seconds = result.images.seconds
+    lines.append(f"{n} pairs in {seconds:.2f} s on {result.device}")
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
+
+
+@click.command("score")
+@click.argument("sr", type=click.Path(path_type=Path))
+@click.argument("hr", type=click.Path(path_type=Path))
+@click.option("--crop-border", type=click.IntRange(0, 1024), default=0, show_default=True,
+              help="Pixels removed on every side before PSNR/SSIM (SR tables: the scale).")
+@click.option("--mod-crop", "mod", type=click.IntRange(1, 96), default=None,
+              help="Crop each HR top-left to a multiple of N first (eval's convention: N = the "
+                   "scale). Default: SR and HR sizes must be equal.")
+@click.option("--metrics", default="psnr,ssim,lpips", show_default=True,
+              help="Comma-separated registered metrics (see `percepkit list metrics`).")
+@click.option("--channel", type=click.Choice(["y", "rgb"]), default="y", show_default=True,
+              help="PSNR/SSIM on MATLAB BT.601 Y (as published tables) or on RGB.")
+@click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex",
+              show_default=True, help="LPIPS backbone.")
+@click.option("--crop-lpips", is_flag=True,
+              help="Remove --crop-border before LPIPS too; by default LPIPS scores the whole "
+                   "image, as published SR tables (and eval) do.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto.")
+@click.option("-v", "--verbose", is_flag=True, help="Print the exact metric conventions.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
+              help="Write results (with the convention) as JSON; '-' for stdout.")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None,
+              help="Write a plain CSV table ('-' for stdout); the convention goes to "
+                   "NAME.conventions.json beside it.")
+@click.option("--overwrite", is_flag=True, help="Replace existing --json / --csv files.")
+def command(sr: Path, hr: Path, crop_border: int, mod: int | None, metrics: str, channel: str,
+            lpips_net: str, crop_lpips: bool, device: str, verbose: bool,
+            json_path: Path | None, csv_path: Path | None, overwrite: bool) -> None:
+    """Score SR images against their ground truth HR, with eval's metrics and conventions.
+
+    SR and HR are two folders, matched by file stem (baby.png, or BasicSR's baby_x4_SR.png,
+    with baby.png), or two files.
+
+    \b
+    Examples:
+      percepkit score results/Set5/ datasets/Set5/GTmod12/ --crop-border 4
+      percepkit eval --set5 --save-images out/ && \\
+        percepkit score out/set5/sr/ SET5_HR/ --mod-crop 4 --crop-border 4
+      percepkit score sr.png hr.png --metrics psnr,ssim --json scores.json
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from ..devices import resolve_device
+    from ..evaluate import build_metrics
+    from ..score import ScoreResult, match_pairs, score_pairs
+
+    for flag, path in (("--json", json_path), ("--csv", csv_path)):
+        _check_output(flag, path, overwrite)  # before any work, not after it
+    if str(json_path) == "-" and str(csv_path) == "-":
+        raise PercepkitError("--json - and --csv - would both write to stdout; give one a file")
+    console = Console(stderr=str(json_path) == "-" or str(csv_path) == "-", highlight=False)
+    pairs, unmatched = match_pairs(sr, hr)
+    dev = resolve_device(device)
+    built, infos = build_metrics(_metric_names(metrics, channel, lpips_net),
+                                 crop_border=crop_border, crop_whole_image=crop_lpips, device=dev)
+    name = sr.name if sr.is_dir() else sr.stem
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("score", total=len(pairs))
+        scored = score_pairs(pairs, built, infos, name=name, mod_crop=mod,
+                             on_image=lambda n: progress.update(task, advance=1, description=n))
+    result = ScoreResult(str(sr), str(hr), crop_border, mod, str(dev), infos, scored, pairs,
+                         unmatched)
+    _render(console, result)
+    _footer(console, result, verbose)
+    if not scored.rows:
+        raise PercepkitError(f"none of the {len(pairs)} pairs could be scored (reasons above)")
+    if json_path is not None:
+        result.write_json(json_path)
+    if csv_path is not None:
+        sidecar = result.write_csv(csv_path)
+        if sidecar is not None:
+            console.print(f"wrote {csv_path} (convention: {sidecar})", highlight=False)
+    if json_path is not None and str(json_path) != "-":
+        console.print(f"wrote {json_path}", highlight=False)
