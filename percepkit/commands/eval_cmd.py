@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import PercepkitError
+from ._scoring import check_output, format_value, metric_names
 
 
 def _model_info(path: Path, transform: Any) -> dict[str, Any]:
@@ -83,19 +83,6 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
     return transform, name, scale, notes, {"architecture": type(transform).__name__}
 
 
-def _check_output(flag: str, path: Path | None, overwrite: bool) -> None:
-    """Refuse an output file that exists (without --overwrite) or cannot be written."""
-    if path is None or str(path) == "-":
-        return
-    if path.is_dir():
-        raise PercepkitError(f"{flag} {path}: is a folder; give a file name")
-    if path.exists() and not overwrite:
-        raise PercepkitError(f"{flag} {path}: exists; pass --overwrite to replace it")
-    parent = next((p for p in path.absolute().parents if p.exists()), None)
-    if parent is None or not parent.is_dir():
-        raise PercepkitError(f"{flag} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK):
-        raise PercepkitError(f"{flag} {path}: {parent} is not writable")
 
 
 def _with_histogram_matching(transform: Any, device: torch.device) -> Any:
@@ -128,27 +115,8 @@ def _datasets(sets: list[str], scale: int, data_dir: Path | None, hr_dir: Path |
     return out
 
 
-def _metric_names(metrics: str, channel: str, lpips_net: str) -> list[str]:
-    names = [m.strip().lower() for m in metrics.split(",") if m.strip()]
-    if not names:
-        raise PercepkitError("--metrics is empty; e.g. --metrics psnr,ssim,lpips")
-    mapped = []
-    for n in names:
-        if channel == "rgb" and n in ("psnr", "ssim"):
-            n = f"{n}_rgb"
-        if lpips_net == "vgg" and n == "lpips":
-            n = "lpips_vgg"
-        if n not in mapped:
-            mapped.append(n)
-    return mapped
 
 
-def _fmt(value: float | None, fmt: str) -> str:
-    if value is None:
-        return "n/a"
-    if value != value or value in (float("inf"), float("-inf")):
-        return str(value)
-    return format(value, fmt)
 
 
 def _render(console: Any, result: Any, per_image: bool) -> None:
@@ -164,10 +132,10 @@ def _render(console: Any, result: Any, per_image: bool) -> None:
             table.add_column(f"{m.name.upper()}{arrow}", justify="right")
         if per_image:
             for r in s.rows:
-                table.add_row(r.name, *[_fmt(r.values.get(m.name), m.fmt)
+                table.add_row(r.name, *[format_value(r.values.get(m.name), m.fmt)
                                         for m in result.metrics])
             table.add_section()
-        table.add_row("mean", *[_fmt(s.mean(m.name), m.fmt) for m in result.metrics],
+        table.add_row("mean", *[format_value(s.mean(m.name), m.fmt) for m in result.metrics],
                       style="bold")
         console.print(table)
         if s.source or s.checksum_note:
@@ -289,7 +257,7 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     if threads is not None:
         torch.set_num_threads(threads)
     for flag, path in (("--json", json_path), ("--csv", csv_path)):
-        _check_output(flag, path, overwrite)  # before the evaluation, not after it
+        check_output(flag, path, overwrite)  # before the evaluation, not after it
     to_stdout = str(json_path) == "-" or str(csv_path) == "-"
     console = Console(stderr=to_stdout, highlight=False)
     dev = resolve_device(device)
@@ -303,7 +271,7 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
         sets = ["set5"]
     datasets = _datasets(sets, scale, data_dir, hr_dir, lr_dir, download=not no_download,
                          mod=mod)
-    built, infos = build_metrics(_metric_names(metrics, channel, lpips_net), crop_border=scale,
+    built, infos = build_metrics(metric_names(metrics, channel, lpips_net), crop_border=scale,
                                  crop_whole_image=crop_lpips, device=dev)
     total = sum(len(d) for d in datasets)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

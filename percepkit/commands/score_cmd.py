@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..errors import PercepkitError
-from .eval_cmd import _check_output, _fmt, _metric_names
+from ._scoring import check_output, format_value, metric_names
 
 
 def _short_convention(result: Any) -> str:
@@ -46,9 +46,9 @@ def _render(console: Any, result: Any) -> None:
         table.add_column(f"{m.name.upper()}{arrow}", justify="right")
     for r in s.rows:
         table.add_row(escape(r.name), escape(files[r.name].sr.name),
-                      *[_fmt(r.values.get(m.name), m.fmt) for m in result.metrics])
+                      *[format_value(r.values.get(m.name), m.fmt) for m in result.metrics])
     table.add_section()
-    table.add_row("mean", "", *[_fmt(s.mean(m.name), m.fmt) for m in result.metrics],
+    table.add_row("mean", "", *[format_value(s.mean(m.name), m.fmt) for m in result.metrics],
                   style="bold")
     console.print(table)
 
@@ -124,13 +124,13 @@ def command(sr: Path, hr: Path, crop_border: int, mod: int | None, metrics: str,
     from ..score import ScoreResult, match_pairs, score_pairs
 
     for flag, path in (("--json", json_path), ("--csv", csv_path)):
-        _check_output(flag, path, overwrite)  # before any work, not after it
+        check_output(flag, path, overwrite)  # before any work, not after it
     if str(json_path) == "-" and str(csv_path) == "-":
         raise PercepkitError("--json - and --csv - would both write to stdout; give one a file")
     console = Console(stderr=str(json_path) == "-" or str(csv_path) == "-", highlight=False)
     pairs, unmatched = match_pairs(sr, hr)
     dev = resolve_device(device)
-    built, infos = build_metrics(_metric_names(metrics, channel, lpips_net),
+    built, infos = build_metrics(metric_names(metrics, channel, lpips_net),
                                  crop_border=crop_border, crop_whole_image=crop_lpips, device=dev)
     name = sr.name if sr.is_dir() else sr.stem
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
