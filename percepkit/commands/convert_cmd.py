@@ -14,11 +14,14 @@ from ..errors import PercepkitError
 @click.argument("output", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def command(source: Path, output: Path, overwrite: bool) -> None:
-    """Convert SOURCE (e.g. a pytorch/examples fast_neural_style .pth) into a percepkit
-    checkpoint OUTPUT (.safetensors), usable by stylize, export and percepkit.load.
+    """Convert SOURCE into a percepkit checkpoint OUTPUT (.safetensors), usable by stylize,
+    upscale, eval, export, percepkit.load and train --init.
 
-    The file is read as tensors only (pickled code is never run); the result holds the weights in
-    percepkit's layout, the transform spec, and the source's name and SHA-256.
+    SOURCE is a pytorch/examples fast_neural_style .pth (mapped onto johnson_style) or an SR
+    model that spandrel recognises (pip install 'percepkit[models]'), which becomes a
+    spandrel:ARCH transform with its constructor arguments and keeps the architecture's own
+    weight keys. The file is read as tensors only (pickled code is never run); the result holds
+    the weights, the transform spec, and the source's name and SHA-256.
     """
     from rich.console import Console
     from rich.markup import escape
