@@ -329,9 +329,11 @@ for _id, _aliases, _summary, _defaults in (
      "blocks", {"num_in_ch": 3, "num_out_ch": 3}),
     ("ESRGAN", ("spandrel:RRDB",), "ESRGAN's RRDBNet (spandrel): residual-in-residual dense "
      "blocks, as in Real-ESRGAN x4plus", {}),
-    ("SwinIR", (), "SwinIR (spandrel): Swin-transformer SR (upsampler pixelshuffle by default)",
-     {"upsampler": "pixelshuffle"}),
-    ("HAT", (), "HAT (spandrel): hybrid attention transformer SR", {}),
+    ("SwinIR", (), "SwinIR (spandrel): Swin-transformer SR (by default pixelshuffle upsampler, "
+     "window 8)",
+     {"upsampler": "pixelshuffle", "window_size": 8}),
+    ("HAT", (), "HAT (spandrel): hybrid attention transformer SR (by default window 16)",
+     {"window_size": 16}),
     ("PLKSR", (), "PLKSR (spandrel): partial large-kernel CNN for efficient SR", {}),
 ):
     TRANSFORMS.add(SpandrelArchitecture(_id, _summary, _defaults), f"spandrel:{_id}",

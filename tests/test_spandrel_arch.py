@@ -75,6 +75,14 @@ def test_spandrel_transforms_save_weights_that_spandrel_loads_random_init(name, 
         torch.testing.assert_close(model(x).clamp(0, 1), theirs(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["spandrel:SPAN", "spandrel:SwinIR", "spandrel:HAT"])
+def test_architectures_whose_defaults_percepkit_sets_build_with_them_random_init(name):
+    """spandrel's own SwinIR/HAT defaults (window 7, image 64) cannot be built; ours can."""
+    model = TRANSFORMS.build({"name": name, "scale": 2})
+    assert model.scale == 2 and model.training
+
+
 def test_constructor_arguments_are_checked_like_any_recipe_key():
     def problems(spec):
         with pytest.raises(RecipeError) as e:

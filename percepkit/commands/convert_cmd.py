@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -43,5 +44,8 @@ def command(source: Path, output: Path, overwrite: bool) -> None:
     save_checkpoint(output, {"model": state},
                     {"task": model.task, "transform": spec, "converted_from": source.name,
                      "source_sha256": sha256_file(source), "source_format": description})
-    Console(highlight=False).print(f"[green]✓[/] {escape(str(source))} ({description}) -> "
-                                   f"{escape(str(output))} ({spec['name']})")
+    console = Console(highlight=False)
+    console.print(f"[green]✓[/] {escape(str(source))} ({description}) -> "
+                  f"{escape(str(output))} ({spec['name']})")
+    console.print(f"to fine-tune it (train --init {escape(str(output))}), use this recipe "
+                  f"transform: {escape(json.dumps(spec))}", soft_wrap=True)
