@@ -225,6 +225,14 @@ class SpandrelArchitecture:
         return SpandrelSR(_detect_as_built(net, self.arch_id, where), model=net)
 
 
+def _probe(descriptor: Any) -> torch.Tensor:
+    """A fixed random input of the smallest size >= 16 that meets the network's requirements."""
+    req = descriptor.size_requirements
+    side = -(-max(16, req.minimum) // req.multiple_of) * req.multiple_of
+    return torch.rand(1, descriptor.input_channels, side, side,
+                      generator=torch.Generator().manual_seed(0))
+
+
 def _detect_as_built(net: nn.Module, arch_id: str, where: str) -> Any:
     """spandrel's descriptor of ``net`` detected from its weights alone, checked to give the same
     architecture and the same output (so a file of these weights loads in spandrel tools)."""
@@ -243,11 +251,7 @@ def _detect_as_built(net: nn.Module, arch_id: str, where: str) -> Any:
             got = problem or f"a {descriptor.architecture.id} network"
             raise RecipeError(f"{where}: spandrel reads the weights of the built network as "
                               f"{got}; change the arguments")
-        side = max(16, descriptor.size_requirements.minimum)
-        side = -(-side // descriptor.size_requirements.multiple_of) * \
-            descriptor.size_requirements.multiple_of
-        g = torch.Generator().manual_seed(0)
-        x = torch.rand(1, descriptor.input_channels, side, side, generator=g)
+        x = _probe(descriptor)
         call = getattr(descriptor, "_call_fn", None) or (lambda m, t: m(t))
         was_training = net.training
         net.eval()
@@ -277,9 +281,7 @@ def verify_weights_file(path: Any, model: SpandrelSR) -> str:
     if descriptor.architecture.id != model.arch_id or descriptor.scale != model.scale:
         raise PercepkitError(f"{where} reads it as {descriptor.architecture.id} "
                              f"x{descriptor.scale}, not {model.arch_id} x{model.scale}")
-    side = -(-max(16, descriptor.size_requirements.minimum)
-             // descriptor.size_requirements.multiple_of) * descriptor.size_requirements.multiple_of
-    x = torch.rand(1, model.channels, side, side, generator=torch.Generator().manual_seed(0))
+    x = _probe(descriptor)
     was_training = model.training
     model.eval()
     try:
