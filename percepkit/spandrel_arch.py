@@ -9,11 +9,11 @@ ESRGAN/RRDB, SPAN, SwinIR, HAT, …) and detects them from state-dict keys.
   SRCNN protocol (:mod:`percepkit.ychannel`) for one-channel (Y-only) networks. Its state dict
   uses the architecture's own keys, so weights saved by percepkit load in spandrel/chaiNNer.
 * ``spandrel:Compact``, ``spandrel:SPAN``, ``spandrel:ESRGAN`` (alias ``spandrel:RRDB``),
-  ``spandrel:SwinIR``, ``spandrel:HAT``, ``spandrel:PLKSR`` and ``spandrel:<id>`` for any other
-  SR architecture are registered transforms: the recipe keys are the architecture's
-  constructor arguments, except that the upscaling factor is always ``scale``. Every build
-  checks that spandrel detects the built network from its weights alone as the same
-  architecture with the same output, so a trained network loads in spandrel-based tools
+  ``spandrel:SwinIR``, ``spandrel:HAT``, ``spandrel:PLKSR``, and ``spandrel`` with ``arch: ID``
+  for any other SR architecture, are registered transforms: the recipe keys are the
+  architecture's constructor arguments, except that the upscaling factor is always ``scale``.
+  Every build checks that spandrel detects the built network from its weights alone as the
+  same architecture with the same output, so a trained network loads in spandrel-based tools
   unchanged; arguments that do not show in the weights (e.g. SPAN's ``img_range``) are refused
   when set to other values.
 """
@@ -121,6 +121,8 @@ class SpandrelSR(nn.Module):
         if (th, tw) != (h, w):
             mode = "reflect" if th - h < h and tw - w < w else "replicate"
             x = torch.nn.functional.pad(x, (0, tw - w, 0, th - h), mode=mode)
+        else:
+            x = x.clone()  # some networks (RCAN) change their input in place
         y = self._call_fn(self.model, x) if self._call_fn is not None else self.model(x)
         return y[..., : h * self.scale, : w * self.scale]
 
@@ -297,11 +299,15 @@ def verify_weights_file(path: Any, model: SpandrelSR) -> str:
 
 
 def spec_of(model: SpandrelSR) -> dict[str, Any]:
-    """The transform spec that rebuilds ``model`` (``spandrel:ID``, ``scale`` and every
-    constructor argument spandrel recorded, JSON values only)."""
+    """The transform spec that rebuilds ``model``: ``spandrel:ID`` (or ``spandrel`` with ``arch:
+    ID`` for architectures without their own entry), ``scale`` and every constructor argument
+    spandrel recorded (JSON values only)."""
     cls, scale_arg = _constructor(model.arch_id)
     defaults = {n: p.default for n, p in inspect.signature(cls).parameters.items()}
-    spec: dict[str, Any] = {"name": f"spandrel:{model.arch_id}", "scale": model.scale}
+    name = f"spandrel:{model.arch_id}"
+    spec: dict[str, Any] = {"name": name} if name in TRANSFORMS else \
+        {"name": "spandrel", "arch": model.arch_id}
+    spec["scale"] = model.scale
     for key, value in getattr(model.model, "hyperparameters", {}).items():
         if key == scale_arg or key not in defaults:
             continue
@@ -343,11 +349,13 @@ for _id, _aliases, _summary, _defaults in (
                    aliases=_aliases)
 
 
-@TRANSFORMS.register("spandrel", prefix_arg="arch")
+@TRANSFORMS.register("spandrel")
 def spandrel_architecture(arch: str, scale: int = 4, **kwargs: Any) -> SpandrelSR:
-    """Any other SR architecture of spandrel by its id (spandrel:DAT, spandrel:OmniSR, ...)."""
-    builder = SpandrelArchitecture(arch, "")
+    """Any SR architecture of spandrel by its id: {name: spandrel, arch: DAT, scale: 4, ...}."""
+    registered = f"spandrel:{arch}"
+    builder = TRANSFORMS.get(registered) if registered in TRANSFORMS else \
+        SpandrelArchitecture(arch, "")
     problems = check_arguments(builder, {"scale": scale, **kwargs})
     if problems:
-        raise RecipeError(f"transform spandrel:{arch}: " + "; ".join(problems))
+        raise RecipeError(f"transform spandrel {arch}: " + "; ".join(problems))
     return builder(scale=scale, **kwargs)

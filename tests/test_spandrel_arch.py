@@ -38,8 +38,10 @@ TINY = {
     "spandrel:HAT": {"embed_dim": 12, "depths": [1], "num_heads": [2], "window_size": 4,
                      "img_size": 16, "compress_ratio": 3, "squeeze_factor": 3},
     "spandrel:PLKSR": {"dim": 8, "n_blocks": 1, "kernel_size": 5},
-    "spandrel:OmniSR": {"num_feat": 8, "window_size": 4},  # through the catch-all spandrel:<id>
 }
+#: Architectures without their own entry, through {name: spandrel, arch: ID}.
+OTHER = {"OmniSR": {"num_feat": 8, "window_size": 4},
+         "RCAN": {"n_resgroups": 1, "n_resblocks": 1, "n_feats": 8, "reduction": 4}}
 
 
 @pytest.fixture(autouse=True)
@@ -57,22 +59,27 @@ def train(out, *overrides, resume=None):
     return Trainer(rec, out=out, resume=resume, console=quiet(), progress=False).run()
 
 
-@pytest.mark.parametrize("name", list(TINY))
+@pytest.mark.parametrize("name", [*TINY, *OTHER])
 def test_spandrel_transforms_save_weights_that_spandrel_loads_random_init(name, tmp_path):
     import spandrel
 
     from percepkit.checkpoint import save_weights
 
-    model = TRANSFORMS.build({"name": name, "scale": 4, **TINY[name]}).eval()
-    arch = name.split(":")[1]
+    spec = {"name": name, **TINY[name]} if name in TINY else \
+        {"name": "spandrel", "arch": name, **OTHER[name]}
+    model = TRANSFORMS.build({**spec, "scale": 4}).eval()
+    arch = name.split(":")[-1]
     assert model.task == "sr" and model.scale == 4 and model.arch_id == arch
     assert set(model.state_dict()) == set(model.model.state_dict())  # the architecture's keys
     save_weights(tmp_path / "w.safetensors", model.state_dict())
     theirs = spandrel.ModelLoader().load_from_file(str(tmp_path / "w.safetensors"))
     assert theirs.architecture.id == arch and theirs.scale == 4
     x = torch.rand(1, 3, 20, 20)
+    before = x.clone()
     with torch.no_grad():
-        torch.testing.assert_close(model(x).clamp(0, 1), theirs(x), atol=1e-5, rtol=0)
+        ours = model(x).clamp(0, 1)
+    assert torch.equal(x, before)  # RCAN changes its input in place; the transform must not
+    torch.testing.assert_close(ours, theirs(x), atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow
@@ -95,9 +102,11 @@ def test_constructor_arguments_are_checked_like_any_recipe_key():
     # leaves no trace in the weights: spandrel would rebuild another network from them
     assert "different network" in problems({"name": "spandrel:SPAN", "feature_channels": 8,
                                             "img_range": 1.0})
-    assert "did you mean Compact" in problems({"name": "spandrel:Compcat"})
-    assert "not a trainable super-resolution" in problems({"name": "spandrel:DnCNN"})
-    assert "unknown key" in problems({"name": "spandrel:OmniSR", "num_feats": 8})
+    assert "Did you mean 'spandrel:Compact'" in problems({"name": "spandrel:Compcat"})
+    assert "did you mean Compact" in problems({"name": "spandrel", "arch": "Compcat"})
+    assert "not a trainable super-resolution" in problems({"name": "spandrel", "arch": "DnCNN"})
+    assert "did you mean 'num_feat'" in problems({"name": "spandrel", "arch": "OmniSR",
+                                                  "num_feats": 8})
 
 
 def test_without_spandrel_the_names_are_listed_and_building_says_how_to_install(
@@ -105,7 +114,7 @@ def test_without_spandrel_the_names_are_listed_and_building_says_how_to_install(
     monkeypatch.setitem(sys.modules, "spandrel", None)  # as if not installed
     assert run_cli(["list", "transforms"]) == 0
     listed = capsys.readouterr().out
-    for name in ("spandrel:Compact", "spandrel:SPAN", "spandrel:ESRGAN", "spandrel:<arch>"):
+    for name in ("spandrel:Compact", "spandrel:SPAN", "spandrel:ESRGAN", "arch: DAT"):
         assert name in listed, name
     with pytest.raises(PercepkitError, match=r"pip install 'percepkit\[models\]'"):
         TRANSFORMS.build({"name": "spandrel:Compact", "scale": 4})

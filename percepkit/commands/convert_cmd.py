@@ -44,8 +44,9 @@ def command(source: Path, output: Path, overwrite: bool) -> None:
     save_checkpoint(output, {"model": state},
                     {"task": model.task, "transform": spec, "converted_from": source.name,
                      "source_sha256": sha256_file(source), "source_format": description})
+    built = " ".join(str(v) for v in (spec["name"], spec.get("arch")) if v)  # spandrel RCAN
     console = Console(highlight=False)
     console.print(f"[green]✓[/] {escape(str(source))} ({description}) -> "
-                  f"{escape(str(output))} ({spec['name']})")
+                  f"{escape(str(output))} ({escape(built)})")
     console.print(f"to fine-tune it (train --init {escape(str(output))}), use this recipe "
                   f"transform: {escape(json.dumps(spec))}", soft_wrap=True)
