@@ -90,6 +90,17 @@ def test_architectures_whose_defaults_percepkit_sets_build_with_them_random_init
     assert model.scale == 2 and model.training
 
 
+def test_a_y_only_transform_takes_rgb_and_trains_random_init():
+    model = TRANSFORMS.build({"name": "spandrel:Compact", "scale": 2, "num_in_ch": 1,
+                              "num_out_ch": 1, "num_feat": 8, "num_conv": 2})
+    assert model.channels == 1
+    x = torch.rand(2, 3, 10, 12)
+    y = model(x)
+    assert y.shape == (2, 3, 20, 24)
+    y.mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_constructor_arguments_are_checked_like_any_recipe_key():
     def problems(spec):
         with pytest.raises(RecipeError) as e:
