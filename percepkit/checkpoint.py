@@ -82,6 +82,18 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any], metadata: Mappin
     return path
 
 
+def save_weights(path: str | Path, state: Mapping[str, torch.Tensor],
+                 metadata: Mapping[str, str] | None = None) -> Path:
+    """Write a plain state dict as safetensors (no percepkit structure), for other tools."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    data = save(tensors, metadata=dict(metadata or {}))
+    path = Path(path)
+    atomic_write(path, lambda f: f.write(data), durable=True)
+    return path
+
+
 def is_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` is a percepkit checkpoint (a safetensors file with percepkit metadata)."""
     from safetensors import safe_open

@@ -6,7 +6,9 @@
   inference path and tiler;
 * super-resolution checkpoints of BasicSR, KAIR, chaiNNer, Real-ESRGAN … (ESRGAN/RRDB, Compact,
   SPAN, SwinIR, HAT, … ~40 architectures) through ``spandrel`` (the optional extra
-  ``pip install 'percepkit[models]'``), wrapped as :class:`SpandrelSR`.
+  ``pip install 'percepkit[models]'``), wrapped as
+  :class:`~percepkit.spandrel_arch.SpandrelSR`; :func:`convert` turns either into a percepkit
+  checkpoint's spec and weights (``spandrel:ID`` transforms keep the architecture's own keys).
 
 ``.pth`` files are read with ``torch.load(weights_only=True)``, PyTorch's restricted unpickler
 that builds tensors and plain containers only and refuses any other object without running it.
@@ -21,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, PercepkitError
+from .registry import TRANSFORMS
+from .spandrel_arch import SpandrelSR, spec_of, sr_problem
 
 #: percepkit's equivalent of pytorch/examples' TransformerNet (32/64/128 channels, instance
 #: norm, nearest-upsample convolutions, a linear output in [0, 255] units rescaled to [0, 1]).
@@ -106,59 +110,6 @@ SPANDREL_MISSING = (
     "install spandrel), then run the same command again.")
 
 
-class SpandrelSR(torch.nn.Module):
-    """A super-resolution network loaded by spandrel, as a percepkit transform.
-
-    The input is padded (reflection) to the network's size requirements and the output cropped
-    back. ``tile_margin`` / ``tiling`` tell percepkit's tiler how far a tile must see and
-    whether tiling is safe (spandrel's hint: ``supported``, ``discouraged``, ``internal``).
-    """
-
-    task = "sr"
-
-    def __init__(self, descriptor) -> None:  # a spandrel ImageModelDescriptor
-        super().__init__()
-        self.model = descriptor.model
-        self.scale = int(descriptor.scale)
-        req = descriptor.size_requirements
-        self.size_multiple = max(1, int(req.multiple_of))
-        self.min_size = int(req.minimum)
-        self.square = bool(req.square)
-        self.tiling = descriptor.tiling.name.lower()
-        self.architecture = descriptor.architecture.name
-        self.purpose = descriptor.purpose
-        self.tile_margin = None if _conv_only(self.model) else 64
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        th, tw = max(h, self.min_size), max(w, self.min_size)
-        if self.square:
-            th = tw = max(th, tw)
-        m = self.size_multiple
-        th, tw = -(-th // m) * m, -(-tw // m) * m
-        if (th, tw) != (h, w):
-            mode = "reflect" if th - h < h and tw - w < w else "replicate"
-            x = torch.nn.functional.pad(x, (0, tw - w, 0, th - h), mode=mode)
-        y = self.model(x)
-        return y[..., : h * self.scale, : w * self.scale]
-
-
-def _conv_only(model: torch.nn.Module) -> bool:
-    """Whether the tiler can measure the receptive field (no attention or global pooling)."""
-    from torch import nn
-
-    local = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.SiLU, nn.GELU,
-             nn.Sigmoid, nn.Tanh, nn.Identity, nn.PixelShuffle, nn.Upsample, nn.Sequential,
-             nn.ModuleList, nn.Dropout)
-    for m in model.modules():
-        if m is model or isinstance(m, local):
-            continue
-        if any(isinstance(c, (nn.Linear, nn.AdaptiveAvgPool2d, nn.LayerNorm))
-               for c in m.modules()):
-            return False
-    return True
-
-
 def load_spandrel(path: Path, state: Mapping[str, torch.Tensor]) -> SpandrelSR:
     """An SR network from a third-party state dict through spandrel (the optional extra)."""
     try:
@@ -174,25 +125,21 @@ def load_spandrel(path: Path, state: Mapping[str, torch.Tensor]) -> SpandrelSR:
             f"{path}: spandrel {spandrel.__version__} does not recognise this file ({first}; "
             f"first keys: {sample}); it is not a percepkit checkpoint or a pytorch/examples "
             f"style model either") from None
-    if not isinstance(descriptor, spandrel.ImageModelDescriptor):
-        raise CheckpointError(f"{path}: spandrel reads it as a {descriptor.architecture.name} "
-                              f"model that is not an image-to-image network")
-    if descriptor.purpose != "SR" or descriptor.scale < 2:
-        raise CheckpointError(
-            f"{path}: a {descriptor.architecture.name} {descriptor.purpose.lower()} model "
-            f"(x{descriptor.scale}); percepkit evaluates and runs super-resolution models only")
-    if descriptor.input_channels != 3 or descriptor.output_channels != 3:
-        raise CheckpointError(
-            f"{path}: a {descriptor.architecture.name} model with {descriptor.input_channels} "
-            f"input and {descriptor.output_channels} output channels; only RGB-to-RGB models "
-            f"are supported")
+    problem = sr_problem(descriptor)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     return SpandrelSR(descriptor)
 
 
 def convert(path: str | Path, state: Mapping[str, torch.Tensor] | None = None
             ) -> tuple[dict, dict[str, torch.Tensor], str]:
     """``(transform spec, percepkit state dict, description)`` of a third-party file (whose
-    tensors are read here unless ``state`` already holds them)."""
+    tensors are read here unless ``state`` already holds them).
+
+    pytorch/examples style models map onto ``johnson_style``; SR models that spandrel detects
+    become ``spandrel:ID`` with every constructor argument spandrel recorded, checked to rebuild
+    a network with the same output.
+    """
     state = read_state_dict(path) if state is None else state
     if is_examples_transformer_net(state):
         try:
@@ -201,16 +148,30 @@ def convert(path: str | Path, state: Mapping[str, torch.Tensor] | None = None
         except KeyError as e:
             raise CheckpointError(f"{path}: looks like a pytorch/examples TransformerNet but "
                                   f"lacks {e.args[0]!r}") from None
-    sample = ", ".join(list(state)[:4])
-    raise CheckpointError(f"{path}: an architecture percepkit does not recognise (first keys: "
-                          f"{sample}); supported: percepkit checkpoints and pytorch/examples "
-                          f"fast_neural_style models")
+    source = load_spandrel(Path(path), state).eval()
+    import spandrel
+
+    what = f"{source.architecture} x{source.scale}" + (" (Y only)" if source.channels == 1 else "")
+    try:
+        spec = spec_of(source)
+        rebuilt = TRANSFORMS.build(spec, where=f"{path}: transform").eval()
+        weights = source.state_dict()
+        rebuilt.load_state_dict(weights)
+    except PercepkitError as e:
+        raise CheckpointError(f"{path}: a {what} model that percepkit cannot rebuild from its "
+                              f"constructor arguments ({e}); it can still be evaluated and run "
+                              f"as it is") from None
+    x = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        same = torch.allclose(rebuilt(x), source(x), rtol=1e-4, atol=1e-5)
+    if not same:
+        raise CheckpointError(f"{path}: the {what} network rebuilt from {spec} does not give "
+                              f"the file's output; it can still be evaluated and run as it is")
+    return spec, weights, f"{what}, read by spandrel {spandrel.__version__}"
 
 
 def load_foreign(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """A third-party network as a percepkit transform in eval mode (the file is read once)."""
-    from .registry import TRANSFORMS
-
     state = read_state_dict(path)
     if not is_examples_transformer_net(state):
         return load_spandrel(Path(path), state).to(device).eval()

@@ -488,7 +488,7 @@ def reset_plugins_for_tests() -> None:
 
 
 # -- the registries -------------------------------------------------------------------------------
-TRANSFORMS = Registry("transform", ["percepkit.transforms"])
+TRANSFORMS = Registry("transform", ["percepkit.transforms", "percepkit.spandrel_arch"])
 LOSS_NETWORKS = Registry("loss network", ["percepkit.lossnets"])
 LOSSES = Registry("loss", ["percepkit.losses"])
 DATASETS = Registry("dataset", ["percepkit.datasets", "percepkit.benchmarks"])

@@ -7,12 +7,15 @@ key mapping and the arithmetic, not a trained model.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 from cli_runner import run_cli
+from rich.console import Console
 from torch import nn
 
 import percepkit
@@ -233,3 +236,111 @@ def test_without_spandrel_a_foreign_sr_file_says_how_to_install_it(tmp_path, cap
     torch.save({"body.0.weight": torch.zeros(3)}, tmp_path / "x.pth")
     assert run_cli(["upscale", str(tmp_path / "x.pth"), str(tmp_path), "-o", str(tmp_path)]) == 2
     assert "pip install 'percepkit[models]'" in capsys.readouterr().err.replace("\n", " ")
+
+
+# -- convert: third-party SR files become spandrel:ARCH checkpoints ------------------------------
+def test_convert_spandrel_sr_files_gives_their_output_and_trains_from_it_random_init(tmp_path):
+    spandrel = pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
+    from percepkit.checkpoint import load_checkpoint
+
+    image = torch.rand(3, 19, 22)
+    write_image(tmp_path / "lr.png", image)
+    image = read_image(tmp_path / "lr.png")
+    layouts = ["params_ema", "safetensors", "plain"]
+    for (name, net), layout in zip(_spandrel_nets().items(), layouts):
+        path = tmp_path / f"{name}.{'safetensors' if layout == 'safetensors' else 'pth'}"
+        _save(net, path, layout)
+        reference = spandrel.ModelLoader().load_from_file(str(path))
+        with torch.inference_mode():
+            expected = reference(image[None])[0]
+        out = tmp_path / f"{name}_converted.safetensors"
+        assert run_cli(["convert", str(path), str(out)]) == 0
+        state, meta = load_checkpoint(out)
+        assert meta["transform"]["name"] == f"spandrel:{reference.architecture.id}"
+        assert meta["transform"]["scale"] == 4 and meta["task"] == "sr"
+        assert set(state["model"]) == set(reference.model.state_dict())  # the arch's own keys
+        with torch.inference_mode():
+            ours = percepkit.load(out)(image[None])[0].clamp(0, 1)
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+        assert run_cli(["upscale", str(out), str(tmp_path / "lr.png"), "-o",
+                        str(tmp_path / f"{name}.png"), "-q"]) == 0
+        assert (read_image(tmp_path / f"{name}.png") - expected).abs().max() <= 1 / 255 + 1e-6
+
+    # fine-tuning from the converted file: its weights, a fresh optimiser, one step
+    from percepkit.recipe import load_recipe
+    from percepkit.train import Trainer
+
+    compact = tmp_path / "compact_converted.safetensors"
+    spec = read_metadata(compact)["transform"]
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny_sr.yaml"
+    rec = load_recipe(recipe, [f"transform={json.dumps(spec)}", f"train.init={compact}",
+                               "train.iterations=1", "train.sample_every=1000",
+                               "train.val_every=1000"])
+    trainer = Trainer(rec, out=tmp_path / "ft", progress=False,
+                      console=Console(file=io.StringIO()))
+    trainer._setup()
+    source = percepkit.load(compact).state_dict()
+    for key, value in trainer.module.state_dict().items():
+        assert torch.equal(value, source[key]), key
+    assert trainer._loop().step == 1
+
+
+def test_y_only_sr_model_gets_the_srcnn_protocol_random_init(tmp_path):
+    """A one-channel model runs on MATLAB Y; Cb/Cr are bicubic (scikit-image's conversions)."""
+    spandrel = pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
+    from skimage.color import rgb2ycbcr, ycbcr2rgb
+    from spandrel.architectures.Compact import Compact
+
+    from percepkit.imresize import imresize
+    from percepkit.metrics import rgb_to_y
+    from percepkit.ychannel import rgb_to_ycbcr, ycbcr_to_rgb
+
+    rgb = torch.rand(2, 3, 9, 11, dtype=torch.float64)
+    ycc = rgb_to_ycbcr(rgb)
+    theirs = rgb2ycbcr(rgb[0].permute(1, 2, 0).numpy()) / 255
+    torch.testing.assert_close(ycc[0].permute(1, 2, 0), torch.from_numpy(theirs))
+    torch.testing.assert_close(ycc[:, :1] * 255, rgb_to_y(rgb))  # the metric's Y
+    torch.testing.assert_close(ycbcr_to_rgb(ycc), rgb)
+
+    torch.manual_seed(0)
+    net = Compact(num_in_ch=1, num_out_ch=1, num_feat=8, num_conv=2, upscale=4)
+    _save(net, tmp_path / "y.pth", "params")
+    reference = spandrel.ModelLoader().load_from_file(str(tmp_path / "y.pth")).model.eval()
+    image = torch.rand(3, 18, 21)  # >= 16 px: the tiler pads smaller inputs, which moves the
+    write_image(tmp_path / "lr.png", image)  # bicubic chroma of the last rows
+    image = read_image(tmp_path / "lr.png")
+    ycc = rgb2ycbcr(image.permute(1, 2, 0).numpy().astype("float64")) / 255
+    ycc = torch.from_numpy(ycc).permute(2, 0, 1).float()[None]
+    with torch.no_grad():
+        y = reference(ycc[:, :1])
+    cbcr = imresize(ycc[:, 1:], scale=4)
+    up = torch.cat([y, cbcr], 1)[0].permute(1, 2, 0).double().numpy() * 255
+    expected = torch.from_numpy(ycbcr2rgb(up)).permute(2, 0, 1).float()
+
+    model = percepkit.load(tmp_path / "y.pth")
+    assert model.channels == 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(image[None])[0], expected, atol=2e-5, rtol=0)
+    assert run_cli(["upscale", str(tmp_path / "y.pth"), str(tmp_path / "lr.png"), "-o",
+                    str(tmp_path / "up.png"), "-q"]) == 0
+    assert (read_image(tmp_path / "up.png") - expected.clamp(0, 1)).abs().max() <= 1 / 255 + 1e-6
+
+    # eval: the same output is scored, and the record names the protocol
+    from percepkit.benchmarks import quantize
+    from percepkit.metrics import psnr
+
+    (tmp_path / "hr").mkdir()
+    (tmp_path / "lrs").mkdir()
+    hr = torch.rand(3, 72, 84)
+    write_image(tmp_path / "hr" / "a.png", hr)
+    write_image(tmp_path / "lrs" / "a.png", image)
+    assert run_cli(["convert", str(tmp_path / "y.pth"), str(tmp_path / "y.safetensors")]) == 0
+    for ckpt in ("y.pth", "y.safetensors"):
+        assert run_cli(["eval", "--hr-dir", str(tmp_path / "hr"), "--lr-dir",
+                        str(tmp_path / "lrs"), "--checkpoint", str(tmp_path / ckpt),
+                        "--metrics", "psnr", "--json", str(tmp_path / f"{ckpt}.json")]) == 0
+        record = json.loads((tmp_path / f"{ckpt}.json").read_text())
+        want = float(psnr(crop_border=4)(quantize(expected.clamp(0, 1))[None],
+                                         read_image(tmp_path / "hr" / "a.png")[None]))
+        assert record["sets"][0]["mean"]["psnr"] == pytest.approx(want, abs=1e-6), ckpt
+        assert "SRCNN protocol" in record["model_info"]["protocol"]

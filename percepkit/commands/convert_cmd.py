@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -14,11 +15,14 @@ from ..errors import PercepkitError
 @click.argument("output", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 def command(source: Path, output: Path, overwrite: bool) -> None:
-    """Convert SOURCE (e.g. a pytorch/examples fast_neural_style .pth) into a percepkit
-    checkpoint OUTPUT (.safetensors), usable by stylize, export and percepkit.load.
+    """Convert SOURCE into a percepkit checkpoint OUTPUT (.safetensors), usable by stylize,
+    upscale, eval, export, percepkit.load and train --init.
 
-    The file is read as tensors only (pickled code is never run); the result holds the weights in
-    percepkit's layout, the transform spec, and the source's name and SHA-256.
+    SOURCE is a pytorch/examples fast_neural_style .pth (mapped onto johnson_style) or an SR
+    model that spandrel recognises (pip install 'percepkit[models]'), which becomes a
+    spandrel:ARCH transform with its constructor arguments and keeps the architecture's own
+    weight keys. The file is read as tensors only (pickled code is never run); the result holds
+    the weights, the transform spec, and the source's name and SHA-256.
     """
     from rich.console import Console
     from rich.markup import escape
@@ -40,5 +44,9 @@ def command(source: Path, output: Path, overwrite: bool) -> None:
     save_checkpoint(output, {"model": state},
                     {"task": model.task, "transform": spec, "converted_from": source.name,
                      "source_sha256": sha256_file(source), "source_format": description})
-    Console(highlight=False).print(f"[green]✓[/] {escape(str(source))} ({description}) -> "
-                                   f"{escape(str(output))} ({spec['name']})")
+    built = " ".join(str(v) for v in (spec["name"], spec.get("arch")) if v)  # spandrel RCAN
+    console = Console(highlight=False)
+    console.print(f"[green]✓[/] {escape(str(source))} ({description}) -> "
+                  f"{escape(str(output))} ({escape(built)})")
+    console.print(f"to fine-tune it (train --init {escape(str(output))}), use this recipe "
+                  f"transform: {escape(json.dumps(spec))}", soft_wrap=True)

@@ -17,10 +17,10 @@ def _model_info(path: Path, transform: Any) -> dict[str, Any]:
     """What the results file records about a model file."""
     from ..checkpoint import is_checkpoint
     from ..files import sha256_file
-    from ..foreign import SpandrelSR
+    from ..spandrel_arch import SpandrelSR
 
     info: dict[str, Any] = {"file": str(path), "sha256": sha256_file(path)}
-    if isinstance(transform, SpandrelSR):
+    if isinstance(transform, SpandrelSR) and not is_checkpoint(path):
         import spandrel
 
         info.update(format=f"third-party, read by spandrel {spandrel.__version__}",
@@ -29,7 +29,11 @@ def _model_info(path: Path, transform: Any) -> dict[str, Any]:
                                 "trained on; models for other degradations score lower here)")
     else:
         info["format"] = "percepkit checkpoint" if is_checkpoint(path) else "third-party"
-        info["architecture"] = type(transform).__name__
+        info["architecture"] = getattr(transform, "architecture", type(transform).__name__)
+    if isinstance(transform, SpandrelSR) and transform.channels == 1:
+        from ..ychannel import PROTOCOL
+
+        info["protocol"] = PROTOCOL
     return info
 
 

@@ -22,10 +22,11 @@ def _size(text: str | None) -> tuple[int, int] | None:
 
 @click.command("export")
 @click.argument("checkpoint", metavar="MODEL|CKPT")
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx",
-              show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript", "safetensors"]),
+              default="onnx", show_default=True)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Output file (default: the checkpoint's name with .onnx or .pt).")
+              help="Output file (default: the checkpoint's name with .onnx, .pt or "
+                   ".weights.safetensors).")
 @click.option("--size", default=None,
               help="Fix the input size HxW (default: dynamic height and width).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
@@ -35,11 +36,14 @@ def _size(text: str | None) -> tuple[int, int] | None:
 def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, opset: int,
             atol: float, overwrite: bool) -> None:
     """Export a model's (percepkit list models) or a checkpoint file's network to ONNX or
-    TorchScript and check it against PyTorch.
+    TorchScript and check it against PyTorch, or its weights alone to safetensors.
 
     The exported model maps (B, 3, H, W) RGB in [0, 1] to its output (H, W multiples of the
     network's stride, 4 for style nets). ONNX exports are run with onnxruntime when it is
-    installed (pip install 'percepkit[export]').
+    installed (pip install 'percepkit[export]'). ``safetensors`` writes the network's state dict
+    (EMA weights if any) with plain keys: for ``spandrel:*`` transforms that is the
+    architecture's own layout, which chaiNNer and other spandrel tools load (checked with
+    spandrel).
     """
     from rich.console import Console
     from rich.markup import escape
@@ -49,7 +53,7 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     from ..zoo import load, resolve
 
     path = resolve(checkpoint)
-    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    suffix = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".weights.safetensors"}[fmt]
     # a model name exports into the current folder, never next to the installed package file
     out = output or (path.with_suffix(suffix) if path == Path(checkpoint).expanduser()
                      else Path(checkpoint + suffix))
@@ -62,8 +66,11 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
         {"transform": getattr(model, "architecture", type(model).__name__)}
     extra = {"transform": str(meta.get("transform")), "checkpoint": path.name,
              "step": str(meta.get("step", ""))}
-    report = export(model, out, fmt, size=_size(size), opset=opset, atol=atol, metadata=extra)
     console = Console(highlight=False)
+    if fmt == "safetensors":
+        _export_weights(model, out, extra, console)
+        return
+    report = export(model, out, fmt, size=_size(size), opset=opset, atol=atol, metadata=extra)
     sizes = ", ".join(f"{h}x{w}" for h, w in report.input_sizes)
     shape = "dynamic height/width" if report.dynamic else f"fixed input {sizes}"
     if report.verified_with:
@@ -72,3 +79,21 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     else:
         console.print(f"[yellow]![/] wrote {escape(str(out))} ({fmt}, {shape}); not verified: "
                       f"install onnxruntime (pip install 'percepkit\\[export]') to check it")
+
+
+def _export_weights(model, out: Path, metadata: dict[str, str], console) -> None:
+    """The network's state dict as a plain safetensors file (spandrel transforms: checked to
+    load in spandrel with the same output)."""
+    from rich.markup import escape
+
+    from ..checkpoint import save_weights
+    from ..spandrel_arch import SpandrelSR, verify_weights_file
+
+    save_weights(out, model.state_dict(), metadata)
+    if isinstance(model, SpandrelSR):
+        detected = verify_weights_file(out, model)
+        console.print(f"[green]✓[/] wrote {escape(str(out))} (weights in {model.arch_id}'s own "
+                      f"layout); spandrel loads it as {escape(detected)} with the same output")
+    else:
+        console.print(f"[green]✓[/] wrote {escape(str(out))} (weights only, percepkit's layout "
+                      f"of {escape(metadata['transform'])})")
