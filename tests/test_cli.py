@@ -76,7 +76,8 @@ def test_missing_weights_is_one_paragraph_exit_2(isolated_weights, tmp_path, cap
 def test_list_one_part_shows_docstring_aliases_source_and_arguments(capsys):
     code, out, _ = run(["list", "losses", "feature"], capsys)
     assert code == 0
-    assert "aliases: content, perceptual" in out and "percepkit.losses.FeatureLoss" in out
+    assert "aliases: content, perceptual" in out
+    assert "percepkit.losses.perceptual.FeatureLoss" in out
     assert "Feature reconstruction loss" in out
     for row in (("layers", "a list of strings", '["relu2_2"]'), ("weight", "a number", "1.0"),
                 ("layer_weights", "a list of numbers or null", "null")):
