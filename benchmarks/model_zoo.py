@@ -117,7 +117,7 @@ def _loss_of(name: str) -> tuple[Any, torch.Tensor | None]:
 
 def package(name: str, run: Path) -> None:
     """Package a finished run as a zoo model, measure it, write its card and manifest entry."""
-    from percepkit.checkpoint import read_metadata
+    from percepkit.checkpoint import load_checkpoint, read_metadata
     from percepkit.registry import MODELS
     from percepkit.zoo import ZooModel
     from percepkit.zoo import package as write_model
@@ -125,6 +125,9 @@ def package(name: str, run: Path) -> None:
     ckpt = _checkpoint(run)
     meta = read_metadata(ckpt)
     task = meta["task"]
+    net = meta["transform"]["name"]
+    weights = load_checkpoint(ckpt)[0]["model"]
+    size = f"{sum(v.numel() for v in weights.values()) / 1e6:.2f}M parameters"
     seconds = _run_seconds(run)
     recipe_file = f"recipes/zoo/{name}.yaml"
     card: dict[str, Any] = {
@@ -141,12 +144,15 @@ def package(name: str, run: Path) -> None:
         source = next(v for k, v in STYLE_SOURCES.items() if f"/{k}/" in style)
         card.update(style_image=Path(style).name, style_source=source[0], license=source[1],
                     data="random 128x128 crops of the 200 BSDS300 training photos")
-        summary = f"'{Path(style).stem}' style ({meta['transform']['name']}, 2 MB)"
+        summary = f"'{Path(style).stem}' style ({net}, {size})"
     else:
         card.update(data="random 96x96 crops of the 200 BSDS300 training photos, LR = MATLAB "
                          "bicubic /4 rounded to 8 bits", license="MIT (weights trained by us)")
-        loss = "l_feat (VGG16 relu2_2) + TV" if "feature" in recipe else "l_pixel (MSE)"
-        summary = f"x{meta['transform']['scale']} SR, {loss}; johnson_sr skip variant"
+        loss = "l_pixel (MSE)"
+        if "feature" in recipe:
+            loss = "l_feat (VGG16 relu2_2) + " + ("l1 pixel + TV" if "pixel" in recipe else "TV")
+        variant = "johnson_sr skip variant" if net == "johnson_sr" else f"{net}, {size}"
+        summary = f"x{meta['transform']['scale']} SR, {loss}; {variant}"
 
     out = MODELS_DIR / f"{name}.safetensors"
     manifest_path = MODELS_DIR / "manifest.json"
@@ -213,8 +219,9 @@ def sr_table() -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
-def style_grids(size: int = 512) -> None:
-    """content | style | output for the three content photos, one grid per style model."""
+def style_grids(size: int = 512, names: list[str] | None = None) -> None:
+    """content | style | output for the three content photos, one grid per style model (or
+    per model in ``names``)."""
     from PIL import Image
 
     from percepkit.images import image_grid, list_images, read_image, stack_rows, write_image
@@ -226,7 +233,7 @@ def style_grids(size: int = 512) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     photos = [resize_longer_side(read_image(p), size) for p in list_images(CONTENT)]
     for entry in MODELS.entries():
-        if entry.obj.task != "style":
+        if entry.obj.task != "style" or (names and entry.name not in names):
             continue
         card = entry.obj.card()
         style = next(SHARED / "data" / "styles" / k / card["style_image"] for k in STYLE_SOURCES
@@ -351,7 +358,8 @@ def main() -> None:
     p.add_argument("name")
     p.add_argument("run", type=Path)
     sub.add_parser("sr-table")
-    sub.add_parser("style-grids")
+    g = sub.add_parser("style-grids")
+    g.add_argument("names", nargs="*", help="only these models (default: every style model)")
     sub.add_parser("sr-crops")
     f = sub.add_parser("fig5")
     f.add_argument("name")
@@ -363,7 +371,7 @@ def main() -> None:
     elif args.cmd == "sr-table":
         sr_table()
     elif args.cmd == "style-grids":
-        style_grids()
+        style_grids(names=args.names)
     elif args.cmd == "sr-crops":
         sr_crops()
     else:
