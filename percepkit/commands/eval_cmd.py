@@ -134,7 +134,7 @@ def _metric_names(metrics: str, channel: str, lpips_net: str) -> list[str]:
         raise PercepkitError("--metrics is empty; e.g. --metrics psnr,ssim,lpips")
     mapped = []
     for n in names:
-        if channel == "rgb" and n in ("psnr", "ssim"):
+        if channel == "rgb" and n in ("psnr", "ssim", "ms_ssim"):
             n = f"{n}_rgb"
         if lpips_net == "vgg" and n == "lpips":
             n = "lpips_vgg"
@@ -178,16 +178,22 @@ def _render(console: Any, result: Any, per_image: bool) -> None:
 def _short_convention(result: Any) -> str:
     names = [m.name for m in result.metrics if not m.unavailable]
     parts = []
-    if any(n in ("psnr", "ssim") for n in names):
-        parts.append("PSNR/SSIM on Y = MATLAB rgb2ycbcr (BT.601 studio range; tools using "
-                     "full-range YIQ read about 1.32 dB lower)")
-    if any(n in ("psnr_rgb", "ssim_rgb") for n in names):
+    on_y = [n.upper().replace("_", "-") for n in names if n in ("psnr", "ssim", "ms_ssim")]
+    if on_y:
+        parts.append(f"{'/'.join(on_y)} on Y = MATLAB rgb2ycbcr (BT.601 studio range; tools "
+                     f"using full-range YIQ read about 1.32 dB lower)")
+    if any(n in ("psnr_rgb", "ssim_rgb", "ms_ssim_rgb") for n in names):
         parts.append("*_RGB on all RGB channels")
     if any(n.startswith(("psnr", "ssim")) for n in names):
         parts.append("SSIM 11x11 Gaussian sigma 1.5 (MATLAB ssim_index)")
+    if any(n.startswith("ms_ssim") for n in names):
+        parts.append("MS-SSIM as MATLAB msssim.m (5 scales)")
     crop = {s.scale for s in result.sets}
     mods = {s.mod_crop for s in result.sets}
-    parts.append(f"{'/'.join(str(c) for c in sorted(crop))} px border cropped; HR mod-cropped to "
+    whole = [m.name.upper() for m in result.metrics
+             if not m.unavailable and "whole image" in m.convention]
+    parts.append(f"{'/'.join(str(c) for c in sorted(crop))} px border cropped"
+                 + (f" ({'/'.join(whole)}: whole image)" if whole else "") + "; HR mod-cropped to "
                  f"a multiple of {'/'.join(str(m) for m in sorted(mods))}; LR = MATLAB bicubic, "
                  f"8-bit; outputs rounded to 8 bits")
     return "; ".join(parts) + ". Exact statement: -v, --json or --csv."
@@ -245,12 +251,12 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 @click.option("--metrics", default="psnr,ssim,lpips", show_default=True,
               help="Comma-separated registered metrics (see `percepkit list metrics`).")
 @click.option("--channel", type=click.Choice(["y", "rgb"]), default="y", show_default=True,
-              help="PSNR/SSIM on MATLAB BT.601 Y (as published tables) or on RGB.")
+              help="PSNR/SSIM/MS-SSIM on MATLAB BT.601 Y (as published tables) or on RGB.")
 @click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex",
               show_default=True, help="LPIPS backbone.")
 @click.option("--crop-lpips", is_flag=True,
-              help="Remove the scale border before LPIPS too (percepkit 0.1's numbers); by "
-                   "default LPIPS scores the whole image, as published SR tables do.")
+              help="Remove the scale border before LPIPS and DISTS too (percepkit 0.1's LPIPS "
+                   "numbers); by default they score the whole image, as published SR tables do.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="CPU threads for the model (default: torch's choice).")

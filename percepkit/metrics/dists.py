@@ -68,8 +68,11 @@ class L2Pool(nn.Module):
         self.register_buffer("filter", g[None, None].repeat(channels, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.conv2d(x * x, self.filter.to(x.dtype), stride=2, padding=1, groups=x.shape[1])
-        return (out + 1e-12).sqrt()
+        # float32 even under autocast: in float16 the 1e-12 vanishes and sqrt'(0) is infinite
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            out = F.conv2d(x * x, self.filter, stride=2, padding=1, groups=x.shape[1])
+            return (out + 1e-12).sqrt()
 
 
 class DISTSNetwork(nn.Module):
