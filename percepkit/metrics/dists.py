@@ -175,6 +175,6 @@ class DISTS(Metric):
 
 
 @METRICS.register("dists")
-def dists(crop_border: int = 0, weights: str = "imagenet") -> DISTS:
+def dists_metric(crop_border: int = 0, weights: str = "imagenet") -> DISTS:
     """DISTS (Ding et al. 2020), VGG16 with the authors' weights (lower is better)."""
     return DISTS(crop_border=crop_border, weights=weights)
