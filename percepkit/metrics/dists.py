@@ -176,5 +176,5 @@ class DISTS(Metric):
 
 @METRICS.register("dists")
 def dists_metric(crop_border: int = 0, weights: str = "imagenet") -> DISTS:
-    """DISTS (Ding et al. 2020), VGG16 with the authors' weights (lower is better)."""
+    """DISTS (Ding et al. 2020): VGG16 ImageNet trunk, the authors' alpha/beta (lower is better)."""
     return DISTS(crop_border=crop_border, weights=weights)
