@@ -13,8 +13,9 @@ differentiable with respect to the output; the value is averaged over the batch.
   network, so one backbone pass per batch serves it and the other feature terms;
 * ``dists``:   DISTS (:class:`percepkit.metrics.dists.DISTSNetwork`), its own VGG16 trunk.
 
-The SSIM terms run in float32 with autocast off. The network terms run their backbone under
-the caller's autocast and compute their statistics and distances in float32.
+The SSIM terms run in float32 with autocast off. The network terms run their backbone at the
+precision they are called with (a composite loss that turns autocast off gives float32) and
+compute their statistics and distances in float32.
 """
 
 from __future__ import annotations
