@@ -490,7 +490,7 @@ def reset_plugins_for_tests() -> None:
 # -- the registries -------------------------------------------------------------------------------
 TRANSFORMS = Registry("transform", ["percepkit.transforms", "percepkit.spandrel_arch"])
 LOSS_NETWORKS = Registry("loss network", ["percepkit.lossnets"])
-LOSSES = Registry("loss", ["percepkit.losses"])
+LOSSES = Registry("loss", ["percepkit.losses", "percepkit.metric_losses"])
 DATASETS = Registry("dataset", ["percepkit.datasets", "percepkit.benchmarks"])
 METRICS = Registry("metric", ["percepkit.metrics"])
 OPTIMIZERS = Registry("optimizer", ["percepkit.optim"])

@@ -309,6 +309,7 @@ def test_new_terms_share_one_loss_network_pass_per_batch():
 BUILTIN_TERMS = [e.name for e in LOSSES.entries() if e.source == BUILTIN]
 MINIMUM = {"charbonnier": 1e-3}  # sqrt(0 + eps²); every other term is 0 on identical inputs
 TOLERANCE = {"contextual": 1e-4}  # CX = 1 - O(exp(-Δd/(eps·h))) for distinct feature vectors
+SIDE = {"ms_ssim": 176}  # 5 scales of an 11x11 window need at least 161 px
 
 
 @pytest.fixture(scope="module")
@@ -340,18 +341,19 @@ def test_the_builtin_terms_are_all_there():
 @pytest.mark.parametrize("name", BUILTIN_TERMS)
 def test_every_builtin_term_is_at_its_minimum_on_identical_inputs_random_init(
         name, vgg16_random_init):
-    image = torch.full((1, 3, 32, 32), 0.5) if name == "tv" else _image(0)  # tv: flat image
+    side = SIDE.get(name, 32)
+    image = torch.full((1, 3, 32, 32), 0.5) if name == "tv" else _image(0, side)  # tv: flat
     loss = _term(name, vgg16_random_init, image)
     value = loss(image, image.clone())[0].item()
     assert value == pytest.approx(MINIMUM.get(name, 0.0), abs=TOLERANCE.get(name, 1e-5))
-    assert loss(_image(1), image)[0].item() > value  # and another output scores worse
+    assert loss(_image(1, side), image)[0].item() > value  # and another output scores worse
 
 
 @pytest.mark.parametrize("name", BUILTIN_TERMS)
 def test_every_builtin_term_has_finite_gradients_random_init(name, vgg16_random_init):
-    target = _image(2)
+    target = _image(2, SIDE.get(name, 32))
     loss = _term(name, vgg16_random_init, target)
-    for start in (target.clone(), _image(3)):  # at the minimum and away from it
+    for start in (target.clone(), _image(3, SIDE.get(name, 32))):  # at the minimum and away from it
         out = start.requires_grad_(True)
         loss(out, target)[0].backward()
         assert out.grad is not None and torch.isfinite(out.grad).all(), name
@@ -359,7 +361,7 @@ def test_every_builtin_term_has_finite_gradients_random_init(name, vgg16_random_
 
 @pytest.mark.parametrize("name", BUILTIN_TERMS)
 def test_every_builtin_term_is_float32_under_autocast_random_init(name, vgg16_random_init):
-    out, target = _image(4), _image(5)
+    out, target = _image(4, SIDE.get(name, 32)), _image(5, SIDE.get(name, 32))
     loss = _term(name, vgg16_random_init, target)
     exact = loss(out, target)[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -1,4 +1,5 @@
-"""PSNR/SSIM against scikit-image on Y and RGB arrays; LPIPS with real (never random) weights."""
+"""PSNR/SSIM against scikit-image on Y and RGB arrays; MS-SSIM against pytorch_msssim and by hand;
+LPIPS with real (never random) weights."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from percepkit.errors import MissingWeightsError, PercepkitError
-from percepkit.metrics import LPIPS, PSNR, SSIM, Metric, rgb_to_y
+from percepkit.metrics import LPIPS, MSSSIM, PSNR, SSIM, Metric, rgb_to_y
+from percepkit.metrics.base import to_scored
+from percepkit.metrics.fidelity import MS_SSIM_WEIGHTS, downsample_2x
 from percepkit.registry import METRICS
 
 
@@ -106,7 +109,8 @@ def test_batched_equals_single_and_float32_inputs():
 
 def test_registry_and_conventions():
     names = METRICS.list()
-    for name in ("psnr", "ssim", "lpips", "psnr_rgb", "ssim_rgb"):
+    for name in ("psnr", "ssim", "lpips", "psnr_rgb", "ssim_rgb", "ms_ssim", "ms_ssim_rgb",
+                 "dists"):
         assert name in names
     m = METRICS.build({"name": "ssim", "crop_border": 4})
     assert isinstance(m, Metric) and m.higher_is_better
@@ -156,3 +160,72 @@ def test_lpips_real_backbone_matches_independent_computation(real_weights_dir, m
     torch.testing.assert_close(got.float(), total, atol=1e-5, rtol=1e-4)
     conv1 = metric.model.net.slice1[0].weight
     torch.testing.assert_close(conv1, state["features.0.weight"])  # the real backbone, not random
+
+
+def _set5_pair(name: str = "baby", multiple: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Set5 HR image and its MATLAB-bicubic x4 reconstruction (8-bit), cropped top-left to a
+    multiple of ``multiple`` (so that every MS-SSIM scale halves exactly)."""
+    from percepkit.benchmarks import quantize
+    from percepkit.imresize import imresize
+    from percepkit.registry import DATASETS
+
+    ds = DATASETS.build({"name": "set5", "scale": 4})
+    sample = ds.sample([p.stem for p in ds.hr_paths].index(name))
+    sr = quantize(imresize(sample.lr.double(), scale=4).float())
+    h = sample.hr.shape[-2] // multiple * multiple
+    w = sample.hr.shape[-1] // multiple * multiple
+    return sr[None, :, :h, :w].double(), sample.hr[None, :, :h, :w].double()
+
+
+@pytest.mark.parametrize("name", ["bird", "woman"])
+def test_ms_ssim_matches_pytorch_msssim_on_real_images(name):
+    """Sizes that halve exactly at every scale: pytorch_msssim (data_range 255, 11x11, 1.5) on
+    the same Y planes. Its window is built in float32, hence 1e-6 rather than 1e-10."""
+    pytorch_msssim = pytest.importorskip("pytorch_msssim")
+    out, hr = _set5_pair(name)
+    got = MSSSIM()(out, hr)
+    ya, yb = to_scored(out, "y", 0), to_scored(hr, "y", 0)
+    ref = pytorch_msssim.ms_ssim(ya, yb, data_range=255, size_average=False, win_size=11,
+                                 win_sigma=1.5, weights=list(MS_SSIM_WEIGHTS))
+    assert 0.9 < got.item() < 1
+    assert got.item() == pytest.approx(ref.item(), abs=1e-6)
+    rgb = MSSSIM(channel="rgb")(out, hr)
+    ref_rgb = pytorch_msssim.ms_ssim(out * 255, hr * 255, data_range=255, size_average=False)
+    assert rgb.item() == pytest.approx(ref_rgb.item(), abs=1e-6)
+
+
+def test_ms_ssim_by_hand_on_odd_sizes():
+    """MATLAB msssim.m downsampling: imfilter(x, ones(2)/4, 'symmetric', 'same'), x(1:2:end)."""
+    x = torch.arange(1.0, 10.0, dtype=torch.float64).view(1, 1, 3, 3)
+    torch.testing.assert_close(downsample_2x(x), torch.tensor([[[[3.0, 4.5], [7.5, 9.0]]]],
+                                                             dtype=torch.float64))
+    out, hr = _set5_pair("woman", multiple=1)  # 344x228: odd sizes at the coarser scales
+    m = MSSSIM(crop_border=4)
+    value = m(out, hr)
+    # the product of per-scale factors, rebuilt from the single-scale SSIM metric's map
+    from percepkit.metrics.fidelity import gaussian_window, ssim_terms
+
+    a, b = to_scored(out, "y", 4), to_scored(hr, "y", 4)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    total = 1.0
+    for level, w in enumerate(MS_SSIM_WEIGHTS):
+        if level:
+            a, b = downsample_2x(a), downsample_2x(b)
+        ssim_map, cs_map = ssim_terms(a, b, gaussian_window(), c1, c2)
+        total *= float((ssim_map if level == 4 else cs_map).mean()) ** w
+        if level == 0:  # the first factor's SSIM map is the SSIM metric's
+            assert float(ssim_map.mean()) == pytest.approx(SSIM(crop_border=4)(out, hr).item(),
+                                                           abs=1e-12)
+    assert value.item() == pytest.approx(total, abs=1e-12)
+
+
+def test_ms_ssim_identical_is_one_and_small_images_are_refused():
+    out, hr = _set5_pair("bird")
+    torch.testing.assert_close(MSSSIM()(hr, hr), torch.ones(1, dtype=torch.float64))
+    assert MSSSIM()(out, hr).item() < 1
+    small = hr[..., :170, :170]
+    MSSSIM()(small[..., :161, :161], small[..., :161, :161])  # 161 px: the smallest that fits
+    with pytest.raises(PercepkitError, match=r"too small for 5 scales|161x161"):
+        MSSSIM(crop_border=5)(small, small)  # 160x160 after the crop
+    m = METRICS.build({"name": "ms_ssim", "crop_border": 4})
+    assert m.higher_is_better and "msssim.m" in m.convention and "0.0448" in m.convention

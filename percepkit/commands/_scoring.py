@@ -30,7 +30,7 @@ def metric_names(metrics: str, channel: str, lpips_net: str) -> list[str]:
         raise PercepkitError("--metrics is empty; e.g. --metrics psnr,ssim,lpips")
     mapped = []
     for n in names:
-        if channel == "rgb" and n in ("psnr", "ssim"):
+        if channel == "rgb" and n in ("psnr", "ssim", "ms_ssim"):
             n = f"{n}_rgb"
         if lpips_net == "vgg" and n == "lpips":
             n = "lpips_vgg"
@@ -45,3 +45,27 @@ def format_value(value: float | None, fmt: str) -> str:
     if value != value or value in (float("inf"), float("-inf")):
         return str(value)
     return format(value, fmt)
+
+
+def metric_conventions(metrics: list) -> list[str]:
+    """Short statements of the metrics' conventions for a table footer (eval and score)."""
+    names = [m.name for m in metrics if not m.unavailable]
+    parts = []
+    on_y = [n.upper().replace("_", "-") for n in names if n in ("psnr", "ssim", "ms_ssim")]
+    if on_y:
+        parts.append(f"{'/'.join(on_y)} on Y = MATLAB rgb2ycbcr (BT.601 studio range; tools "
+                     f"using full-range YIQ read about 1.32 dB lower)")
+    if any(n in ("psnr_rgb", "ssim_rgb", "ms_ssim_rgb") for n in names):
+        parts.append("*_RGB on all RGB channels")
+    if any(n.startswith(("psnr", "ssim")) for n in names):
+        parts.append("SSIM 11x11 Gaussian sigma 1.5 (MATLAB ssim_index)")
+    if any(n.startswith("ms_ssim") for n in names):
+        parts.append("MS-SSIM as MATLAB msssim.m (5 scales)")
+    return parts
+
+
+def whole_image_metrics(metrics: list) -> list[str]:
+    """Names of the metrics that score the whole image (no border cropped)."""
+    return [m.name.upper() for m in metrics
+            if not m.unavailable and "whole image" in m.convention]
+

@@ -10,7 +10,13 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import PercepkitError
-from ._scoring import check_output, format_value, metric_names
+from ._scoring import (
+    check_output,
+    format_value,
+    metric_conventions,
+    metric_names,
+    whole_image_metrics,
+)
 
 
 def _model_info(path: Path, transform: Any) -> dict[str, Any]:
@@ -148,18 +154,12 @@ def _render(console: Any, result: Any, per_image: bool) -> None:
 
 
 def _short_convention(result: Any) -> str:
-    names = [m.name for m in result.metrics if not m.unavailable]
-    parts = []
-    if any(n in ("psnr", "ssim") for n in names):
-        parts.append("PSNR/SSIM on Y = MATLAB rgb2ycbcr (BT.601 studio range; tools using "
-                     "full-range YIQ read about 1.32 dB lower)")
-    if any(n in ("psnr_rgb", "ssim_rgb") for n in names):
-        parts.append("*_RGB on all RGB channels")
-    if any(n.startswith(("psnr", "ssim")) for n in names):
-        parts.append("SSIM 11x11 Gaussian sigma 1.5 (MATLAB ssim_index)")
+    parts = metric_conventions(result.metrics)
     crop = {s.scale for s in result.sets}
     mods = {s.mod_crop for s in result.sets}
-    parts.append(f"{'/'.join(str(c) for c in sorted(crop))} px border cropped; HR mod-cropped to "
+    whole = whole_image_metrics(result.metrics)
+    parts.append(f"{'/'.join(str(c) for c in sorted(crop))} px border cropped"
+                 + (f" ({'/'.join(whole)}: whole image)" if whole else "") + "; HR mod-cropped to "
                  f"a multiple of {'/'.join(str(m) for m in sorted(mods))}; LR = MATLAB bicubic, "
                  f"8-bit; outputs rounded to 8 bits")
     return "; ".join(parts) + ". Exact statement: -v, --json or --csv."
@@ -217,12 +217,12 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 @click.option("--metrics", default="psnr,ssim,lpips", show_default=True,
               help="Comma-separated registered metrics (see `percepkit list metrics`).")
 @click.option("--channel", type=click.Choice(["y", "rgb"]), default="y", show_default=True,
-              help="PSNR/SSIM on MATLAB BT.601 Y (as published tables) or on RGB.")
+              help="PSNR/SSIM/MS-SSIM on MATLAB BT.601 Y (as published tables) or on RGB.")
 @click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex",
               show_default=True, help="LPIPS backbone.")
 @click.option("--crop-lpips", is_flag=True,
-              help="Remove the scale border before LPIPS too (percepkit 0.1's numbers); by "
-                   "default LPIPS scores the whole image, as published SR tables do.")
+              help="Remove the scale border before LPIPS and DISTS too (percepkit 0.1's LPIPS "
+                   "numbers); by default they score the whole image, as published SR tables do.")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="CPU threads for the model (default: torch's choice).")

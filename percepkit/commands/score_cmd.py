@@ -8,24 +8,20 @@ from typing import Any
 import click
 
 from ..errors import PercepkitError
-from ._scoring import check_output, format_value, metric_names
+from ._scoring import (
+    check_output,
+    format_value,
+    metric_conventions,
+    metric_names,
+    whole_image_metrics,
+)
 
 
 def _short_convention(result: Any) -> str:
-    names = [m.name for m in result.metrics if not m.unavailable]
-    parts = []
-    if any(n in ("psnr", "ssim") for n in names):
-        parts.append("PSNR/SSIM on Y = MATLAB rgb2ycbcr (BT.601 studio range; tools using "
-                     "full-range YIQ read about 1.32 dB lower)")
-    if any(n in ("psnr_rgb", "ssim_rgb") for n in names):
-        parts.append("*_RGB on all RGB channels")
-    if any(n.startswith(("psnr", "ssim")) for n in names):
-        parts.append(f"SSIM 11x11 Gaussian sigma 1.5 (MATLAB ssim_index); {result.crop_border} px "
-                     f"border cropped")
-    if any(n.startswith("lpips") for n in names):
-        lpips = next(m for m in result.metrics if m.name.startswith("lpips"))
-        parts.append("LPIPS on the " + ("whole image" if "whole image" in lpips.convention
-                                        else "cropped image"))
+    parts = metric_conventions(result.metrics)
+    whole = whole_image_metrics(result.metrics)
+    parts.append(f"{result.crop_border} px border cropped"
+                 + (f" ({'/'.join(whole)}: whole image)" if whole else ""))
     crop = f"HR cropped to a multiple of {result.mod_crop}; " if result.mod_crop else ""
     parts.append(f"{crop}images read as 8-bit")
     return "; ".join(parts) + ". Exact statement: -v, --json or --csv."

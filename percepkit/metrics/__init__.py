@@ -1,0 +1,26 @@
+"""Image-quality metrics, one module per family.
+
+* :mod:`.fidelity`: PSNR, SSIM (MATLAB ``ssim_index``) and MS-SSIM (MATLAB ``msssim.m``) on
+  BT.601 studio-range Y (default) or RGB, the convention of published SR tables;
+* :mod:`.lpips`: LPIPS v0.1 with real ImageNet backbones;
+* :mod:`.dists`: DISTS with the VGG16 ImageNet trunk and the authors' alpha/beta;
+* :mod:`.base`: the ``Metric`` base class and the scored planes.
+
+Every metric is registered in :data:`percepkit.registry.METRICS`, so a plugin can add one
+(``@METRICS.register("my_metric")``) and ``percepkit eval --metrics psnr,my_metric`` shows it. A
+metric is an ``nn.Module`` whose call maps ``(output, target)`` float tensors in [0, 1] shaped
+(B, C, H, W) to one value per image, shape (B,), and whose ``convention`` says exactly what it
+computes. Outputs are *not* rounded here; :mod:`percepkit.evaluate` rounds model outputs to
+8 bits first.
+"""
+
+from __future__ import annotations
+
+from .base import Channel, Metric, rgb_to_y, to_scored
+from .dists import DISTS, dists_metric
+from .fidelity import MSSSIM, PSNR, SSIM, gaussian_window, ms_ssim, psnr, ssim
+from .lpips import LPIPS, load_backbone, lpips_metric
+
+__all__ = ["DISTS", "LPIPS", "MSSSIM", "PSNR", "SSIM", "Channel", "Metric", "dists_metric",
+           "gaussian_window", "load_backbone", "lpips_metric", "ms_ssim", "psnr", "rgb_to_y",
+           "ssim", "to_scored"]

@@ -1,0 +1,98 @@
+"""What every metric shares: the ``Metric`` base class, input checks and the scored planes.
+
+The scored planes follow the convention behind published SR tables: 3-channel images are scored
+on MATLAB ``rgb2ycbcr`` luma (BT.601 studio range, float64, unrounded) or on RGB, 1-channel images
+on their raw values, on the 0..255 scale, after removing ``crop_border`` pixels on every side.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..errors import PercepkitError
+
+__all__ = ["RGB_CONVENTION", "Y_CONVENTION", "Channel", "Metric", "check_channel", "check_size",
+           "crop", "rgb_to_y", "to_scored"]
+
+Channel = Literal["y", "rgb"]
+
+_Y_WEIGHTS = (65.481, 128.553, 24.966)
+Y_CONVENTION = ("Y = 16 + 65.481 R + 128.553 G + 24.966 B (MATLAB rgb2ycbcr, BT.601 studio "
+                "range, float64, unrounded); 1-channel images scored on raw values")
+RGB_CONVENTION = "all RGB channels (1-channel images on raw values)"
+
+
+class Metric(nn.Module):
+    """Base class: ``metric(output, target)`` returns one float64 value per image, shape (B,).
+
+    Subclasses set ``name``, ``higher_is_better``, ``unit`` and describe their exact
+    convention in :attr:`convention` (written into every results file). A class attribute
+    ``whole_image = True`` tells ``percepkit eval`` not to pass it the SR border crop.
+    """
+
+    name: str = "metric"
+    higher_is_better: bool = True
+    unit: str = ""
+    fmt: str = ".4f"
+
+    @property
+    def convention(self) -> str:
+        """One sentence stating exactly what is computed."""
+        return self.name
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check_pair(output, target, self.name)
+        return super().__call__(output, target)
+
+
+def _check_pair(output: torch.Tensor, target: torch.Tensor, name: str) -> None:
+    if output.dim() != 4 or target.dim() != 4:
+        raise ValueError(f"{name}: expected (B, C, H, W) tensors, got {tuple(output.shape)} "
+                         f"and {tuple(target.shape)}")
+    if output.shape != target.shape:
+        raise ValueError(f"{name}: output {tuple(output.shape)} and target "
+                         f"{tuple(target.shape)} differ in shape")
+    if output.shape[1] not in (1, 3):
+        raise ValueError(f"{name}: expected 1 or 3 channels, got {output.shape[1]}")
+
+
+def check_channel(channel: str, name: str) -> None:
+    """Refuse a ``channel`` other than 'y' or 'rgb' with one sentence."""
+    if channel not in ("y", "rgb"):
+        raise PercepkitError(f"{name}: channel must be 'y' or 'rgb', got {channel!r}")
+
+
+def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
+    """MATLAB ``rgb2ycbcr`` luma (0..255 scale, float64): (B, 3, H, W) in [0, 1] -> (B, 1, H, W)."""
+    x = x.to(torch.float64)
+    w = torch.tensor(_Y_WEIGHTS, dtype=torch.float64, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True) + 16.0
+
+
+def crop(x: torch.Tensor, crop_border: int) -> torch.Tensor:
+    """``x`` without ``crop_border`` pixels on every side (unchanged for 0)."""
+    c = int(crop_border)
+    return x[..., c:-c, c:-c] if c else x
+
+
+def to_scored(x: torch.Tensor, channel: Channel, crop_border: int) -> torch.Tensor:
+    """The float64 0..255 planes a metric scores: Y (or RGB) of 3-channel images, raw 1-channel."""
+    x = rgb_to_y(x) if channel == "y" and x.shape[1] == 3 else x.to(torch.float64) * 255.0
+    return crop(x, crop_border)
+
+
+def check_size(x: torch.Tensor, minimum: int, name: str, crop_border: int,
+               reason: str = "") -> None:
+    """Raise one sentence when ``x`` is smaller than ``minimum`` on a side (after cropping)."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if h < minimum or w < minimum:
+        why = f" {reason}" if reason else ""
+        raise PercepkitError(
+            f"{name}: image too small ({w}x{h} after cropping {crop_border} border pixels); "
+            f"it needs at least {minimum}x{minimum}{why}.")
