@@ -4,7 +4,10 @@ other)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+
+import click
 
 from ..errors import PercepkitError
 
@@ -68,4 +71,30 @@ def whole_image_metrics(metrics: list) -> list[str]:
     """Names of the metrics that score the whole image (no border cropped)."""
     return [m.name.upper() for m in metrics
             if not m.unavailable and "whole image" in m.convention]
+
+
+def metric_options(border: str) -> Callable[[Callable], Callable]:
+    """--metrics, --channel, --lpips-net, --crop-lpips and --device, shared by eval and score;
+    ``border`` names the border that --crop-lpips removes."""
+    options = [
+        click.option("--metrics", default="psnr,ssim,lpips", show_default=True,
+                     help="Comma-separated registered metrics (see `percepkit list metrics`)."),
+        click.option("--channel", type=click.Choice(["y", "rgb"]), default="y",
+                     show_default=True,
+                     help="PSNR/SSIM/MS-SSIM on MATLAB BT.601 Y (as published tables) or on RGB."),
+        click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex",
+                     show_default=True, help="LPIPS backbone."),
+        click.option("--crop-lpips", is_flag=True,
+                     help=f"Remove {border} before LPIPS and DISTS too; by default they score the "
+                          "whole image, as published SR tables do."),
+        click.option("--device", default="auto", show_default=True,
+                     help="cpu, cuda, cuda:1, auto."),
+    ]
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 

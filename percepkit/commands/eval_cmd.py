@@ -15,6 +15,7 @@ from ._scoring import (
     format_value,
     metric_conventions,
     metric_names,
+    metric_options,
     whole_image_metrics,
 )
 
@@ -214,16 +215,7 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 @click.option("--match-histogram", is_flag=True,
               help="Match each channel's histogram of the output to the LR input's before "
                    "scoring (the paper's post-processing for l_feat models).")
-@click.option("--metrics", default="psnr,ssim,lpips", show_default=True,
-              help="Comma-separated registered metrics (see `percepkit list metrics`).")
-@click.option("--channel", type=click.Choice(["y", "rgb"]), default="y", show_default=True,
-              help="PSNR/SSIM/MS-SSIM on MATLAB BT.601 Y (as published tables) or on RGB.")
-@click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex",
-              show_default=True, help="LPIPS backbone.")
-@click.option("--crop-lpips", is_flag=True,
-              help="Remove the scale border before LPIPS and DISTS too (percepkit 0.1's LPIPS "
-                   "numbers); by default they score the whole image, as published SR tables do.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto.")
+@metric_options("the scale border (percepkit 0.1's LPIPS numbers)")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
               help="CPU threads for the model (default: torch's choice).")
 @click.option("--per-image", is_flag=True, help="One row per image, not only the mean.")

@@ -13,6 +13,7 @@ from ._scoring import (
     format_value,
     metric_conventions,
     metric_names,
+    metric_options,
     whole_image_metrics,
 )
 
@@ -80,16 +81,7 @@ def _footer(console: Any, result: Any, verbose: bool) -> None:
 @click.option("--mod-crop", "mod", type=click.IntRange(1, 96), default=None,
               help="Crop each HR top-left to a multiple of N first (eval's convention: N = the "
                    "scale). Default: SR and HR sizes must be equal.")
-@click.option("--metrics", default="psnr,ssim,lpips", show_default=True,
-              help="Comma-separated registered metrics (see `percepkit list metrics`).")
-@click.option("--channel", type=click.Choice(["y", "rgb"]), default="y", show_default=True,
-              help="PSNR/SSIM on MATLAB BT.601 Y (as published tables) or on RGB.")
-@click.option("--lpips-net", type=click.Choice(["alex", "vgg"]), default="alex",
-              show_default=True, help="LPIPS backbone.")
-@click.option("--crop-lpips", is_flag=True,
-              help="Remove --crop-border before LPIPS too; by default LPIPS scores the whole "
-                   "image, as published SR tables (and eval) do.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:1, auto.")
+@metric_options("--crop-border")
 @click.option("-v", "--verbose", is_flag=True, help="Print the exact metric conventions.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
               help="Write results (with the convention) as JSON; '-' for stdout.")
