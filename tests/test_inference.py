@@ -13,19 +13,19 @@ from cli_runner import run_cli
 from PIL import Image
 
 from percepkit.checkpoint import save_checkpoint
+from percepkit.commands._batch import plan_batch
+from percepkit.devices import resolve_device
 from percepkit.errors import PercepkitError
 from percepkit.inference import (
     FastTransform,
     Predictor,
-    _moments,
     fast_model,
     frozen_norm_stats,
     parse_memory,
     plan_axis,
-    plan_batch,
     record_norm_stats,
-    resolve_device,
 )
+from percepkit.inference.fused import _moments
 from percepkit.transforms import JohnsonSR, JohnsonStyle, johnson_style_fast, johnson_style_lite
 
 
