@@ -69,47 +69,27 @@ class InstanceNormStats:
     Get one with :func:`stats_layer`, which returns the active adapter of a module if it has one.
     """
 
+    record: NormStats | None
+    frozen: tuple[torch.Tensor, torch.Tensor] | None
+    probe: Probe | None
+    _STEERING = ("record", "frozen", "probe")
+
     def __init__(self, norm: nn.InstanceNorm2d) -> None:
         self.norm = norm
-        self._record: NormStats | None = None
-        self._frozen: tuple[torch.Tensor, torch.Tensor] | None = None
         self._coefficients: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._probe: Probe | None = None
+        self.record = self.frozen = self.probe = None
 
-    @property
-    def record(self) -> NormStats | None:
-        return self._record
-
-    @record.setter
-    def record(self, stats: NormStats | None) -> None:
-        self._record = stats
-        self._update()
-
-    @property
-    def frozen(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return self._frozen
-
-    @frozen.setter
-    def frozen(self, stats: tuple[torch.Tensor, torch.Tensor] | None) -> None:
-        self._frozen = stats
-        self._coefficients = None
-        if stats is not None:  # computed once, not per pass
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name == "frozen":  # the frozen norm's scale and shift, once rather than per pass
             n = self.norm
-            self._coefficients = norm_coefficients(*stats, n.eps, n.weight if n.affine else None,
-                                                   n.bias if n.affine else None)
-        self._update()
-
-    @property
-    def probe(self) -> Probe | None:
-        return self._probe
-
-    @probe.setter
-    def probe(self, probe: Probe | None) -> None:
-        self._probe = probe
-        self._update()
+            self._coefficients = None if value is None else norm_coefficients(
+                *value, n.eps, n.weight if n.affine else None, n.bias if n.affine else None)
+        if name in self._STEERING:
+            self._update()
 
     def _update(self) -> None:
-        active = self._record is not None or self._frozen is not None or self._probe is not None
+        active = any(getattr(self, name, None) is not None for name in self._STEERING)
         patched = "forward" in vars(self.norm)
         if active and not patched:
             self.norm.forward = self._forward  # type: ignore[method-assign]
@@ -117,13 +97,13 @@ class InstanceNormStats:
             del self.norm.forward
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._probe is not None:
-            self._probe([(x, 0, 0)], 1, x.shape[-2], x.shape[-1])
+        if self.probe is not None:
+            self.probe([(x, 0, 0)], 1, x.shape[-2], x.shape[-1])
             raise StopForward
         if self._coefficients is None:
-            if self._record is not None:
+            if self.record is not None:
                 var, mean = torch.var_mean(x.float(), dim=(2, 3), unbiased=False)
-                self._record[self.norm] = (mean, var)
+                self.record[self.norm] = (mean, var)
             return type(self.norm).forward(self.norm, x)
         a, b = self._coefficients
         return torch.addcmul(b.to(x.dtype), x, a.to(x.dtype))
