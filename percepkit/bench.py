@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .inference import Predictor, resolve_device
+from .devices import resolve_device
+from .inference import Predictor
 
 #: Johnson et al. 2016, Table 3: seconds on a GTX Titan X (cuDNN), Gatys et al. at 100/300/500
 #: L-BFGS iterations, and the style net's forward pass.

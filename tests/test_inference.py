@@ -6,6 +6,9 @@ normalisation are exercised): these are plumbing and equivalence tests, not qual
 
 from __future__ import annotations
 
+import io
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -13,19 +16,22 @@ from cli_runner import run_cli
 from PIL import Image
 
 from percepkit.checkpoint import save_checkpoint
+from percepkit.commands._batch import plan_batch
+from percepkit.devices import resolve_device
 from percepkit.errors import PercepkitError
 from percepkit.inference import (
+    FastPathWarning,
     FastTransform,
     Predictor,
-    _moments,
     fast_model,
     frozen_norm_stats,
     parse_memory,
     plan_axis,
-    plan_batch,
     record_norm_stats,
-    resolve_device,
+    tile_side,
 )
+from percepkit.inference.fused import _moments
+from percepkit.inference.normstats import StopForward, probing
 from percepkit.transforms import JohnsonSR, JohnsonStyle, johnson_style_fast, johnson_style_lite
 
 
@@ -76,6 +82,76 @@ def test_fast_path_leaves_unknown_and_training_models_alone():
     assert fast_model(model) is model
     other = torch.nn.Conv2d(3, 3, 3, padding=1)
     assert fast_model(other) is other
+
+
+def test_fast_path_says_once_why_a_paper_net_is_not_fused_random_init():
+    model = JohnsonStyle(channels=(8, 16, 32), residual_blocks=1).eval()
+    model.net[1][1] = torch.nn.Conv2d(8, 16, 3, stride=2, dilation=2, bias=False)
+    with pytest.warns(FastPathWarning) as caught:
+        assert fast_model(model) is model
+    assert len(caught) == 1
+    assert "JohnsonStyle" in str(caught[0].message) and "net[1]" in str(caught[0].message)
+    assert "dilated" in str(caught[0].message)
+
+    sr = JohnsonSR(scale=2, norm="instance", channels=8, residual_blocks=1).eval()
+    sr.net[1].body[0][2] = torch.nn.InstanceNorm2d(8, affine=True, track_running_stats=True)
+    with pytest.warns(FastPathWarning, match=r"net\[1\] is an instance norm with running"):
+        assert fast_model(sr) is sr
+
+
+def test_fast_path_is_silent_for_other_networks():
+    class Plugin(JohnsonStyle):  # a subclass may change forward: not the paper's layout
+        pass
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for model in (torch.nn.Conv2d(3, 3, 3, padding=1), Plugin().eval(), JohnsonStyle()):
+            assert fast_model(model) is model
+
+
+def test_tile_side_is_the_largest_aligned_core_within_the_budget():
+    assert tile_side(100 * 100 * 8, 8) == 100
+    assert tile_side(100 * 100 * 8, 8, margin=10, align=4) == 80  # (100 - 2 * 10) // 4 * 4
+    assert tile_side(99 * 99 * 8, 8, margin=10, align=4) == 76
+    assert tile_side(100 * 100 * 8 * 16, 8 * 16) == 100  # at 1/4 resolution
+    assert tile_side(30 * 30 * 8, 8, margin=16) <= 0  # not even the margins fit
+
+
+def test_plain_instance_norm_statistics_protocol_random_init():
+    """Record, freeze and probe on nn.InstanceNorm2d (through the adapter), and afterwards the
+    layers are plain again."""
+    torch.manual_seed(0)
+    model = _randomise_norms(JohnsonStyle(channels=(8, 16, 32), residual_blocks=1))
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.InstanceNorm2d)]
+    x, other = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        ref = model(x)
+        with record_norm_stats(model) as stats:
+            assert (model(x) - ref).abs().max() == 0  # recording changes nothing
+        assert list(stats) == norms  # in the order a pass reaches them
+        with frozen_norm_stats(model, stats):
+            assert (model(x) - ref).abs().max() < 1e-5
+            frozen_other = model(other)
+        assert (model(other) - frozen_other).abs().max() > 1e-3
+        seen = []
+        with probing(norms[2], lambda parts, *_: seen.append(parts[0][0].shape)), \
+                pytest.raises(StopForward):
+            model(x)
+        assert seen == [(1, 32, 8, 8)]
+    assert all("forward" not in vars(m) for m in norms)
+    assert (model(x) - ref).abs().max() == 0
+
+
+def test_batch_summary_returns_the_exit_code_instead_of_exiting():
+    from rich.console import Console
+
+    from percepkit.commands._batch import BatchSummary
+
+    console = Console(file=io.StringIO())
+    assert BatchSummary().report(console, "done") == 0
+    failed = BatchSummary(failed=[("a.png", "unreadable")])
+    assert failed.report(console, "done") == 1
+    assert "1 failed" in console.file.getvalue()
 
 
 def test_moments_match_var_mean_and_survive_cancellation():

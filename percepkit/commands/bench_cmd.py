@@ -114,7 +114,7 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
     from rich.console import Console
 
     from ..bench import run_bench
-    from ..inference import resolve_device
+    from ..devices import resolve_device
 
     size_list = _ints(sizes, "--sizes")
     iter_list = _ints(iters, "--iters")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import PercepkitError
+from ._batch import plan_batch, run_batch
 
 
 def _losses(task: str, recipe: Path | None, overrides: tuple[str, ...]):
@@ -59,7 +60,7 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
             target: Path | None, recipe: Path | None, overrides: tuple[str, ...],
             iters: int | None, method: str, lr: float | None, init: str, size: int | None,
             style_size: int | None, device: str, seed: int, ext: str, overwrite: bool,
-            skip_existing: bool, quiet: bool) -> None:
+            skip_existing: bool, quiet: bool) -> int:
     """Optimise each output image directly under the registered losses (Gatys et al. 2015).
 
     With --style STYLE: style transfer starting from the content image. With --scale N:
@@ -70,8 +71,8 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
     import torch
     from rich.console import Console
 
+    from ..devices import resolve_device
     from ..images import read_image
-    from ..inference import plan_batch, resolve_device, run_batch
     from ..optimize import build_objective, resize_longer_side, stylize, upscale
 
     console = Console(stderr=True, highlight=False)
@@ -120,5 +121,5 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
     summary = run_batch(items, run_one, overwrite=overwrite, skip_existing=skip_existing,
                         console=console, show_progress=not quiet, prepare=prepare,
                         step_label="iterations")
-    summary.report(console, f"[green]{len(summary.written)}[/] optimised images written to "
-                            f"{output} ({iterations} {method} iterations each)")
+    return summary.report(console, f"[green]{len(summary.written)}[/] optimised images written "
+                                   f"to {output} ({iterations} {method} iterations each)")

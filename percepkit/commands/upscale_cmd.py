@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import PercepkitError
-from .stylize_cmd import inference_options, run
+from ._batch import inference_options, run_predictor
 
 
 def load_sr_model(model: str, scale: int | None):
@@ -61,7 +61,7 @@ def load_sr_model(model: str, scale: int | None):
                    "optional post-processing for l_feat models).")
 @inference_options
 def command(model: str, inputs: tuple[str, ...], scale: int | None, match_histogram: bool,
-            **options) -> None:
+            **options) -> int:
     """Super-resolve images (files or folders) with a model, a checkpoint or a transform.
 
     CKPT|NAME is a model name (``sr_x4_feat``; see percepkit list models), a checkpoint file
@@ -74,5 +74,5 @@ def command(model: str, inputs: tuple[str, ...], scale: int | None, match_histog
         raise PercepkitError(f"--scale must be a positive integer, got {scale}")
     from ..postprocess import match_histogram as match
 
-    run(inputs, load_sr_model(model, scale), options, what="upscaled images",
-        post=(lambda lr, sr: match(sr, lr)) if match_histogram else None)
+    return run_predictor(inputs, load_sr_model(model, scale), options, what="upscaled images",
+                         post=(lambda lr, sr: match(sr, lr)) if match_histogram else None)
