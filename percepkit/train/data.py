@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import Checkpoint
 from ..errors import RecipeError
 from ..recipe import Recipe
 from ..registry import DATASETS
@@ -57,3 +58,16 @@ def training_loader(dataset: Any, recipe: Recipe, rank: int, world_size: int, st
         generator=torch.Generator().manual_seed(s.seed),  # never touch the global RNG
         prefetch_factor=4 if workers else None, persistent_workers=False)
     return sampler, loader
+
+
+def resume_position(ckpt: Checkpoint, world_size: int, batch_size: int) -> tuple[int, bool]:
+    """``(training keys this process has consumed, exact)`` when resuming from ``ckpt``.
+
+    With the checkpoint's process count and batch size the data continues bit-exactly;
+    otherwise at the same point in the data (``exact`` false).
+    """
+    if ckpt.world_size == world_size and ckpt.batch_size == batch_size:
+        n = ckpt.samples_per_rank
+        return ((ckpt.step or 0) * batch_size if n is None else n), True
+    consumed = (ckpt.samples_per_rank or 0) * int(ckpt.world_size or 1)
+    return consumed // world_size, False

@@ -29,7 +29,7 @@ from ..devices import resolve_device
 from ..errors import CheckpointError, PercepkitError, RecipeError
 from ..recipe import Recipe
 from ..registry import DATASETS
-from .data import preview_items, training_loader, validation_items
+from .data import preview_items, resume_position, training_loader, validation_items
 from .report import Reporter
 from .rundir import (
     ResumePoint,
@@ -125,7 +125,8 @@ class Trainer:
         self._stop = False
         self._position: int | None = None
         self._dist_owned = False
-        self.report: Reporter | None = None
+        self.report = Reporter(self.console, self.env.is_main, self.show_progress,
+                               self.settings.iterations)
         self._old_handlers: dict[int, Any] = {}
 
     # -- setup ---------------------------------------------------------------------------------
@@ -211,15 +212,14 @@ class Trainer:
         self.sampler, self.loader = training_loader(
             self.dataset, recipe, self.dist.rank, self.dist.world_size, self.start_position,
             pin_memory=self.cuda)
-        self.report = Reporter(self.console, self.dist.is_main, self.show_progress,
-                               s.iterations, list(self.loss.terms.keys()))
         if self.dist.is_main:
             session = session_entry(
                 self.step, s.iterations, point.checkpoint if point else None, str(self.device),
                 self.dist.world_size, self.amp)
             self.run.prepare(self.step, point is not None, recipe.to_yaml(), session,
                              self.console)
-            self.report.open(self.run, self.task.val_columns(list(self.loss.terms.keys())))
+            terms = list(self.loss.terms.keys())
+            self.report.open(self.run, terms, self.task.val_columns(terms))
         D.barrier()
 
     def _resume_point(self) -> ResumePoint | None:
@@ -271,17 +271,14 @@ class Trainer:
         self.best, self.best_step = ckpt.best
         self.best_checkpoint = self.run.best_checkpoint()
         self.last_checkpoint = path
-        s = self.settings
-        if ckpt.world_size == self.dist.world_size and ckpt.batch_size == s.batch_size:
-            n = ckpt.samples_per_rank
-            self._position = self.step * s.batch_size if n is None else n
-        else:
-            consumed = (ckpt.samples_per_rank or 0) * int(ckpt.world_size or 1)
-            self._position = consumed // self.dist.world_size
+        self._position, exact = resume_position(ckpt, self.dist.world_size,
+                                                self.settings.batch_size)
+        if not exact:
             self.console.print(
                 f"[yellow]note:[/] the checkpoint was trained with {ckpt.world_size} "
                 f"process(es) x batch {ckpt.batch_size}; now {self.dist.world_size} x "
-                f"{s.batch_size}: resuming at the same point in the data, but not bit-exactly")
+                f"{self.settings.batch_size}: resuming at the same point in the data, but not "
+                f"bit-exactly")
         rng = ckpt.rng(self.dist.rank)
         if rng is None:
             return False
@@ -360,7 +357,6 @@ class Trainer:
             return self._result(result)
         if self.handle_signals:
             self._install_signals()
-        assert self.report is not None
         terms = list(self.loss.terms.keys())
         window: list[list[float]] = []
         t_log = time.perf_counter()
@@ -414,8 +410,7 @@ class Trainer:
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         self._old_handlers = {}
-        if self.report is not None:
-            self.report.close()
+        self.report.close()
         if self._dist_owned:
             D.cleanup()
 
@@ -453,7 +448,6 @@ class Trainer:
                 self.console.print(line)
 
     def _log(self, window: list[list[float]], seconds: float, steps: int, elapsed: float) -> None:
-        assert self.report is not None
         if not window or not self.dist.is_main:
             return
         epoch = self._position_now() / max(1, self.sampler.per_rank)
@@ -468,7 +462,6 @@ class Trainer:
         """Validate on rank 0; returns whether the metric improved on the best so far."""
         if not self.dist.is_main:
             return False
-        assert self.report is not None
         model = self._eval_module()
         was_training = model.training
         model.eval()
@@ -488,7 +481,6 @@ class Trainer:
         """Write ``samples/step_XXXXXXXX.png``: inputs, outputs (and targets) of fixed images."""
         if not self.dist.is_main:
             return
-        assert self.report is not None
         from ..images import write_image
 
         model = self._eval_module()

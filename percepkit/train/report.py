@@ -18,17 +18,19 @@ class Reporter:
     Only the main process reports; on the others every method does nothing.
     """
 
-    def __init__(self, console: Console, is_main: bool, show_progress: bool, iterations: int,
-                 terms: Sequence[str]) -> None:
+    def __init__(self, console: Console, is_main: bool, show_progress: bool, iterations: int
+                 ) -> None:
         self.console, self.is_main, self.show_progress = console, is_main, show_progress
-        self.iterations, self.terms = iterations, list(terms)
+        self.iterations = iterations
+        self.terms: list[str] = []
         self.log_csv: CSVLog | None = None
         self.val_csv: CSVLog | None = None
         self.tb: Any = None
         self._bar: tuple[Any, Any] | None = None
 
-    def open(self, run: RunDir, val_columns: Sequence[str]) -> None:
-        """Open the run directory's logs (main process)."""
+    def open(self, run: RunDir, terms: Sequence[str], val_columns: Sequence[str]) -> None:
+        """Open the run directory's logs for these loss terms (main process)."""
+        self.terms = list(terms)
         self.log_csv, self.val_csv, self.tb = run.open_logs(
             ["step", "epoch", "lr", "loss", *self.terms, "sec_per_step", "images_per_sec",
              "elapsed_sec"], ["step", *val_columns])
