@@ -18,7 +18,9 @@ import csv
 import datetime as _dt
 import json
 import os
+import platform
 import re
+import sys
 import time
 import warnings
 from collections.abc import Mapping
@@ -26,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 
+from .. import __version__
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..errors import CheckpointError, PercepkitError
 
@@ -173,13 +177,6 @@ def recipe_text_for_resume(point: ResumePoint) -> tuple[str, str]:
 def session_entry(step: int, iterations: int, resumed_from: Path | None, device: str,
                   world_size: int, amp: bool) -> dict[str, Any]:
     """One training session's entry in ``run.json``."""
-    import platform
-    import sys
-
-    import torch
-
-    from .. import __version__
-
     return {
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
         "argv": sys.argv, "start_step": step, "iterations": iterations,

@@ -10,6 +10,7 @@ denoising) is one new class added there.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,8 +25,8 @@ from ..recipe import Recipe, expand_path
 Item = Mapping[str, Any]
 
 
-class Task:
-    """The task-specific part of training (subclasses fill in every method)."""
+class Task(ABC):
+    """The task-specific part of training; a subclass per task, listed in :data:`TASKS`."""
 
     name: ClassVar[str]
     metric: ClassVar[str]             # the validation value that decides "best"
@@ -36,34 +37,34 @@ class Task:
     def __init__(self, recipe: Recipe, device: torch.device) -> None:
         self.recipe, self.device = recipe, device
 
+    @abstractmethod
     def check_train_item(self, item: Item, dataset: str, module: nn.Module) -> None:
         """Raise :class:`RecipeError` if a training item does not fit this task."""
-        raise NotImplementedError
 
+    @abstractmethod
     def setup(self, module: nn.Module, loss: nn.Module) -> None:
         """Prepare what validation and the loss need before the first step."""
-        raise NotImplementedError
 
+    @abstractmethod
     def unpack(self, batch: Item) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input, target)`` of a training batch (the same object when they are one)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def val_columns(self, terms: Sequence[str]) -> list[str]:
         """The metric columns of ``val.csv``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def validate(self, model: nn.Module, items: Sequence[Item]) -> dict[str, float]:
         """Validation metrics of ``model`` on ``items`` (``metric`` among them)."""
-        raise NotImplementedError
 
     def baseline(self, items: Sequence[Item]) -> str | None:
         """A line about a reference result to beat, shown before training (or None)."""
         return None
 
+    @abstractmethod
     def preview(self, model: nn.Module, previews: Sequence[Item], val_items: Sequence[Item],
                 step: int) -> torch.Tensor:
         """The preview grid (3xHxW) of ``step``."""
-        raise NotImplementedError
 
     def better(self, value: float, best: float | None) -> bool:
         """Whether validation ``value`` beats ``best``; a non-finite value never does."""
