@@ -78,8 +78,9 @@ def time_trainer(recipe) -> float:
 
 def time_plain(recipe) -> float:
     """Images/s of a minimal PyTorch loop over the same model, loss, optimiser and data."""
+    from percepkit.devices import resolve_device
     from percepkit.registry import DATASETS
-    from percepkit.train import load_style_image, resolve_device
+    from percepkit.train import load_style_image
 
     s = recipe.train
     device = resolve_device(s.device)

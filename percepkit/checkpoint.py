@@ -1,15 +1,23 @@
-"""Checkpoints as safetensors files (never pickle), written atomically.
+"""Checkpoints as safetensors files (never pickle), written atomically, and what they hold.
 
 A checkpoint holds a nested *state* (model weights, optimiser/scheduler/scaler state, EMA
 weights, RNG states: any mix of dicts, lists, tensors and JSON scalars) and JSON *metadata*
 (recipe text, the transform spec, step, versions). Tensors are stored flat under dotted keys;
 the structure and the metadata go into the safetensors header.
+
+This module is the one owner of a checkpoint's contents: the state parts are named by the
+constants below, :func:`training_metadata` writes the metadata of a training checkpoint, and
+:class:`Checkpoint` reads both back through typed readers (the trainer, resume,
+:func:`load_transform` and export use it).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import platform
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +148,104 @@ def load_checkpoint(path: str | Path, tensors: bool = True) -> tuple[dict[str, A
     return (_unflatten(tree, flat) if tensors else {}), metadata
 
 
+# -- what a checkpoint holds -----------------------------------------------------------------------
+MODEL = "model"          # the transform's state dict (the only part a zoo file keeps)
+EMA_MODEL = "ema"        # EMA weights of the transform, if the run kept them
+OPTIMIZER = "optimizer"
+SCHEDULER = "scheduler"
+SCALER = "scaler"        # the AMP GradScaler, when float16 AMP was on
+RNG = "rng"              # {"rank0": rng state, ...}, one per training process
+
+
+def training_metadata(*, task: str, transform: Mapping[str, Any], recipe: str, recipe_name: str,
+                      step: int, iterations: int, batch_size: int, world_size: int, seed: int,
+                      samples_per_rank: int, best_metric: str, best_value: float | None,
+                      best_step: int | None, val: Mapping[str, float], device: str,
+                      amp: bool) -> dict[str, Any]:
+    """The metadata of a training checkpoint (what :class:`Checkpoint` reads back)."""
+    from . import __version__
+
+    return {
+        "task": task, "transform": dict(transform), "recipe": recipe, "recipe_name": recipe_name,
+        "step": step, "iterations": iterations, "batch_size": batch_size,
+        "world_size": world_size, "seed": seed, "samples_per_rank": samples_per_rank,
+        "best": {"metric": best_metric, "value": best_value, "step": best_step},
+        "val": dict(val), "percepkit_version": __version__,
+        "torch_version": torch.__version__, "python_version": platform.python_version(),
+        "device": device, "amp": amp,
+        "created": _dt.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint read back: its state parts and metadata, with typed readers."""
+
+    path: Path
+    state: dict[str, Any]
+    meta: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: str | Path, tensors: bool = True) -> Checkpoint:
+        """Read ``path`` (only the header when ``tensors`` is false)."""
+        state, meta = load_checkpoint(path, tensors)
+        return cls(Path(path), state, meta)
+
+    def weights(self, ema: bool = True) -> dict[str, torch.Tensor] | None:
+        """The transform's weights: the EMA ones when present and ``ema`` is true."""
+        ema_weights = self.state.get(EMA_MODEL) if ema else None
+        return ema_weights if ema_weights else self.state.get(MODEL)
+
+    def rng(self, rank: int) -> dict[str, Any] | None:
+        """The RNG states saved by process ``rank``, if any."""
+        return (self.state.get(RNG) or {}).get(f"rank{rank}")
+
+    @property
+    def task(self) -> str | None:
+        return self.meta.get("task")
+
+    @property
+    def transform(self) -> dict[str, Any] | None:
+        """The transform spec (``{name: ..., ...}``) the weights belong to."""
+        spec = self.meta.get("transform")
+        return dict(spec) if isinstance(spec, Mapping) else None
+
+    @property
+    def step(self) -> int | None:
+        step = self.meta.get("step")
+        return None if step is None else int(step)
+
+    @property
+    def recipe_text(self) -> str | None:
+        """The YAML text of the recipe the checkpoint was trained with (None if absent/empty)."""
+        text = self.meta.get("recipe")
+        return text if isinstance(text, str) and text.strip() else None
+
+    @property
+    def recipe_name(self) -> str | None:
+        return self.meta.get("recipe_name") or None
+
+    @property
+    def best(self) -> tuple[float | None, int | None]:
+        """``(value, step)`` of the best validation so far."""
+        best = self.meta.get("best") or {}
+        return best.get("value"), best.get("step")
+
+    @property
+    def world_size(self) -> int | None:
+        return self.meta.get("world_size")
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.meta.get("batch_size")
+
+    @property
+    def samples_per_rank(self) -> int | None:
+        """How many training samples each process had consumed."""
+        n = self.meta.get("samples_per_rank")
+        return None if n is None else int(n)
+
+
 def state_dict_mismatch(error: RuntimeError) -> str:
     """The informative part of ``load_state_dict``'s error (which keys or shapes differ)."""
     lines = [x.strip() for x in str(error).splitlines() if x.strip()]
@@ -155,12 +261,12 @@ def load_transform(path: str | Path, device: str | torch.device = "cpu", ema: bo
     """
     from .registry import TRANSFORMS
 
-    state, meta = load_checkpoint(path)
-    spec = meta.get("transform")
-    if not isinstance(spec, Mapping):
+    ckpt = Checkpoint.read(path)
+    spec = ckpt.transform
+    if spec is None:
         raise CheckpointError(f"{path}: checkpoint metadata has no transform spec")
     model = TRANSFORMS.build(spec, where=f"{path}: transform")
-    weights = state.get("ema") if ema and state.get("ema") else state.get("model")
+    weights = ckpt.weights(ema)
     if not weights:
         raise CheckpointError(f"{path}: checkpoint holds no model weights")
     try:

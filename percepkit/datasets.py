@@ -381,10 +381,6 @@ class TrainSampler(Sampler):
         self.start, self.shuffle = int(start), shuffle
         self.per_rank = math.ceil(length / world_size)
 
-    def epoch_of(self, position: int) -> int:
-        """The epoch in which this rank's ``position``-th key falls."""
-        return position // self.per_rank
-
     def _epoch(self, epoch: int) -> list[int]:
         sampler = DistributedSampler(_Sized(self.length), num_replicas=self.world_size,
                                      rank=self.rank, shuffle=self.shuffle, seed=self.seed,

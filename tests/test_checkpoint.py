@@ -120,3 +120,28 @@ def test_written_files_get_normal_permissions_not_temp_file_ones(tmp_path):
 def test_a_folder_given_as_checkpoint_says_so(tmp_path):
     with pytest.raises(CheckpointError, match="is a folder"):
         load_checkpoint(tmp_path)
+
+
+def test_checkpoint_readers_name_what_a_checkpoint_holds(tmp_path):
+    from percepkit.checkpoint import EMA_MODEL, MODEL, RNG, Checkpoint, training_metadata
+
+    model, ema = {"w": torch.zeros(2)}, {"w": torch.ones(2)}
+    meta = training_metadata(
+        task="sr", transform={"name": "bicubic", "scale": 2}, recipe="name: r\n",
+        recipe_name="r", step=12, iterations=20, batch_size=4, world_size=1, seed=0,
+        samples_per_rank=48, best_metric="psnr", best_value=30.5, best_step=10,
+        val={"psnr": 30.5}, device="cpu", amp=False)
+    path = save_checkpoint(tmp_path / "c.safetensors",
+                           {MODEL: model, EMA_MODEL: ema, RNG: {"rank0": {"seed": 3}}}, meta)
+    ckpt = Checkpoint.read(path)
+    assert (ckpt.task, ckpt.step, ckpt.recipe_name) == ("sr", 12, "r")
+    assert ckpt.recipe_text == "name: r\n"
+    assert ckpt.transform == {"name": "bicubic", "scale": 2} and ckpt.best == (30.5, 10)
+    assert (ckpt.world_size, ckpt.batch_size, ckpt.samples_per_rank) == (1, 4, 48)
+    assert torch.equal(ckpt.weights()["w"], ema["w"])             # EMA weights by default
+    assert torch.equal(ckpt.weights(ema=False)["w"], model["w"])
+    assert ckpt.rng(0) == {"seed": 3} and ckpt.rng(1) is None
+    bare = Checkpoint.read(save_checkpoint(tmp_path / "b.safetensors", {MODEL: model},
+                                           {"recipe": "  "}), tensors=False)
+    assert bare.step is None and bare.transform is None and bare.recipe_text is None
+    assert bare.best == (None, None) and bare.state == {}

@@ -297,3 +297,28 @@ def test_init_starts_from_given_weights_with_a_fresh_optimizer(tmp_path, capsys)
                     {"task": "style", "transform": spec})
     code = run_cli(["train", str(TINY_SR), "--init", str(other), "--out", str(tmp_path / "c")])
     assert code == 2 and "train.init" in capsys.readouterr().err
+
+
+def test_a_first_non_finite_validation_value_never_becomes_best(tmp_path, monkeypatch):
+    from percepkit.train.tasks import StyleTask
+
+    real = StyleTask.validate
+    calls = {"n": 0}
+
+    def validate(self, model, items):
+        calls["n"] += 1
+        metrics = real(self, model, items)
+        return {**metrics, "loss": float("nan")} if calls["n"] == 1 else metrics
+
+    monkeypatch.setattr(StyleTask, "validate", validate)
+    console = quiet()
+    _, result = run(TINY_STYLE, tmp_path / "run", "train.iterations=2", "train.val_every=1",
+                    "checkpoint.every=1000", "checkpoint.keep_last=0", console=console)
+    lines = [x for x in console.file.getvalue().splitlines() if x.startswith("validation at")]
+    assert len(lines) == 2 and "nan" in lines[0] and "(best)" not in lines[0]
+    assert "(best)" in lines[1]
+    # step 1 was not "improved": no checkpoint was written for it, best.safetensors is step 2's
+    assert [s for s, _ in find_checkpoints(tmp_path / "run")] == [2]
+    best = load_checkpoint(result.best_checkpoint, tensors=False)[1]["best"]
+    assert best["step"] == 2 and best["value"] == result.best_metric
+    assert result.best_metric == result.best_metric  # not NaN

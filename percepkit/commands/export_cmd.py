@@ -48,7 +48,7 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     from rich.console import Console
     from rich.markup import escape
 
-    from ..checkpoint import is_checkpoint, read_metadata
+    from ..checkpoint import Checkpoint, is_checkpoint
     from ..export import export
     from ..zoo import load, resolve
 
@@ -62,10 +62,12 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     if out.resolve() == path.resolve():
         raise PercepkitError("the output would replace the checkpoint; choose another -o")
     model = load(path)
-    meta = read_metadata(path) if is_checkpoint(path) else \
-        {"transform": getattr(model, "architecture", type(model).__name__)}
-    extra = {"transform": str(meta.get("transform")), "checkpoint": path.name,
-             "step": str(meta.get("step", ""))}
+    ckpt = Checkpoint.read(path, tensors=False) if is_checkpoint(path) else None
+    transform = ckpt.transform if ckpt else \
+        getattr(model, "architecture", type(model).__name__)
+    step = ckpt.step if ckpt else None
+    extra = {"transform": str(transform), "checkpoint": path.name,
+             "step": "" if step is None else str(step)}
     console = Console(highlight=False)
     if fmt == "safetensors":
         _export_weights(model, out, extra, console)

@@ -1,0 +1,105 @@
+"""What a training session tells the user and writes to its logs (rank 0 only)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from .rundir import CSVLog, RunDir
+
+
+class Reporter:
+    """The console lines, progress bar, ``log.csv``/``val.csv`` rows and TensorBoard scalars.
+
+    Only the main process reports; on the others every method does nothing.
+    """
+
+    def __init__(self, console: Console, is_main: bool, show_progress: bool, iterations: int
+                 ) -> None:
+        self.console, self.is_main, self.show_progress = console, is_main, show_progress
+        self.iterations = iterations
+        self.terms: list[str] = []
+        self.log_csv: CSVLog | None = None
+        self.val_csv: CSVLog | None = None
+        self.tb: Any = None
+        self._bar: tuple[Any, Any] | None = None
+
+    def open(self, run: RunDir, terms: Sequence[str], val_columns: Sequence[str]) -> None:
+        """Open the run directory's logs for these loss terms (main process)."""
+        self.terms = list(terms)
+        self.log_csv, self.val_csv, self.tb = run.open_logs(
+            ["step", "epoch", "lr", "loss", *self.terms, "sec_per_step", "images_per_sec",
+             "elapsed_sec"], ["step", *val_columns])
+
+    def close(self) -> None:
+        """Close TensorBoard (the CSV logs are opened per row)."""
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = None
+
+    def start_progress(self, step: int) -> tuple[Any, Any]:
+        """``(rich Progress, task id)``, or ``(None, None)`` without a progress bar."""
+        if not (self.show_progress and self.is_main):
+            return None, None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[losses]}"), TextColumn("[cyan]{task.fields[speed]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=self.console, transient=False)
+        task = progress.add_task("train", total=self.iterations, completed=step, losses="",
+                                 speed="")
+        progress.start()
+        self._bar = (progress, task)
+        return progress, task
+
+    def log(self, step: int, window: list[list[float]], seconds: float, steps: int,
+            elapsed: float, lr: float, epoch: float, images_per_step: int) -> None:
+        """Average the losses of the last ``steps`` steps into ``log.csv`` and the console."""
+        if not window or not self.is_main:
+            return
+        terms = self.terms
+        mean = np.mean(np.array(window), axis=0).tolist()
+        sec = seconds / max(1, steps)
+        ips = images_per_step / sec if sec > 0 else float("nan")
+        row = {"step": step, "epoch": round(epoch, 4), "lr": float(lr), "loss": mean[0],
+               **dict(zip(terms, mean[1:])), "sec_per_step": sec, "images_per_sec": ips,
+               "elapsed_sec": elapsed}
+        if self.log_csv is not None:
+            self.log_csv.write(row)
+        if self.tb is not None:
+            for k in ("loss", *terms, "lr", "images_per_sec"):
+                self.tb.add_scalar(f"train/{k}", row[k], step)
+        parts = "  ".join(f"{k} {v:.4g}" for k, v in zip(terms, mean[1:]))
+        if self._bar is not None:
+            self._bar[0].update(self._bar[1], speed=f"{1 / sec:.2f} it/s  {ips:.1f} img/s")
+        self.console.print(f"step {step}/{self.iterations}  loss {mean[0]:.4g}  ({parts})  "
+                           f"lr {lr:.3g}  {1 / sec:.2f} it/s  {ips:.1f} img/s", soft_wrap=True)
+
+    def validation(self, step: int, metrics: Mapping[str, float], best: bool) -> None:
+        """One ``val.csv`` row and console line."""
+        if self.val_csv is not None:
+            self.val_csv.write({"step": step, **metrics})
+        if self.tb is not None:
+            for k, v in metrics.items():
+                self.tb.add_scalar(f"val/{k}", v, step)
+        text = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        mark = " (best)" if best else ""
+        self.console.print(f"validation at step {step}: {text}{mark}", soft_wrap=True)
+
+    def samples(self, grid: torch.Tensor, step: int) -> None:
+        """The preview grid to TensorBoard (the PNG is written by the trainer)."""
+        if self.tb is not None:
+            self.tb.add_image("samples", grid, step)
