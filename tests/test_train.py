@@ -107,6 +107,31 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
     assert [row.split(",")[0] for row in log[1:]] == [str(i) for i in range(1, 13)]
 
 
+MIXED_TERMS = ("losses=[{name: pixel, weight: 1.0}, {name: charbonnier, weight: 1.0}, "
+               "{name: feature, layers: [conv2_2], criterion: l1, weight: 0.1}, "
+               "{name: contextual, layers: [relu2_1], weight: 0.01}, {name: fft, weight: 0.1}, "
+               "{name: focal_frequency, weight: 0.1}, {name: ssim, weight: 0.1}, "
+               "{name: tv, weight: 1.0e-4}]")
+
+
+def test_a_recipe_mixing_old_and_new_terms_resumes_exactly_random_init(tmp_path):
+    """Old and new terms together (the contextual term samples positions at random: the
+    resumed run must draw the same ones) train, log every term and resume exactly."""
+    steps = ["train.iterations=6", "checkpoint.every=3", "checkpoint.keep_last=0", MIXED_TERMS]
+    _, full = run(TINY_SR, tmp_path / "full", *steps)
+    _, first = run(TINY_SR, tmp_path / "split", *steps[1:], "train.iterations=3")
+    assert first.losses == full.losses[:3]
+    _, second = run(TINY_SR, None, *steps, resume=tmp_path / "split")
+    assert second.losses == full.losses[3:]
+    header = (tmp_path / "full" / "log.csv").read_text().splitlines()[0].split(",")
+    for term in ("pixel", "charbonnier", "feature", "contextual", "fft", "focal_frequency",
+                 "ssim", "tv"):
+        assert term in header, term
+    a = load_checkpoint(full.last_checkpoint)[0]["model"]
+    b = load_checkpoint(second.last_checkpoint)[0]["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_run_killed_during_a_save_resumes_from_the_newest_intact_checkpoint(tmp_path):
     out = tmp_path / "killed"
     steps = ["train.iterations=12", "checkpoint.every=4", "checkpoint.keep_last=0"]
@@ -201,10 +226,11 @@ def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(PixelLoss, "forward", interrupting)
     out = tmp_path / "run"
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the tests run in the background
     with pytest.raises(TrainingInterrupted, match="stopped at step 3"):
         run(TINY_SR, out, "train.iterations=10", handle_signals=True)
     assert [s for s, _ in find_checkpoints(out)] == [3]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
 
 
 def test_cli_train_resume_and_errors(tmp_path, capsys):
