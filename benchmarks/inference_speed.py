@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from percepkit.bench import conv_flops, device_name, matmul_throughput
 from percepkit.inference import Predictor
 from percepkit.registry import TRANSFORMS
+from percepkit.speed_table import conv_flops, device_name, matmul_throughput
 
 
 # -- the plain implementation, in the style of pytorch/examples/fast_neural_style -------------

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from percepkit.benchmarks import hr_folder, quantize
+from percepkit.benchmark_sets import hr_folder, quantize
 from percepkit.evaluate import build_metrics, evaluate, score_image
 from percepkit.images import to_uint8
 from percepkit.imresize import imresize

@@ -80,8 +80,7 @@ def _eval_json(name: str, extra: list[str]) -> dict[str, Any]:
 
 def _style_objective(name: str, size: int = 512) -> dict[str, float]:
     """Mean training objective (and its terms) of the model on the held-out content photos."""
-    from percepkit.images import list_images, read_image
-    from percepkit.optimize import resize_longer_side
+    from percepkit.images import list_images, read_image, resize_longer_side
     from percepkit.zoo import load
 
     net, (loss, _) = load(name), _loss_of(name)
@@ -224,9 +223,15 @@ def style_grids(size: int = 512, names: list[str] | None = None) -> None:
     per model in ``names``)."""
     from PIL import Image
 
-    from percepkit.images import image_grid, list_images, read_image, stack_rows, write_image
+    from percepkit.images import (
+        image_grid,
+        list_images,
+        read_image,
+        resize_longer_side,
+        stack_rows,
+        write_image,
+    )
     from percepkit.inference import Predictor
-    from percepkit.optimize import resize_longer_side
     from percepkit.registry import MODELS
     from percepkit.train import load_style_image
 
@@ -250,7 +255,7 @@ def style_grids(size: int = 512, names: list[str] | None = None) -> None:
 
 def sr_crops(crop: int = 96) -> None:
     """bicubic | l_pixel | l_feat | HR crops (x4) of textured Set14/BSD100 images."""
-    from percepkit.benchmarks import quantize
+    from percepkit.benchmark_sets import quantize
     from percepkit.evaluate import _crop_box
     from percepkit.images import image_grid, read_image, stack_rows, write_image
     from percepkit.imresize import imresize, mod_crop
@@ -279,8 +284,8 @@ def sr_crops(crop: int = 96) -> None:
 
 def fig5(name: str, iterations: int, size: int) -> None:
     """The paper's Fig. 5: the feed-forward net's objective vs L-BFGS from the content image."""
-    from percepkit.images import read_image
-    from percepkit.optimize import resize_longer_side, stylize
+    from percepkit.gatys import stylize
+    from percepkit.images import read_image, resize_longer_side
     from percepkit.zoo import load
 
     bench = SHARED / "data" / "benchmarks" / "BSD100"

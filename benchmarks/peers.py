@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from percepkit.bench import device_name
+    from percepkit.speed_table import device_name
 
     torch.set_num_threads(args.threads)
     sections = args.only or ["inference", "lite", "metrics", "training"]

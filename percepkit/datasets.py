@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from .errors import ImageError, PercepkitError
-from .images import IMAGE_EXTENSIONS, list_images, read_image
+from .images import IMAGE_EXTENSIONS, list_images, read_image, resize_shorter_side
 from .images import quantize as quantize_8bit
 from .registry import DATASETS
 
@@ -137,17 +137,6 @@ def degrade(hr: torch.Tensor, scale: int, blur_sigma: float = 1.0,
     return quantize_8bit(lr) if quantize else lr.clamp(0, 1)
 
 
-def _resize_short(img: torch.Tensor, short: int) -> torch.Tensor:
-    """Resize (C, H, W) so that its shorter side is ``short`` (bicubic, antialiased)."""
-    h, w = img.shape[-2:]
-    if min(h, w) == short:
-        return img
-    f = short / min(h, w)
-    size = (max(short, round(h * f)), max(short, round(w * f)))
-    out = F.interpolate(img[None], size=size, mode="bicubic", antialias=True, align_corners=False)
-    return out[0].clamp(0, 1)
-
-
 def _crop(img: torch.Tensor, size: int, random: bool, gen: torch.Generator | None
           ) -> torch.Tensor:
     h, w = img.shape[-2:]
@@ -199,7 +188,7 @@ class ImageFolder(_FileDataset):
         self.size, self.crop, self.flip = int(size), crop, flip
 
     def make(self, img: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        img = _crop(_resize_short(img, self.size), self.size, self.crop == "random", gen)
+        img = _crop(resize_shorter_side(img, self.size), self.size, self.crop == "random", gen)
         if self.flip and bool(torch.rand((), generator=gen) < 0.5):
             img = img.flip(-1)
         return {"image": img.contiguous()}
@@ -260,7 +249,7 @@ class SRPatches(_FileDataset):
 
     def make(self, img: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         if min(img.shape[-2:]) < self.patch_size:  # small == "upscale" (or a header we missed)
-            img = _resize_short(img, self.patch_size)
+            img = resize_shorter_side(img, self.patch_size)
         hr = _crop(img, self.patch_size, True, gen)
         if self.flip and bool(torch.rand((), generator=gen) < 0.5):
             hr = hr.flip(-1)

@@ -1,6 +1,6 @@
 """The evaluation engine behind ``percepkit eval``: run a transform over SR benchmarks and score it.
 
-For every image: the LR input (see :mod:`percepkit.benchmarks`) goes through the transform, the
+For every image: the LR input (see :mod:`percepkit.benchmark_sets`) goes through the transform, the
 output is clamped to [0, 1] and rounded to 8 bits (as a saved PNG would be), then each metric
 compares it with the 8-bit HR ground truth. Means are per-image values averaged over the set.
 The exact convention is returned with the results and written into every JSON file and into
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .benchmarks import SRBenchmark, quantize
+from .benchmark_sets import SRBenchmark, quantize
 from .errors import MissingWeightsError, PercepkitError
 from .files import atomic_write
 from .images import image_grid, stack_rows, write_image

@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
@@ -152,3 +153,27 @@ def stack_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
         canvas[:, y:y + r.shape[-2], : r.shape[-1]] = r
         y += r.shape[-2]
     return canvas
+
+
+def resize_longer_side(image: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Resize (3, H, W) so that its longer side is ``size`` (antialiased); None keeps it."""
+    if not size:
+        return image
+    h, w = image.shape[-2:]
+    f = size / max(h, w)
+    new = (max(1, round(h * f)), max(1, round(w * f)))
+    if new == (h, w):
+        return image
+    return F.interpolate(image[None], size=new, mode="bicubic", antialias=True,
+                         align_corners=False)[0].clamp(0, 1)
+
+
+def resize_shorter_side(img: torch.Tensor, short: int) -> torch.Tensor:
+    """Resize (C, H, W) so that its shorter side is ``short`` (bicubic, antialiased)."""
+    h, w = img.shape[-2:]
+    if min(h, w) == short:
+        return img
+    f = short / min(h, w)
+    size = (max(short, round(h * f)), max(short, round(w * f)))
+    out = F.interpolate(img[None], size=size, mode="bicubic", antialias=True, align_corners=False)
+    return out[0].clamp(0, 1)

@@ -33,7 +33,7 @@ import copy
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +43,7 @@ from .errors import PercepkitError, RecipeError
 from .recipe_checks import check_parts, missing_files, term_layers
 from .registry import (
     DATASETS,
+    DEFAULT_LOSS_NETWORK,
     LOSS_NETWORKS,
     LOSSES,
     OPTIMIZERS,
@@ -278,7 +279,8 @@ class Recipe:
         needs_net = any(term_layers(s) for s in specs)
         net = None
         if needs_net or "loss_network" in self.raw:
-            net = LOSS_NETWORKS.build(self.raw.get("loss_network", "vgg16"), where="loss_network")
+            net = LOSS_NETWORKS.build(self.raw.get("loss_network", DEFAULT_LOSS_NETWORK),
+                                      where="loss_network")
         return build_loss(specs, net)
 
     def build_optimizer(self, params):
@@ -449,11 +451,6 @@ def _check_ranges(block: Any, where: str, ranges: Mapping[str, tuple]) -> list[s
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             problems.append(f"{where}.{key}: expected a value {bound}, got {value}")
     return problems
-
-
-def settings_dict(settings: Any) -> dict[str, Any]:
-    """A settings dataclass as a plain dict."""
-    return asdict(settings)
 
 
 def expand_path(value: str) -> Path:

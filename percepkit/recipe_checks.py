@@ -25,6 +25,7 @@ from typing import Any
 from .errors import PercepkitError
 from .registry import (
     DATASETS,
+    DEFAULT_LOSS_NETWORK,
     LOSS_NETWORKS,
     LOSSES,
     TRANSFORMS,
@@ -140,7 +141,7 @@ def _check_layers(raw: Mapping[str, Any]) -> list[str]:
     """VGG layer names of the loss network and of every loss term; ``layer_weights`` lengths."""
     from .lossnets import vgg_layer_names
 
-    net = _resolved(LOSS_NETWORKS, raw.get("loss_network", {"name": "vgg16"}))
+    net = _resolved(LOSS_NETWORKS, raw.get("loss_network", DEFAULT_LOSS_NETWORK))
     arch = net[0].name if net is not None else None
     known = vgg_layer_names(arch) if arch in _VGG else None
     problems = []
@@ -182,7 +183,7 @@ def _check_timm(raw: Mapping[str, Any]) -> list[str]:
 def is_evaluation_set(obj: Any) -> bool:
     """Whether a registered dataset builds an SR benchmark (images one at a time, for
     ``data.val`` and ``percepkit eval``) rather than a training dataset."""
-    from .benchmarks import SRBenchmark
+    from .benchmark_sets import SRBenchmark
 
     cls = built_class(obj)
     return cls is not None and issubclass(cls, SRBenchmark)

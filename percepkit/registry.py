@@ -490,11 +490,13 @@ def reset_plugins_for_tests() -> None:
 # -- the registries -------------------------------------------------------------------------------
 TRANSFORMS = Registry("transform", ["percepkit.transforms", "percepkit.spandrel_arch"])
 LOSS_NETWORKS = Registry("loss network", ["percepkit.lossnets"])
+#: the loss network of a recipe (or an optimisation) that names none: the paper's VGG16
+DEFAULT_LOSS_NETWORK: dict[str, str] = {"name": "vgg16", "weights": "imagenet"}
 LOSSES = Registry("loss", ["percepkit.losses", "percepkit.metric_losses"])
-DATASETS = Registry("dataset", ["percepkit.datasets", "percepkit.benchmarks"])
+DATASETS = Registry("dataset", ["percepkit.datasets", "percepkit.benchmark_sets"])
 METRICS = Registry("metric", ["percepkit.metrics"])
-OPTIMIZERS = Registry("optimizer", ["percepkit.optim"])
-SCHEDULERS = Registry("scheduler", ["percepkit.optim"])
+OPTIMIZERS = Registry("optimizer", ["percepkit.optimizers"])
+SCHEDULERS = Registry("scheduler", ["percepkit.optimizers"])
 MODELS = Registry("model", ["percepkit.zoo"])
 
 REGISTRIES: dict[str, Registry] = {

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .benchmarks import load_hr
+from .benchmark_sets import load_hr
 from .errors import PercepkitError
 from .evaluate import (
     ImageRow,

@@ -18,7 +18,7 @@ from percepkit.registry import METRICS
 
 def _set5(names: tuple[str, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(bicubic x4 reconstruction, HR) pairs of Set5 images, (1, 3, H, W) float32 in [0, 1]."""
-    from percepkit.benchmarks import quantize
+    from percepkit.benchmark_sets import quantize
     from percepkit.imresize import imresize
     from percepkit.registry import DATASETS
 

@@ -326,7 +326,7 @@ def test_y_only_sr_model_gets_the_srcnn_protocol_random_init(tmp_path):
     assert (read_image(tmp_path / "up.png") - expected.clamp(0, 1)).abs().max() <= 1 / 255 + 1e-6
 
     # eval: the same output is scored, and the record names the protocol
-    from percepkit.benchmarks import quantize
+    from percepkit.benchmark_sets import quantize
     from percepkit.metrics import psnr
 
     (tmp_path / "hr").mkdir()

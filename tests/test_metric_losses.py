@@ -18,7 +18,7 @@ from percepkit.registry import LOSS_NETWORKS, LOSSES
 def _pairs(size: int, names: tuple[str, ...] = ("bird", "butterfly")
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Set5 bicubic x4 reconstructions and HR crops (top-left ``size`` px), (B, 3, s, s) float32."""
-    from percepkit.benchmarks import quantize
+    from percepkit.benchmark_sets import quantize
     from percepkit.imresize import imresize
     from percepkit.registry import DATASETS
 

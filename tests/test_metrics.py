@@ -165,7 +165,7 @@ def test_lpips_real_backbone_matches_independent_computation(real_weights_dir, m
 def _set5_pair(name: str = "baby", multiple: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """A Set5 HR image and its MATLAB-bicubic x4 reconstruction (8-bit), cropped top-left to a
     multiple of ``multiple`` (so that every MS-SSIM scale halves exactly)."""
-    from percepkit.benchmarks import quantize
+    from percepkit.benchmark_sets import quantize
     from percepkit.imresize import imresize
     from percepkit.registry import DATASETS
 

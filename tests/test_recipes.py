@@ -133,7 +133,7 @@ def test_cli_recipe_check_ok_and_bad(tmp_path, capsys):
 
 def test_optimize_defaults_are_the_paper_recipes_losses():
     """`percepkit optimize` without --recipe must use the same terms as the shipped recipes."""
-    from percepkit.optimize import default_losses
+    from percepkit.gatys import default_losses
 
     style = load_recipe(next(p for p in RECIPES if p.stem == "style_johnson2016"))
     feat = load_recipe(next(p for p in RECIPES if p.stem == "sr_x4_feat"))

@@ -29,7 +29,7 @@ def render(result, console) -> None:
     """Print the speed table and the throughput table with rich."""
     from rich.table import Table
 
-    from ..bench import PAPER_TITAN_X
+    from ..speed_table import PAPER_TITAN_X
 
     iters = sorted(result.rows[0].optimization) if result.rows else []
     table = Table(title=f"Optimisation (Gatys et al., L-BFGS) vs feed-forward ({result.transform})"
@@ -113,8 +113,8 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
     import torch
     from rich.console import Console
 
-    from ..bench import run_bench
     from ..devices import resolve_device
+    from ..speed_table import run_bench
 
     size_list = _ints(sizes, "--sizes")
     iter_list = _ints(iters, "--iters")

@@ -7,21 +7,22 @@ from pathlib import Path
 import click
 
 from ..errors import PercepkitError
+from ..registry import DEFAULT_LOSS_NETWORK
 from ._batch import plan_batch, run_batch
 
 
 def _losses(task: str, recipe: Path | None, overrides: tuple[str, ...]):
     """(task, loss specs, loss-network spec) from a recipe or the paper's defaults."""
-    from ..optimize import default_losses
+    from ..gatys import default_losses
 
     if recipe is None:
         if overrides:
             raise PercepkitError("--set needs --recipe (it overrides recipe keys)")
-        return task, default_losses(task), {"name": "vgg16", "weights": "imagenet"}
+        return task, default_losses(task), DEFAULT_LOSS_NETWORK
     from ..recipe import load_recipe
 
     r = load_recipe(recipe, overrides)
-    return r.task, r.raw["losses"], r.raw.get("loss_network", {"name": "vgg16"})
+    return r.task, r.raw["losses"], r.raw.get("loss_network", DEFAULT_LOSS_NETWORK)
 
 
 @click.command("optimize")
@@ -72,8 +73,8 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
     from rich.console import Console
 
     from ..devices import resolve_device
-    from ..images import read_image
-    from ..optimize import build_objective, resize_longer_side, stylize, upscale
+    from ..gatys import build_objective, stylize, upscale
+    from ..images import read_image, resize_longer_side
 
     console = Console(stderr=True, highlight=False)
     if (style_path is None) == (scale is None) and recipe is None:

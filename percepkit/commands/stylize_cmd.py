@@ -42,7 +42,7 @@ def command(checkpoint: str, inputs: tuple[str, ...], size: int | None, preserve
     budget. A file that cannot be read or written is reported and the batch goes on; the exit
     code is 1 if any failed.
     """
-    from ..optimize import resize_longer_side
+    from ..images import resize_longer_side
     from ..zoo import load
 
     if size is not None and size < 16:

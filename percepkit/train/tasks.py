@@ -219,7 +219,8 @@ def load_style_image(spec: str, size: int | None) -> torch.Tensor:
     ``synthetic:N`` is a procedural texture from :func:`percepkit.datasets.synthetic_image`
     (for tests and tiny recipes that must not depend on files).
     """
-    from ..datasets import _resize_short, synthetic_image
+    from ..datasets import synthetic_image
+    from ..images import resize_shorter_side
 
     if spec == "synthetic" or spec.startswith("synthetic:"):
         seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
@@ -231,4 +232,4 @@ def load_style_image(spec: str, size: int | None) -> torch.Tensor:
     except PercepkitError as e:
         raise PercepkitError(f"data.style_image: {e} (recipe paths are relative to the current "
                              f"directory, {Path.cwd()})") from None
-    return (_resize_short(img, size) if size else img)[None]
+    return (resize_shorter_side(img, size) if size else img)[None]

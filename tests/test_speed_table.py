@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from percepkit.bench import PAPER_TITAN_X, conv_flops, matmul_throughput, run_bench
 from percepkit.cli import main
+from percepkit.speed_table import PAPER_TITAN_X, conv_flops, matmul_throughput, run_bench
 from percepkit.transforms import JohnsonStyle
 
 
@@ -77,7 +77,7 @@ def test_bench_command_table_and_bad_options(capsys):
 
 
 def test_timing_reports_best_median_and_spread():
-    from percepkit.bench import Timing
+    from percepkit.speed_table import Timing
 
     t = Timing([0.2, 0.1, 0.4, 0.1, 0.15])
     assert t.min == 0.1 and t.median == 0.15
@@ -85,7 +85,7 @@ def test_timing_reports_best_median_and_spread():
 
 
 def test_matmul_probe_far_below_the_recorded_best_warns(tmp_path, monkeypatch):
-    from percepkit.bench import matmul_notes
+    from percepkit.speed_table import matmul_notes
 
     monkeypatch.setenv("PERCEPKIT_CACHE", str(tmp_path))
     assert matmul_notes("cpu X", "fp32", 100e9) == []  # first run: recorded, nothing to compare
@@ -103,7 +103,7 @@ def test_matmul_probe_far_below_the_recorded_best_warns(tmp_path, monkeypatch):
 def test_a_loaded_machine_is_reported(monkeypatch):
     import os
 
-    from percepkit import bench
+    from percepkit import speed_table as bench
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 2.0, 1.0))

@@ -13,16 +13,16 @@ from cli_runner import run_cli
 from PIL import Image
 
 from percepkit.errors import PercepkitError
-from percepkit.losses import build_loss
-from percepkit.lossnets import VGG
-from percepkit.optimize import (
+from percepkit.gatys import (
     build_objective,
     default_losses,
     optimize_image,
-    resize_longer_side,
     stylize,
     upscale,
 )
+from percepkit.images import resize_longer_side
+from percepkit.losses import build_loss
+from percepkit.lossnets import VGG
 
 RANDOM_VGG = {"name": "vgg16", "weights": "random"}
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from .errors import PercepkitError
 from .losses import CompositeLoss, build_loss
@@ -58,10 +57,10 @@ def build_objective(
     device: str | torch.device = "cpu",
 ) -> CompositeLoss:
     """The composite loss for ``task`` (default terms: :func:`default_losses`) on ``device``."""
-    from .registry import LOSS_NETWORKS
+    from .registry import DEFAULT_LOSS_NETWORK, LOSS_NETWORKS
 
     specs = list(losses) if losses else default_losses(task)
-    net = LOSS_NETWORKS.build(loss_network or {"name": "vgg16", "weights": "imagenet"},
+    net = LOSS_NETWORKS.build(loss_network or DEFAULT_LOSS_NETWORK,
                               where="loss_network")
     return build_loss(specs, net).to(device)
 
@@ -236,16 +235,3 @@ def upscale(
 
     return optimize_image(loss, start, y, iterations=iterations, method=method, lr=lr,
                           view=view, callback=callback, setup_seconds=time.perf_counter() - t0)
-
-
-def resize_longer_side(image: torch.Tensor, size: int | None) -> torch.Tensor:
-    """Resize (3, H, W) so that its longer side is ``size`` (antialiased); None keeps it."""
-    if not size:
-        return image
-    h, w = image.shape[-2:]
-    f = size / max(h, w)
-    new = (max(1, round(h * f)), max(1, round(w * f)))
-    if new == (h, w):
-        return image
-    return F.interpolate(image[None], size=new, mode="bicubic", antialias=True,
-                         align_corners=False)[0].clamp(0, 1)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-import percepkit.benchmarks as bm
+import percepkit.benchmark_sets as bm
 from percepkit.errors import ImageError, PercepkitError
 from percepkit.evaluate import build_metrics, evaluate
 from percepkit.imresize import imresize

@@ -240,7 +240,7 @@ def time_optimization(size: int, iterations: int, device: torch.device, *,
     """Time L-BFGS style transfer of a ``size`` px image: (setup seconds, cumulative seconds
     after each timed iteration). Up to ``iterations`` are timed, stopping once ``max_seconds``
     have passed (after at least ``min_iters``); one untimed warm-up iteration runs first."""
-    from .optimize import STYLE_LOSSES, build_objective, optimize_image
+    from .gatys import STYLE_LOSSES, build_objective, optimize_image
 
     loss = loss or build_objective("style", STYLE_LOSSES, {"name": "vgg16", "weights": "random"},
                                    device)
