@@ -75,6 +75,17 @@ def _onnx_runner(path: Path):
     return lambda x: session.run(None, {name: x.numpy()})[0]
 
 
+def _require_onnx() -> None:
+    """One paragraph instead of torch's traceback when the onnx package is missing."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise PercepkitError(
+            "ONNX export needs the onnx package, which is not installed: pip install "
+            "'percepkit[export]' (onnx, plus onnxruntime to verify the file); or use "
+            "--format torchscript, which works with the base install.") from None
+
+
 def _export_onnx(model: nn.Module, path: Path, x: torch.Tensor, dynamic: bool, opset: int,
                  metadata: dict[str, str]) -> None:
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
@@ -83,10 +94,8 @@ def _export_onnx(model: nn.Module, path: Path, x: torch.Tensor, dynamic: bool, o
         torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["image"],
                           output_names=["output"], opset_version=opset,
                           dynamic_axes={"image": axes, "output": axes})
-    try:
-        import onnx
-    except ImportError:
-        return
+    import onnx
+
     proto = onnx.load(str(path))
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -144,6 +153,7 @@ def export(
             "scale": str(getattr(model, "scale", 1)), "stride": str(align),
             "input": "float32 RGB in [0, 1], (B, 3, H, W)", **(metadata or {})}
     if format == "onnx":
+        _require_onnx()
         _export_onnx(model, path, example, dynamic, opset, meta)
         runner = _onnx_runner(path)
         verified_with = "onnxruntime" if runner else ""

@@ -78,3 +78,17 @@ def test_export_command(tmp_path, capsys):
     assert (tmp_path / "s.pt").is_file()
     assert run_cli(["export", str(tmp_path / "none.safetensors")]) == 2
     assert run_cli(["export", str(ckpt), "--size", "big", "--overwrite"]) == 2
+
+
+def test_onnx_export_without_the_onnx_package_is_one_paragraph(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from percepkit.cli import main
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    with pytest.raises(SystemExit) as e:
+        main(["export", "candy", "--format", "onnx", "-o", str(tmp_path / "c.onnx")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert "pip install 'percepkit[export]'" in err and "torchscript" in err
+    assert not (tmp_path / "c.onnx").exists()
