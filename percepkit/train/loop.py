@@ -30,6 +30,7 @@ from ..errors import CheckpointError, PercepkitError, RecipeError
 from ..recipe import Recipe
 from ..registry import DATASETS
 from .data import preview_items, resume_position, training_loader, validation_items
+from .memory_check import check_training_memory
 from .report import Reporter
 from .rundir import (
     ResumePoint,
@@ -150,6 +151,8 @@ class Trainer:
         if s.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.task = make_task(recipe, self.device)
+        self.dataset = DATASETS.build(recipe.data.train, where="data.train")
+        check_training_memory(recipe, self.dataset[(0, 0)], self.task, self.device)
 
         point = self._resume_point()
         self.run_dir = point.run_dir if point else (self.out or D.broadcast_object(
@@ -183,7 +186,6 @@ class Trainer:
                                            enabled=self.amp and self.amp_dtype == torch.float16)
         self.ema = EMA(self.module, s.ema) if s.ema else None
 
-        self.dataset = DATASETS.build(recipe.data.train, where="data.train")
         self.task.check_train_item(self.dataset[(0, 0)], recipe.data.train.get("name"),
                                    self.module)
         self.task.setup(self.module, self.loss)
