@@ -1,4 +1,4 @@
-"""The training memory estimate: recipes that fit pass, absurd ones are refused before allocating."""
+"""The training memory estimate: fitting recipes pass, absurd ones are refused up front."""
 
 from __future__ import annotations
 

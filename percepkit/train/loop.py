@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import distributed as D
 from ..checkpoint import Checkpoint, training_metadata
+from ..console import user_console
 from ..devices import resolve_device
 from ..errors import CheckpointError, PercepkitError, RecipeError
 from ..recipe import Recipe
@@ -112,7 +113,7 @@ class Trainer:
         self.resume = resume
         self.runs_root = Path(runs_root)
         self.env = D.env_info()
-        self.console = console if console is not None else Console(highlight=False)
+        self.console = console if console is not None else user_console()
         if not self.env.is_main:
             self.console = Console(quiet=True)
         self.show_progress = self.console.is_terminal if progress is None else progress
