@@ -75,12 +75,12 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except PercepkitError as e:
-        from rich.console import Console
         from rich.markup import escape
 
+        from .console import user_console
+
         # escaped: messages quote paths and commands such as runs/exp[lr=1e-3] or 'pkg[extra]'
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {escape(str(e))}",
-                                                    soft_wrap=True)
+        user_console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)

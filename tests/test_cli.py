@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +106,20 @@ def test_list_unknown_part_suggests_and_exits_2(capsys):
     code, out, err = run(["list", "losses", "featur"], capsys)
     assert code == 2 and "unknown loss 'featur'. Did you mean 'feature'" in err
     assert "Traceback" not in err
+
+
+def test_piped_messages_are_not_wrapped_at_80_columns(tmp_path):
+    """Not a terminal: paths and commands in messages and errors stay on one line."""
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    out = tmp_path / ("a_run_directory_with_a_long_name_" + "x" * 60)
+    recipe = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny_sr.yaml")
+    proc = subprocess.run([sys.executable, "-m", "percepkit.cli", "train", recipe, "--out",
+                           str(out), "--set", "train.iterations=1", "--no-progress"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"last checkpoint: {out}/checkpoints/step_00000001.safetensors\n" in proc.stdout
+    missing = tmp_path / ("missing_" + "y" * 90 + ".yaml")
+    proc = subprocess.run([sys.executable, "-m", "percepkit.cli", "recipe", "check",
+                           str(missing)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert str(missing) in proc.stderr

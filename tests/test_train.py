@@ -348,3 +348,13 @@ def test_a_first_non_finite_validation_value_never_becomes_best(tmp_path, monkey
     best = load_checkpoint(result.best_checkpoint, tensors=False)[1]["best"]
     assert best["step"] == 2 and best["value"] == result.best_metric
     assert result.best_metric == result.best_metric  # not NaN
+
+
+def test_log_line_carries_elapsed_time_and_eta():
+    from percepkit.train.report import duration, log_line
+
+    assert [duration(s) for s in (0, 45.4, 192, 3600 + 5 * 60 + 7)] == ["0s", "45s", "3m12s",
+                                                                       "1h05m"]
+    line = log_line(10, 40, 0.5, "pixel 0.5", 1e-3, 20.0, 0.2, 192.0)
+    assert line.startswith("step 10/40  loss 0.5  (pixel 0.5)  lr 0.001")
+    assert line.endswith("elapsed 3m12s, ETA 10m00s")

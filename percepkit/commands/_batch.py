@@ -80,9 +80,9 @@ def run_predictor(inputs: tuple[str, ...], model: nn.Module, options: dict,
 
     ``prepare(image)`` runs before the network, ``post(image, output)`` after it.
     """
-    from rich.console import Console
+    from ..console import user_console
 
-    console = Console(stderr=True, highlight=False)
+    console = user_console(stderr=True)
     if not inputs:
         raise PercepkitError("no input images given")
     items = plan_batch(inputs, options["output"], options["ext"])
@@ -210,10 +210,11 @@ def run_batch(
         TimeRemainingColumn,
     )
 
+    from ..console import user_console
     from ..errors import ImageError
     from ..images import read_image, write_image
 
-    con = console if isinstance(console, Console) else Console(stderr=True, highlight=False)
+    con = console if isinstance(console, Console) else user_console(stderr=True)
     summary = BatchSummary()
 
     def fail(item: BatchItem, message: str) -> None:

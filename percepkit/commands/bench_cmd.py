@@ -111,8 +111,8 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
     images/s and the fraction of the measured matrix-multiply throughput achieved.
     """
     import torch
-    from rich.console import Console
 
+    from ..console import user_console
     from ..devices import resolve_device
     from ..speed_table import run_bench
 
@@ -130,7 +130,7 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
             raise PercepkitError(f"{checkpoint}: bench times style networks (the paper's "
                                  "table); this checkpoint is not one")
         transform_name = checkpoint.stem
-    console = Console(stderr=True, highlight=False)
+    console = user_console(stderr=True)
     with console.status("benchmarking") as status:
         result = run_bench(size_list, iter_list, device=dev, model=model,
                            transform_name=transform_name, half=half, compile=compile_,
@@ -141,4 +141,4 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        render(result, Console(highlight=False))
+        render(result, user_console())

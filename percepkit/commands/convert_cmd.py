@@ -24,10 +24,10 @@ def command(source: Path, output: Path, overwrite: bool) -> None:
     weight keys. The file is read as tensors only (pickled code is never run); the result holds
     the weights, the transform spec, and the source's name and SHA-256.
     """
-    from rich.console import Console
     from rich.markup import escape
 
     from ..checkpoint import save_checkpoint
+    from ..console import user_console
     from ..files import sha256_file
     from ..foreign import convert
     from ..registry import TRANSFORMS
@@ -45,7 +45,7 @@ def command(source: Path, output: Path, overwrite: bool) -> None:
                     {"task": model.task, "transform": spec, "converted_from": source.name,
                      "source_sha256": sha256_file(source), "source_format": description})
     built = " ".join(str(v) for v in (spec["name"], spec.get("arch")) if v)  # spandrel RCAN
-    console = Console(highlight=False)
+    console = user_console()
     console.print(f"[green]✓[/] {escape(str(source))} ({description}) -> "
                   f"{escape(str(output))} ({escape(built)})")
     console.print(f"to fine-tune it (train --init {escape(str(output))}), use this recipe "

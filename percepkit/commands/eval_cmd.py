@@ -245,9 +245,9 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
       percepkit eval --all --checkpoint runs/sr_x4/checkpoints/best.safetensors --per-image
       percepkit eval --hr-dir photos/ --scale 2 --save-images grids/
     """
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..console import user_console
     from ..evaluate import build_metrics, evaluate, write_csv, write_json
 
     if threads is not None:
@@ -255,7 +255,7 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     for flag, path in (("--json", json_path), ("--csv", csv_path)):
         check_output(flag, path, overwrite)  # before the evaluation, not after it
     to_stdout = str(json_path) == "-" or str(csv_path) == "-"
-    console = Console(stderr=to_stdout, highlight=False)
+    console = user_console(stderr=to_stdout)
     dev = resolve_device(device)
     transform, name, scale, notes, model_info = _load_model(model, checkpoint, scale, dev)
     if match_histogram:

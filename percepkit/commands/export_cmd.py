@@ -45,10 +45,10 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     architecture's own layout, which chaiNNer and other spandrel tools load (checked with
     spandrel).
     """
-    from rich.console import Console
     from rich.markup import escape
 
     from ..checkpoint import Checkpoint, is_checkpoint
+    from ..console import user_console
     from ..export import export
     from ..zoo import load, resolve
 
@@ -68,7 +68,7 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     step = ckpt.step if ckpt else None
     extra = {"transform": str(transform), "checkpoint": path.name,
              "step": "" if step is None else str(step)}
-    console = Console(highlight=False)
+    console = user_console()
     if fmt == "safetensors":
         _export_weights(model, out, extra, console)
         return

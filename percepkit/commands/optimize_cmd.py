@@ -70,13 +70,13 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
     with the input. L-BFGS (one evaluation per iteration, as the paper's speed table) or Adam.
     """
     import torch
-    from rich.console import Console
 
+    from ..console import user_console
     from ..devices import resolve_device
     from ..gatys import build_objective, stylize, upscale
     from ..images import read_image, resize_longer_side
 
-    console = Console(stderr=True, highlight=False)
+    console = user_console(stderr=True)
     if (style_path is None) == (scale is None) and recipe is None:
         raise PercepkitError("give --style STYLE (style transfer) or --scale N "
                              "(super-resolution)")

@@ -28,10 +28,11 @@ def check(files: tuple[Path, ...], overrides: tuple[str, ...], skip_data: bool) 
     Registry names, constructor arguments and their types and ranges, layer names of the loss
     network, the transform's scale against the data, and that data folders exist.
     """
-    from rich.console import Console
     from rich.markup import escape
 
-    console = Console(highlight=False)
+    from ..console import user_console
+
+    console = user_console()
     errors = []
     for path in files:
         try:

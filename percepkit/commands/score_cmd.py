@@ -104,9 +104,9 @@ def command(sr: Path, hr: Path, crop_border: int, mod: int | None, metrics: str,
         percepkit score out/set5/sr/ SET5_HR/ --mod-crop 4 --crop-border 4
       percepkit score sr.png hr.png --metrics psnr,ssim --json scores.json
     """
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from ..console import user_console
     from ..devices import resolve_device
     from ..evaluate import build_metrics
     from ..score import ScoreResult, match_pairs, score_pairs
@@ -115,7 +115,7 @@ def command(sr: Path, hr: Path, crop_border: int, mod: int | None, metrics: str,
         check_output(flag, path, overwrite)  # before any work, not after it
     if str(json_path) == "-" and str(csv_path) == "-":
         raise PercepkitError("--json - and --csv - would both write to stdout; give one a file")
-    console = Console(stderr=str(json_path) == "-" or str(csv_path) == "-", highlight=False)
+    console = user_console(stderr=str(json_path) == "-" or str(csv_path) == "-")
     pairs, unmatched = match_pairs(sr, hr)
     dev = resolve_device(device)
     built, infos = build_metrics(metric_names(metrics, channel, lpips_net),

@@ -48,13 +48,13 @@ def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
             out: str | None, resume: str | None, init: str | None, amp: bool | None,
             compile_: bool | None, progress: bool | None) -> None:
     """Train a transform network from RECIPE (a YAML file), or resume a run with --resume."""
-    from rich.console import Console
     from rich.markup import escape
 
+    from ..console import user_console
     from ..recipe import load_recipe, parse_yaml, recipe_from_mapping
     from ..train import Trainer, TrainingInterrupted, recipe_text_for_resume, resolve_resume
 
-    console = Console(highlight=False)
+    console = user_console()
     if recipe is None and resume is None:
         raise click.UsageError("give a RECIPE file, or --resume RUN_DIR|CHECKPOINT")
     if recipe is None and resume is not None and Path(resume).suffix in (".yaml", ".yml") \

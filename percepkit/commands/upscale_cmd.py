@@ -12,9 +12,9 @@ from ._batch import inference_options, run_predictor
 
 def load_sr_model(model: str, scale: int | None):
     """A checkpoint path, a model name or a registered transform name -> an SR transform."""
-    from rich.console import Console
     from rich.markup import escape
 
+    from ..console import user_console
     from ..registry import MODELS, TRANSFORMS
 
     path = Path(model)
@@ -44,7 +44,7 @@ def load_sr_model(model: str, scale: int | None):
     if getattr(net, "task", None) != "sr":
         raise PercepkitError(f"transform {model!r} is not a super-resolution transform")
     if any(True for _ in net.parameters()):
-        Console(stderr=True, highlight=False).print(
+        user_console(stderr=True).print(
             f"[yellow]warning:[/] {escape(model)} is built with random weights; pass a trained "
             f"checkpoint to get real results")
     return net.eval()

@@ -62,7 +62,12 @@ def layer_weight_list(layers: Sequence[str], weights: Sequence[float] | None) ->
 
 @contextlib.contextmanager
 def full_precision(device: torch.device) -> Iterator[None]:
-    """Autocast off on ``device``: matmuls (Gram, cosine similarities) stay in float32."""
+    """Autocast off on ``device``: matmuls (Gram, cosine similarities) stay in float32.
+
+    A device without autocast (``meta``, used to estimate memory) has nothing to turn off."""
+    if not torch.amp.is_autocast_available(device.type):
+        yield
+        return
     with torch.autocast(device_type=device.type, enabled=False):
         yield
 

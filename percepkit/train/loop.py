@@ -25,11 +25,13 @@ from torch import nn
 
 from .. import distributed as D
 from ..checkpoint import Checkpoint, training_metadata
+from ..console import user_console
 from ..devices import resolve_device
 from ..errors import CheckpointError, PercepkitError, RecipeError
 from ..recipe import Recipe
 from ..registry import DATASETS
 from .data import preview_items, resume_position, training_loader, validation_items
+from .memory_check import check_training_memory
 from .report import Reporter
 from .rundir import (
     ResumePoint,
@@ -111,7 +113,7 @@ class Trainer:
         self.resume = resume
         self.runs_root = Path(runs_root)
         self.env = D.env_info()
-        self.console = console if console is not None else Console(highlight=False)
+        self.console = console if console is not None else user_console()
         if not self.env.is_main:
             self.console = Console(quiet=True)
         self.show_progress = self.console.is_terminal if progress is None else progress
@@ -150,6 +152,8 @@ class Trainer:
         if s.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.task = make_task(recipe, self.device)
+        self.dataset = DATASETS.build(recipe.data.train, where="data.train")
+        check_training_memory(recipe, self.dataset[(0, 0)], self.task, self.device)
 
         point = self._resume_point()
         self.run_dir = point.run_dir if point else (self.out or D.broadcast_object(
@@ -183,7 +187,6 @@ class Trainer:
                                            enabled=self.amp and self.amp_dtype == torch.float16)
         self.ema = EMA(self.module, s.ema) if s.ema else None
 
-        self.dataset = DATASETS.build(recipe.data.train, where="data.train")
         self.task.check_train_item(self.dataset[(0, 0)], recipe.data.train.get("name"),
                                    self.module)
         self.task.setup(self.module, self.loss)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,10 +55,11 @@ class Reporter:
             TimeRemainingColumn,
         )
 
+        # step and times first: on a narrow terminal the wide loss/speed columns are cut, not they
         progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[losses]}"), TextColumn("[cyan]{task.fields[speed]}"),
+            TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            TextColumn("[cyan]{task.fields[speed]}"), TextColumn("{task.fields[losses]}"),
             console=self.console, transient=False)
         task = progress.add_task("train", total=self.iterations, completed=step, losses="",
                                  speed="")
@@ -85,8 +87,8 @@ class Reporter:
         parts = "  ".join(f"{k} {v:.4g}" for k, v in zip(terms, mean[1:]))
         if self._bar is not None:
             self._bar[0].update(self._bar[1], speed=f"{1 / sec:.2f} it/s  {ips:.1f} img/s")
-        self.console.print(f"step {step}/{self.iterations}  loss {mean[0]:.4g}  ({parts})  "
-                           f"lr {lr:.3g}  {1 / sec:.2f} it/s  {ips:.1f} img/s", soft_wrap=True)
+        self.console.print(log_line(step, self.iterations, mean[0], parts, lr, sec, ips, elapsed),
+                           soft_wrap=True)
 
     def validation(self, step: int, metrics: Mapping[str, float], best: bool) -> None:
         """One ``val.csv`` row and console line."""
@@ -103,3 +105,21 @@ class Reporter:
         """The preview grid to TensorBoard (the PNG is written by the trainer)."""
         if self.tb is not None:
             self.tb.add_image("samples", grid, step)
+
+
+def duration(seconds: float) -> str:
+    """``'45s'``, ``'3m12s'``, ``'2h05m'``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def log_line(step: int, iterations: int, loss: float, parts: str, lr: float, sec: float,
+             ips: float, elapsed: float) -> str:
+    """The periodic console line; the ETA assumes the recent ``sec`` per step."""
+    eta = duration((iterations - step) * sec) if math.isfinite(sec) else "?"
+    return (f"step {step}/{iterations}  loss {loss:.4g}  ({parts})  lr {lr:.3g}  "
+            f"{1 / sec:.2f} it/s  {ips:.1f} img/s  elapsed {duration(elapsed)}, ETA {eta}")

@@ -1,0 +1,73 @@
+"""The training memory estimate: fitting recipes pass, absurd ones are refused up front."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from percepkit.errors import RecipeError
+from percepkit.recipe import load_recipe
+from percepkit.registry import DATASETS
+from percepkit.train import Trainer
+from percepkit.train.memory_check import check_training_memory, estimate_training_memory
+from percepkit.train.tasks import make_task
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+def _check(recipe_path: Path, overrides: list[str] = ()):  # noqa: ANN202
+    recipe = load_recipe(recipe_path, list(overrides))
+    item = DATASETS.build(recipe.data.train, where="data.train")[(0, 0)]
+    return check_training_memory(recipe, item, make_task(recipe, CPU), CPU)
+
+
+def test_tiny_recipes_fit_and_the_estimate_is_cheap():
+    for name in ("tiny_sr.yaml", "tiny_style.yaml"):
+        start = time.perf_counter()
+        estimate = _check(REPO / "recipes" / name)
+        assert time.perf_counter() - start < 5
+        assert estimate is not None and 0 < estimate.total < 1024**3
+
+
+def test_estimate_scales_with_batch_and_input_area():
+    recipe = load_recipe(REPO / "recipes" / "tiny_sr.yaml")
+    small = estimate_training_memory(recipe, (3, 12, 12), (3, 48, 48))
+    large = estimate_training_memory(recipe, (3, 24, 24), (3, 96, 96))
+    assert small is not None and large is not None
+    assert 3.5 < large.activations_per_image / small.activations_per_image < 4.5
+    assert large.parameters == small.parameters
+    batch8 = estimate_training_memory(load_recipe(REPO / "recipes" / "tiny_sr.yaml",
+                                                  ["train.batch_size=8"]), (3, 12, 12), (3, 48, 48))
+    assert batch8.total - small.total == 4 * (small.activations_per_image
+                                              + small.batch_per_image)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["train.batch_size=4096", "data.train.size=512"],
+    ["transform.channels=60000"],
+])
+def test_absurd_recipe_is_refused_quickly_without_allocating(overrides, tmp_path):
+    recipe = load_recipe(REPO / "recipes" / "tiny_sr.yaml", overrides)
+    out = tmp_path / "run"
+    start = time.perf_counter()
+    with pytest.raises(RecipeError) as info:
+        Trainer(recipe, out=out, progress=False).run()
+    assert time.perf_counter() - start < 10
+    message = str(info.value)
+    assert "available" in message and "train.batch_size" in message
+    assert "channels" in message and "\n" not in message
+    assert not out.exists()
+
+
+def test_zoo_recipes_fit_on_this_machine(shared_data, monkeypatch):
+    if shared_data.parent.name != "shared":
+        pytest.skip("the zoo recipes name ../shared; the shared folder is named otherwise")
+    monkeypatch.chdir(shared_data.parent)  # ../shared from here is the shared folder
+    zoo = sorted((REPO / "recipes" / "zoo").glob("*.yaml"))
+    assert zoo
+    for path in zoo:
+        assert _check(path) is not None, path
