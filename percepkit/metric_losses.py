@@ -21,7 +21,8 @@ compute their statistics and distances in float32.
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +130,11 @@ class LPIPSLoss(LossTerm):
         else:
             self.output_layers = self.target_layers = LPIPS_VGG_LAYERS
             self._register_probe(weights)
+
+    @classmethod
+    def reads_layers(cls, spec: Mapping[str, Any]) -> tuple[str, ...]:
+        """relu1_2 ... relu5_3 of the loss network with ``features: loss_network``, else none."""
+        return LPIPS_VGG_LAYERS if spec.get("features") == "loss_network" else ()
 
     @property
     def heads(self) -> list[torch.Tensor]:

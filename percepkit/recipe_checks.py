@@ -110,13 +110,16 @@ def _check_transform(raw: Mapping[str, Any]) -> tuple[list[str], Any]:
 
 
 def term_layers(spec: Any) -> list[str]:
-    """Loss-network layers a loss spec asks for: its ``layers`` or the term's default."""
+    """Loss-network layers a loss spec reads, as the term declares them (``reads_layers``);
+    for a plugin factory without that, its ``layers`` argument or that argument's default."""
     if not isinstance(spec, Mapping):
         return []
     try:
         obj = LOSSES.get(spec.get("name", ""))
     except PercepkitError:
         return []
+    if hasattr(obj, "reads_layers"):
+        return list(obj.reads_layers(spec))
     layers = spec["layers"] if "layers" in spec else next(
         (a.default for a in arguments(obj) if a.name == "layers" and not a.required), ())
     return [str(x) for x in layers] if isinstance(layers, (list, tuple)) else []

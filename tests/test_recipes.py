@@ -314,3 +314,15 @@ def test_short_forms_pass_both_recipe_check_and_the_schema(schema_validator):
                         "losses": ["feature"], "optimizer": "adamw"}):
         assert [e.message for e in schema_validator.iter_errors(raw)] == []
         recipe_from_mapping(raw)
+
+
+def test_loss_terms_declare_the_layers_they_read_without_being_built():
+    from percepkit.metrics.lpips import LPIPS_VGG_LAYERS
+    from percepkit.recipe_checks import term_layers
+
+    assert term_layers({"name": "feature"}) == ["relu2_2"]  # the argument's default
+    assert term_layers({"name": "style", "layers": ["relu1_2"]}) == ["relu1_2"]
+    assert term_layers({"name": "pixel"}) == []
+    # lpips has no 'layers' argument: it says itself what it reads from the loss network
+    assert term_layers({"name": "lpips", "features": "loss_network"}) == list(LPIPS_VGG_LAYERS)
+    assert term_layers({"name": "lpips"}) == []  # its own backbone: nothing from the recipe's

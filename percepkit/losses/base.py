@@ -10,6 +10,7 @@ disabled so that they are computed in float32 even under AMP (terms cast their i
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +37,8 @@ class LossTerm(nn.Module):
     """Base class of loss terms. Subclasses implement ``forward(inputs) -> scalar``.
 
     ``output_layers`` / ``target_layers`` / ``style_layers`` name the loss-network layers the
-    term needs for the output, the target and the style image.
+    term needs for the output, the target and the style image; :meth:`reads_layers` says which
+    before the term is built (recipe checks, without weights).
     """
 
     output_layers: tuple[str, ...] = ()
@@ -49,6 +51,16 @@ class LossTerm(nn.Module):
 
     def set_style(self, features: Mapping[str, torch.Tensor]) -> None:
         """Receive the style image's features (terms with ``style_layers`` only)."""
+
+    @classmethod
+    def reads_layers(cls, spec: Mapping[str, Any]) -> tuple[str, ...]:
+        """The loss-network layers a term built from recipe entry ``spec`` reads, known without
+        building it. Default: its ``layers`` argument, or that argument's default; terms that
+        read layers another way override this."""
+        param = inspect.signature(cls).parameters.get("layers")
+        default = () if param is None or param.default is param.empty else param.default
+        layers = spec.get("layers", default)
+        return tuple(str(x) for x in layers) if isinstance(layers, (list, tuple)) else ()
 
 
 def layer_weight_list(layers: Sequence[str], weights: Sequence[float] | None) -> list[float]:
