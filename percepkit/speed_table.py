@@ -325,3 +325,60 @@ def run_bench(
                        transform=transform_name, precision=precision, matmul_gflops=peak / 1e9,
                        loss_layers=["relu1_2", "relu2_2", "relu3_3", "relu4_3"], rows=rows,
                        notes=notes)
+
+
+@dataclass
+class TrainSpeed:
+    """Training speed of a recipe: seconds per step after the warm-up steps."""
+
+    recipe: str
+    device: str
+    threads: int
+    batch_size: int
+    warmup: int
+    step_seconds: list[float]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def timing(self) -> Timing:
+        return Timing(self.step_seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.timing
+        return {**asdict(self), "steps_per_second": 1 / t.median,
+                "images_per_second": self.batch_size / t.median,
+                "seconds_per_step_min": t.min, "seconds_per_step_median": t.median}
+
+
+def train_speed(path: str, overrides: Sequence[str] = (), *, steps: int = 10,
+                warmup: int = 3) -> TrainSpeed:
+    """Train ``path``'s recipe (its own data, networks and settings) for ``warmup + steps``
+    steps in a temporary run directory, without validation, previews or checkpoints in
+    between, and time the last ``steps``."""
+    import io
+    import tempfile
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .devices import resolve_device
+    from .recipe import load_recipe
+    from .train import Trainer
+
+    total = warmup + steps
+    recipe = load_recipe(path, [*overrides, f"train.iterations={total}",
+                                f"train.val_every={total + 1}", f"train.sample_every={total + 1}",
+                                f"checkpoint.every={total + 1}"])
+    dev = resolve_device(recipe.train.device)
+    notes = busy_notes(dev)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = Trainer(recipe, out=Path(tmp) / "run", console=Console(file=io.StringIO()),
+                         progress=False).run()
+    stamps = result.step_times[warmup - 1:] if warmup else result.step_times
+    seconds = [b - a for a, b in zip(stamps, stamps[1:])]
+    timing = Timing(seconds)
+    if timing.spread > SPREAD_WARNING:
+        notes.append(f"busy: step times spread by {100 * timing.spread:.0f}% (median over best)")
+    return TrainSpeed(recipe=recipe.name, device=device_name(dev), threads=torch.get_num_threads(),
+                      batch_size=recipe.train.batch_size, warmup=warmup, step_seconds=seconds,
+                      notes=notes)

@@ -125,3 +125,26 @@ def test_bench_command_prints_busy_warnings(capsys, monkeypatch, tmp_path):
         assert not e.code
     out = capsys.readouterr().out
     assert "warning" in out and "load average is 64.0" in out and "best" in out
+
+
+def test_bench_train_reports_steps_and_images_per_second_random_init(capsys):
+    """bench --train on the tiny recipe (random-weight loss network: plumbing, not speed)."""
+    from pathlib import Path
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny_sr.yaml"
+    try:
+        main(["bench", "--train", str(recipe), "--steps", "3", "--warmup", "1", "--json"])
+    except SystemExit as e:
+        assert not e.code
+    data = json.loads(capsys.readouterr().out)
+    assert data["recipe"] == "tiny_sr" and data["batch_size"] == 4
+    assert len(data["step_seconds"]) == 3 and all(t > 0 for t in data["step_seconds"])
+    assert data["images_per_second"] == pytest.approx(4 * data["steps_per_second"])
+    assert data["seconds_per_step_min"] <= data["seconds_per_step_median"]
+    try:
+        main(["bench", "--train", str(recipe), "--steps", "2", "--warmup", "1",
+              "--set", "train.batch_size=2"])
+    except SystemExit as e:
+        assert not e.code
+    out = capsys.readouterr().out
+    assert "Training speed: tiny_sr" in out and "images/s" in out

@@ -99,10 +99,20 @@ def render(result, console) -> None:
 @click.option("--half/--no-half", default=None, help="fp16 autocast (CUDA only).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the style net.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads.")
+@click.option("--train", "train_recipe", type=click.Path(path_type=Path), default=None,
+              help="Instead: time training steps of this recipe (its own data and networks) "
+                   "and report steps/s and images/s.")
+@click.option("--steps", type=click.IntRange(2, 100000), default=10, show_default=True,
+              help="--train: timed steps (after the warm-up).")
+@click.option("--warmup", type=click.IntRange(1, 100000), default=3, show_default=True,
+              help="--train: untimed steps first.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="--train: override a recipe key, e.g. --set train.batch_size=8.")
 def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path | None,
             transform_name: str, max_seconds: float | None, repeats: int,
             matmul_size: int | None, half: bool | None, compile_: bool,
-            threads: int | None) -> None:
+            threads: int | None, train_recipe: Path | None, steps: int, warmup: int,
+            overrides: tuple[str, ...]) -> None:
     """Reproduce the paper's speed table on this device.
 
     Gatys et al. optimisation at 100/300/500 L-BFGS iterations against one feed-forward pass of
@@ -116,10 +126,13 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
     from ..devices import resolve_device
     from ..speed_table import run_bench
 
-    size_list = _ints(sizes, "--sizes")
-    iter_list = _ints(iters, "--iters")
     if threads:
         torch.set_num_threads(threads)
+    if train_recipe is not None:
+        _bench_training(train_recipe, overrides, device, steps, warmup, as_json)
+        return
+    size_list = _ints(sizes, "--sizes")
+    iter_list = _ints(iters, "--iters")
     dev = resolve_device(device)
     model = None
     if checkpoint is not None:
@@ -142,3 +155,34 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         render(result, user_console())
+
+
+def _bench_training(recipe: Path, overrides: tuple[str, ...], device: str, steps: int,
+                    warmup: int, as_json: bool) -> None:
+    """``bench --train``: steps/s and images/s of a recipe's training loop."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ..console import user_console
+    from ..speed_table import train_speed
+
+    sets = [*overrides, *([f"train.device={device}"] if device != "auto" else [])]
+    console = user_console(stderr=True)
+    with console.status(f"training {steps + warmup} steps"):
+        result = train_speed(str(recipe), sets, steps=steps, warmup=warmup)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    t = result.timing
+    table = Table(title=f"Training speed: {escape(result.recipe)} — {escape(result.device)}, "
+                        f"batch {result.batch_size}", title_justify="left")
+    for col in ("steps timed", "s/step best", "s/step median", "steps/s", "images/s"):
+        table.add_column(col, justify="right")
+    table.add_row(str(len(result.step_seconds)), f"{t.min:.3f}", f"{t.median:.3f}",
+                  f"{1 / t.median:.2f}", f"{result.batch_size / t.median:.1f}")
+    out = user_console()
+    out.print(table)
+    out.print(f"[dim]after {result.warmup} warm-up step(s); no validation, previews or "
+              "checkpoints in between.[/]")
+    for note in result.notes:
+        out.print(f"[yellow]warning[/]: {escape(note)}")
