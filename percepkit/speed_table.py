@@ -120,7 +120,7 @@ def busy_notes(device: torch.device) -> list[str]:
     if device.type != "cpu" or not hasattr(os, "getloadavg"):
         return []
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load <= 0.5 * cores:
+    if load <= 0.75 * cores:
         return []
     return [f"busy: the load average is {load:.1f} on {cores} cores before the benchmark "
             "started; other processes share the CPU and the times are too slow"]
