@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import PercepkitError
+
 _DIGESTS: dict[tuple[str, float, int], str] = {}
 
 
@@ -80,3 +82,18 @@ def sha256_file(path: str | Path) -> str:
                 h.update(block)
         _DIGESTS[key] = h.hexdigest()
     return _DIGESTS[key]
+
+
+def check_output(flag: str, path: Path | None, overwrite: bool) -> None:
+    """Refuse an output file that exists (without --overwrite) or cannot be written."""
+    if path is None or str(path) == "-":
+        return
+    if path.is_dir():
+        raise PercepkitError(f"{flag} {path}: is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise PercepkitError(f"{flag} {path}: exists; pass --overwrite to replace it")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise PercepkitError(f"{flag} {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise PercepkitError(f"{flag} {path}: {parent} is not writable")

@@ -92,3 +92,16 @@ def test_onnx_export_without_the_onnx_package_is_one_paragraph(tmp_path, monkeyp
     assert e.value.code == 2 and "Traceback" not in err
     assert "pip install 'percepkit[export]'" in err and "torchscript" in err
     assert not (tmp_path / "c.onnx").exists()
+
+
+def test_export_output_under_a_file_or_onto_a_folder_is_one_paragraph(tmp_path, capsys):
+    from percepkit.cli import main
+
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+    for target, says in ((tmp_path / "a_file" / "m.pt", "is a file, not a folder"),
+                         (tmp_path / "a_folder", "is a folder")):
+        with pytest.raises(SystemExit) as e:
+            main(["export", "candy", "--format", "torchscript", "-o", str(target)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and says in err and "Traceback" not in err

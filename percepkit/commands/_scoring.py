@@ -3,28 +3,12 @@ other)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 
 from ..errors import PercepkitError
 
-
-def check_output(flag: str, path: Path | None, overwrite: bool) -> None:
-    """Refuse an output file that exists (without --overwrite) or cannot be written."""
-    if path is None or str(path) == "-":
-        return
-    if path.is_dir():
-        raise PercepkitError(f"{flag} {path}: is a folder; give a file name")
-    if path.exists() and not overwrite:
-        raise PercepkitError(f"{flag} {path}: exists; pass --overwrite to replace it")
-    parent = next((p for p in path.absolute().parents if p.exists()), None)
-    if parent is None or not parent.is_dir():
-        raise PercepkitError(f"{flag} {path}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK):
-        raise PercepkitError(f"{flag} {path}: {parent} is not writable")
 
 def metric_names(metrics: str, channel: str, lpips_net: str) -> list[str]:
     """Registry names for a --metrics list under --channel and --lpips-net."""
@@ -40,6 +24,7 @@ def metric_names(metrics: str, channel: str, lpips_net: str) -> list[str]:
         if n not in mapped:
             mapped.append(n)
     return mapped
+
 
 def format_value(value: float | None, fmt: str) -> str:
     """A metric value for a table: n/a, inf/nan as words, else ``fmt``."""

@@ -10,8 +10,8 @@ import torch
 
 from ..devices import resolve_device
 from ..errors import PercepkitError
+from ..files import check_output
 from ._scoring import (
-    check_output,
     format_value,
     metric_conventions,
     metric_names,

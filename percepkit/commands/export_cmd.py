@@ -50,6 +50,7 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     from ..checkpoint import Checkpoint, is_checkpoint
     from ..console import user_console
     from ..export import export
+    from ..files import check_output
     from ..zoo import load, resolve
 
     path = resolve(checkpoint)
@@ -57,8 +58,7 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     # a model name exports into the current folder, never next to the installed package file
     out = output or (path.with_suffix(suffix) if path == Path(checkpoint).expanduser()
                      else Path(checkpoint + suffix))
-    if out.exists() and not overwrite:
-        raise PercepkitError(f"{out} exists; pass --overwrite to replace it")
+    check_output("-o", out, overwrite)  # a folder, a file in the way, no permission: say so now
     if out.resolve() == path.resolve():
         raise PercepkitError("the output would replace the checkpoint; choose another -o")
     model = load(path)

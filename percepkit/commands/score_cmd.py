@@ -8,8 +8,8 @@ from typing import Any
 import click
 
 from ..errors import PercepkitError
+from ..files import check_output
 from ._scoring import (
-    check_output,
     format_value,
     metric_conventions,
     metric_names,
