@@ -83,3 +83,17 @@ def metric_options(border: str) -> Callable[[Callable], Callable]:
 
     return decorate
 
+
+def convention_lines(metrics: list, data: str, short: str, verbose: bool) -> list[str]:
+    """Rich lines under an eval/score table: the exact conventions (``verbose``) or the short
+    statement, then one line per metric that could not be computed."""
+    from rich.markup import escape
+
+    if verbose:
+        lines = [f"[dim]data:[/] {escape(data)}"]
+        lines += [f"[dim]{escape(m.convention)}[/]" for m in metrics if not m.unavailable]
+    else:
+        lines = [f"[dim]convention:[/] {escape(short)}"]
+    return lines + [f"[yellow]{m.name.upper()} n/a:[/] {escape(m.unavailable)}"
+                    for m in metrics if m.unavailable]
+

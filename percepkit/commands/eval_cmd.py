@@ -12,6 +12,7 @@ from ..devices import resolve_device
 from ..errors import PercepkitError
 from ..files import check_output
 from ._scoring import (
+    convention_lines,
     format_value,
     metric_conventions,
     metric_names,
@@ -169,14 +170,8 @@ def _short_convention(result: Any) -> str:
 def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose: bool) -> None:
     from rich.markup import escape
 
-    if verbose:
-        lines = [f"[dim]data:[/] {escape(result.convention['data'])}"]
-        lines += [f"[dim]{escape(m.convention)}[/]" for m in result.metrics if not m.unavailable]
-    else:
-        lines = [f"[dim]convention:[/] {escape(_short_convention(result))}"]
-    for m in result.metrics:
-        if m.unavailable:
-            lines.append(f"[yellow]{m.name.upper()} n/a:[/] {escape(m.unavailable)}")
+    lines = convention_lines(result.metrics, result.convention["data"],
+                             _short_convention(result), verbose)
     for s in result.sets:
         for f, why in s.skipped:
             lines.append(f"[yellow]skipped[/] {s.name}/{escape(f)}: {escape(why)}")

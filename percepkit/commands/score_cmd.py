@@ -10,6 +10,7 @@ import click
 from ..errors import PercepkitError
 from ..files import check_output
 from ._scoring import (
+    convention_lines,
     format_value,
     metric_conventions,
     metric_names,
@@ -53,14 +54,8 @@ def _render(console: Any, result: Any) -> None:
 def _footer(console: Any, result: Any, verbose: bool) -> None:
     from rich.markup import escape
 
-    if verbose:
-        lines = [f"[dim]data:[/] {escape(result.convention['data'])}"]
-        lines += [f"[dim]{escape(m.convention)}[/]" for m in result.metrics if not m.unavailable]
-    else:
-        lines = [f"[dim]convention:[/] {escape(_short_convention(result))}"]
-    for m in result.metrics:
-        if m.unavailable:
-            lines.append(f"[yellow]{m.name.upper()} n/a:[/] {escape(m.unavailable)}")
+    lines = convention_lines(result.metrics, result.convention["data"],
+                             _short_convention(result), verbose)
     lines += [f"[yellow]unmatched[/] {escape(line)}" for line in result.unmatched]
     lines += [f"[yellow]skipped[/] {escape(f)}: {escape(why)}"
               for f, why in result.images.skipped]
