@@ -190,7 +190,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     real = PixelLoss.forward
 
     def flaky(self, inputs):
-        calls["n"] += 1
+        calls["n"] += inputs.output.device.type != "meta"  # not the memory estimate's pass
         value = real(self, inputs)
         return value * float("nan") if calls["n"] == 5 else value
 
@@ -219,7 +219,7 @@ def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path, monkeypatch):
     real = PixelLoss.forward
 
     def interrupting(self, inputs):
-        calls["n"] += 1
+        calls["n"] += inputs.output.device.type != "meta"  # not the memory estimate's pass
         if calls["n"] == 3:
             os.kill(os.getpid(), signal.SIGINT)
         return real(self, inputs)
