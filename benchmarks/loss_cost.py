@@ -36,6 +36,7 @@ VARIANTS: list[dict[str, Any]] = [
     {"name": "feature", "criterion": "l1"},
     {"name": "feature", "layers": ["relu3_3"]},
     {"name": "feature", "layers": ["conv5_3"], "criterion": "l1"},  # ESRGAN-style, pre-ReLU
+    {"name": "lpips", "features": "loss_network"},  # relu1_2..relu5_3 of the shared VGG16 pass
 ]
 
 
@@ -100,6 +101,9 @@ def time_term(spec: dict[str, Any], net, batch: int, size: int, repeats: int
     return layers, _timed(step, repeats), _timed(term_alone, repeats)
 
 
+MIN_SIDE = {"ms_ssim": 176}  # 5 scales of an 11x11 window need 161 px: timed at this size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -114,16 +118,25 @@ def main() -> None:
     from rich.table import Table
 
     load_start = os.getloadavg()[0]
-    net = LOSS_NETWORKS.build({"name": "vgg16", "weights": "random"})
-    specs = [{"name": e.name} for e in LOSSES.entries() if e.source == BUILTIN] + VARIANTS
+    from percepkit.errors import MissingWeightsError
+
+    try:  # real weights when present: lpips on the shared pass checks it is ImageNet VGG16
+        net, init = LOSS_NETWORKS.build({"name": "vgg16", "weights": "imagenet"}), "ImageNet"
+        variants = VARIANTS
+    except MissingWeightsError:  # the same speed; only the shared-pass lpips cannot run
+        net, init = LOSS_NETWORKS.build({"name": "vgg16", "weights": "random"}), "random init"
+        variants = [v for v in VARIANTS if v.get("features") != "loss_network"]
+    specs = [{"name": e.name} for e in LOSSES.entries() if e.source == BUILTIN] + variants
     rows = []
     for spec in specs:
-        layers, times, own = time_term(spec, net, args.batch, args.size, args.repeats)
-        rows.append((describe(spec), layers, min(times) * 1e3, statistics.median(times) * 1e3,
+        size = max(args.size, MIN_SIDE.get(spec["name"], 0))
+        layers, times, own = time_term(spec, net, args.batch, size, args.repeats)
+        name = describe(spec) + (f" at {size}²" if size != args.size else "")
+        rows.append((name, layers, min(times) * 1e3, statistics.median(times) * 1e3,
                      min(own) * 1e3))
 
     title = (f"loss cost per step: forward + backward, batch {args.batch} of {args.size}², "
-             f"CPU 1 thread ({cpu_model()}), torch {torch.__version__}, VGG16 random init, "
+             f"CPU 1 thread ({cpu_model()}), torch {torch.__version__}, VGG16 {init}, "
              f"{args.repeats} repeats; load average {load_start:.1f} at the start, "
              f"{os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} CPUs")
     table = Table(title=title, title_justify="left")
