@@ -144,7 +144,7 @@ def build_metrics(names: Sequence[str], crop_border: int = 0,
 
 
 @contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
+def threads(n: int | None) -> Iterator[None]:
     """Run a block with ``n`` intra-op CPU threads (``None``: leave the setting alone).
 
     Per-image preprocessing and PSNR/SSIM are many small tensor ops: extra OpenMP threads gain
@@ -161,6 +161,13 @@ def _threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def to_luma(x: torch.Tensor) -> torch.Tensor:
+    """(..., 3, H, W) RGB to (..., 1, H, W) luma 0.299 R + 0.587 G + 0.114 B (exact for equal
+    channels): how a 3-channel output is scored against a 1-channel image."""
+    return (x * torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(3, 1, 1)).sum(
+        -3, keepdim=True)
 
 
 def _declared(obj: Any, attr: str) -> Any:
@@ -180,10 +187,10 @@ def run_transform(transform: Callable[[torch.Tensor], torch.Tensor], lr: torch.T
         raise PercepkitError(f"the model returned {type(y).__name__} {getattr(y, 'shape', '')}, "
                              f"expected a (1, C, H, W) tensor")
     y = y.detach().cpu()
-    with _threads(1):
+    with threads(1):
         y = y.float()
         if channels == 1 and y.shape[1] == 3:
-            y = (y * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            y = to_luma(y)
         return quantize(y[0])
 
 
@@ -191,7 +198,7 @@ def score_image(metric: Metric, output: torch.Tensor, target: torch.Tensor) -> f
     """One metric value for one CxHxW pair (parameter-free metrics run single-threaded)."""
     param = next(iter(metric.parameters()), None) if isinstance(metric, nn.Module) else None
     dev = param.device if param is not None else torch.device("cpu")
-    with _threads(1 if param is None else None):  # parameter-free metrics: small CPU ops
+    with threads(1 if param is None else None):  # parameter-free metrics: small CPU ops
         value = metric(output[None].to(dev), target[None].to(dev))
     return float(value.reshape(-1)[0])
 
@@ -274,7 +281,7 @@ def evaluate(
             for i in range(len(ds)):
                 path = ds.hr_paths[i]
                 try:
-                    with _threads(1):  # reading, mod-crop, LR: small ops (see _threads)
+                    with threads(1):  # reading, mod-crop, LR: small ops (see threads)
                         sample = ds.sample(i)
                     sr = run_transform(transform, sample.lr, device)
                     if sr.shape != sample.hr.shape:

@@ -20,7 +20,6 @@ compute their statistics and distances in float32.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 
 from .errors import PercepkitError
 from .losses import LossInputs, LossTerm
+from .losses.base import full_precision
 from .metrics.dists import DISTSNetwork
 from .metrics.fidelity import gaussian_window, ms_ssim_min_size, ms_ssim_values, ssim_terms
 from .metrics.lpips import LPIPS_VGG_LAYERS, build_lpips, lpips_distance, lpips_heads
@@ -47,11 +47,6 @@ def _pair(inputs: LossInputs, name: str) -> tuple[torch.Tensor, torch.Tensor]:
                              f"shape, got {tuple(inputs.output.shape)} and "
                              f"{tuple(inputs.target.shape)}")
     return inputs.output, inputs.target
-
-
-def _full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Autocast off for the block (SSIM's small differences of large sums need float32)."""
-    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def _check_side(x: torch.Tensor, minimum: int, name: str, reason: str) -> None:
@@ -73,7 +68,7 @@ class SSIMLoss(LossTerm):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         output, target = _pair(inputs, "ssim")
         _check_side(output, self.window, "ssim", f"(the {self.window}x{self.window} window)")
-        with _full_precision(output):
+        with full_precision(output.device):
             ssim_map, _ = ssim_terms(output.float(), target.float(),
                                      gaussian_window(self.window, self.sigma),
                                      self.k1**2, self.k2**2)
@@ -96,7 +91,7 @@ class MSSSIMLoss(LossTerm):
         output, target = _pair(inputs, "ms_ssim")
         _check_side(output, ms_ssim_min_size(self.window), "ms_ssim",
                     f"for 5 scales with the {self.window}x{self.window} window")
-        with _full_precision(output):
+        with full_precision(output.device):
             values = ms_ssim_values(output.float(), target.float(),
                                     gaussian_window(self.window, self.sigma),
                                     self.k1**2, self.k2**2, floor=self.floor)
@@ -154,7 +149,7 @@ class LPIPSLoss(LossTerm):
         from .lossnets import IMAGENET_MEAN, IMAGENET_STD
 
         x = inputs.output[:1].detach().float()
-        with torch.no_grad(), _full_precision(x):
+        with torch.no_grad(), full_precision(x.device):
             mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
             std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
             h = F.relu(F.conv2d((x - mean) / std, self.probe0_weight, self.probe0_bias,
@@ -180,7 +175,7 @@ class LPIPSLoss(LossTerm):
                 self._check_loss_network(inputs)
             fa = [inputs.output_features[k] for k in LPIPS_VGG_LAYERS]
             fb = [inputs.target_features[k] for k in LPIPS_VGG_LAYERS]
-        with _full_precision(output):
+        with full_precision(output.device):
             return lpips_distance(list(fa), list(fb), self.heads).mean()
 
 

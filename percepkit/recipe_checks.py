@@ -120,9 +120,9 @@ def term_layers(spec: Any) -> list[str]:
         return []
     if hasattr(obj, "reads_layers"):
         return list(obj.reads_layers(spec))
-    layers = spec["layers"] if "layers" in spec else next(
-        (a.default for a in arguments(obj) if a.name == "layers" and not a.required), ())
-    return [str(x) for x in layers] if isinstance(layers, (list, tuple)) else []
+    from .losses.base import layers_argument
+
+    return list(layers_argument(obj, spec))
 
 
 def _alternatives(names: Sequence[str]) -> str:

@@ -34,10 +34,11 @@ from .evaluate import (
     ImageRow,
     MetricInfo,
     SetResult,
-    _threads,
     csv_number,
     json_number,
     score_image,
+    threads,
+    to_luma,
     write_conventions,
     write_text,
 )
@@ -148,8 +149,7 @@ def read_pair(pair: Pair, mod_crop: int | None = None
     sr, sr_notes = load_hr(pair.sr, 1)
     notes = [f"HR: {n}" for n in hr_notes] + [f"SR: {n}" for n in sr_notes]
     if sr.shape[0] == 3 and hr.shape[0] == 1:
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
-        sr = quantize((sr * weights).sum(0, keepdim=True))
+        sr = quantize(to_luma(sr))
         notes.append("3-channel SR reduced to luma for the 1-channel HR")
     elif sr.shape[0] == 1 and hr.shape[0] == 3:
         sr = sr.expand(3, -1, -1).contiguous()
@@ -177,7 +177,7 @@ def score_pairs(pairs: Sequence[Pair], metrics: dict[str, Metric], infos: Sequen
     with torch.inference_mode():
         for pair in pairs:
             try:
-                with _threads(1):  # small tensor ops, as eval reads its images
+                with threads(1):  # small tensor ops, as eval reads its images
                     sr, hr, notes = read_pair(pair, mod_crop)
                 values: dict[str, float | None] = {
                     info.name: (score_image(metrics[info.name], sr, hr)

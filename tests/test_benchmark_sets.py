@@ -55,13 +55,13 @@ def test_srcnn_y_only_pipeline_reproduces_srcnn_rows_exactly(scale, published):
     """SRCNN's MATLAB code resizes the uint8-rounded Y channel alone; doing the same with our
     imresize and SSIM gives its published bicubic Set5 rows to every printed digit. (Our default
     pipeline resizes RGB, as BasicSR does, and scores 0.01 dB / 0.001 SSIM higher.)"""
-    from percepkit.evaluate import _threads  # small ops: one thread, as the engine does
+    from percepkit.evaluate import threads  # small ops: one thread, as the engine does
     from percepkit.metrics import rgb_to_y
 
     ds = bm.set5(scale=scale)
     psnr, ssim = PSNR("y", scale), SSIM("y", scale)
     values = []
-    with _threads(1):
+    with threads(1):
         for i in range(len(ds)):
             y = rgb_to_y(ds.sample(i).hr.double()[None]).round() / 255
             sr = bm.quantize(imresize(imresize(y, scale=1 / scale), scale=scale))

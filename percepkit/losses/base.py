@@ -57,10 +57,16 @@ class LossTerm(nn.Module):
         """The loss-network layers a term built from recipe entry ``spec`` reads, known without
         building it. Default: its ``layers`` argument, or that argument's default; terms that
         read layers another way override this."""
-        param = inspect.signature(cls).parameters.get("layers")
-        default = () if param is None or param.default is param.empty else param.default
-        layers = spec.get("layers", default)
-        return tuple(str(x) for x in layers) if isinstance(layers, (list, tuple)) else ()
+        return layers_argument(cls, spec)
+
+
+def layers_argument(factory: Any, spec: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ``layers`` a recipe entry gives ``factory`` (a term class or a plugin's factory), or
+    the default of that argument; () when it has none."""
+    param = inspect.signature(factory).parameters.get("layers")
+    default = () if param is None or param.default is param.empty else param.default
+    layers = spec.get("layers", default)
+    return tuple(str(x) for x in layers) if isinstance(layers, (list, tuple)) else ()
 
 
 def layer_weight_list(layers: Sequence[str], weights: Sequence[float] | None) -> list[float]:

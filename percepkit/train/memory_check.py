@@ -78,9 +78,10 @@ def estimate_training_memory(recipe: Recipe, input_shape: tuple[int, ...],
     if "loss_network" in raw:
         raw["loss_network"] = _random_weights(raw["loss_network"])
     try:
+        meta_recipe = Recipe(raw, recipe.source)
         with torch.device("meta"):
-            model = Recipe(raw, recipe.source).build_transform()
-            loss = Recipe(raw, recipe.source).build_loss()
+            model = meta_recipe.build_transform()
+            loss = meta_recipe.build_loss()
             x = torch.zeros((1, *input_shape))
             y = torch.zeros((1, *target_shape))
             if loss.style_layers:  # style targets are set once from the style image
