@@ -71,3 +71,13 @@ def test_zoo_recipes_fit_on_this_machine(shared_data, monkeypatch):
     assert zoo
     for path in zoo:
         assert _check(path) is not None, path
+
+
+def test_structural_terms_are_estimated_on_the_meta_device_random_init():
+    """ssim / ms_ssim turn autocast off and build their Gaussian window: both must work on
+    'meta', or such recipes silently skip the estimate."""
+    tiny = Path(__file__).resolve().parents[1] / "recipes" / "tiny_sr.yaml"
+    for term in ("ssim", "ms_ssim"):
+        recipe = load_recipe(tiny, [f"losses=[{{name: pixel}}, {{name: {term}, weight: 0.1}}]"])
+        estimate = estimate_training_memory(recipe, (3, 48, 48), (3, 192, 192))
+        assert estimate is not None and estimate.total > 0, term

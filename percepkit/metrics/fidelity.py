@@ -72,8 +72,11 @@ class PSNR(Metric):
 
 def gaussian_window(size: int = 11, sigma: float = 1.5,
                     dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Normalised 1-D Gaussian; its outer product is MATLAB ``fspecial('gaussian',size,sigma)``."""
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    """Normalised 1-D Gaussian; its outer product is MATLAB ``fspecial('gaussian',size,sigma)``.
+
+    Always on the CPU: its values are constants (``valid_filter`` reads them as Python floats),
+    also inside a ``torch.device('meta')`` block such as the training-memory estimate's."""
+    x = torch.arange(size, dtype=torch.float64, device="cpu") - (size - 1) / 2.0
     g = torch.exp(-(x**2) / (2.0 * sigma**2))
     return (g / g.sum()).to(dtype)
 
