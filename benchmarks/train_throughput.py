@@ -25,15 +25,12 @@ is the fairest comparison on a machine shared with other jobs.
 from __future__ import annotations
 
 import argparse
-import io
 import sys
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from rich.console import Console
 from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,14 +63,13 @@ def overrides(recipe_path: Path, args: argparse.Namespace) -> list[str]:
     return out
 
 
-def time_trainer(recipe) -> float:
-    """Images/s of ``Trainer.run`` after the warm-up steps."""
-    from percepkit.train import Trainer
+def time_trainer(path: Path) -> float:
+    """Images/s of ``Trainer.run`` after the warm-up steps (``percepkit bench --train``'s
+    measurement, as a mean over the timed steps)."""
+    from percepkit.speed_table import train_speed
 
-    with tempfile.TemporaryDirectory() as tmp:
-        result = Trainer(recipe, out=Path(tmp) / "run", console=Console(file=io.StringIO()),
-                         progress=False).run()
-    return result.images_per_second(recipe.train.batch_size, skip=ARGS.warmup - 1)
+    speed = train_speed(str(path), overrides(path, ARGS), steps=ARGS.steps, warmup=ARGS.warmup)
+    return speed.batch_size * len(speed.step_seconds) / sum(speed.step_seconds)
 
 
 def time_plain(recipe) -> float:
@@ -153,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(path, overrides(path, ARGS))
         ours, plain = [], []
         for _ in range(ARGS.rounds):
-            ours.append(time_trainer(recipe))
+            ours.append(time_trainer(path))
             plain.append(time_plain(recipe))
         train = recipe.raw["data"]["train"]
         size = train["size"]
