@@ -61,17 +61,16 @@ def ensure(module: str, package: str) -> str | None:
 
 # -- workers: one measurement per process ----------------------------------------------------
 def _timed(fn, repeats: int) -> dict:
+    """Best and median seconds of ``fn()`` after one warm-up call, and the process's peak RSS."""
+    import math
     import resource
-    import time
 
-    fn()  # warm-up
-    runs = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t)
-    runs.sort()
-    return {"min": runs[0], "median": runs[len(runs) // 2],
+    import torch
+
+    from percepkit.speed_table import time_call
+
+    t = time_call(fn, torch.device("cpu"), repeats=repeats, warmup=1, max_seconds=math.inf)
+    return {"min": t.min, "median": t.median,
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
