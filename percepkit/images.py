@@ -177,3 +177,8 @@ def resize_shorter_side(img: torch.Tensor, short: int) -> torch.Tensor:
     size = (max(short, round(h * f)), max(short, round(w * f)))
     out = F.interpolate(img[None], size=size, mode="bicubic", antialias=True, align_corners=False)
     return out[0].clamp(0, 1)
+
+
+def mix_channels(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``matrix`` (3x3) applied to the channels of (..., 3, H, W) ``x``: colour-space changes."""
+    return torch.einsum("ij,...jhw->...ihw", matrix.to(device=x.device, dtype=x.dtype), x)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .images import mix_channels
+
 # BT.601 full-range RGB <-> YCbCr (JPEG), without offsets: Cb/Cr centred on 0.
 _RGB_TO_YCC = torch.tensor([[0.299, 0.587, 0.114],
                             [-0.168736, -0.331264, 0.5],
@@ -15,15 +17,11 @@ _RGB_TO_YCC = torch.tensor([[0.299, 0.587, 0.114],
 _YCC_TO_RGB = torch.linalg.inv(_RGB_TO_YCC)
 
 
-def _mix(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("ij,...jhw->...ihw", matrix.to(x.device, x.dtype), x)
-
-
 def preserve_color(stylized: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
     """Luminance-only transfer (Gatys et al. 2016): the stylized luma with the content's chroma."""
-    y = _mix(_RGB_TO_YCC, stylized)[..., :1, :, :]
-    cbcr = _mix(_RGB_TO_YCC, content)[..., 1:, :, :]
-    return _mix(_YCC_TO_RGB, torch.cat([y, cbcr], dim=-3)).clamp(0, 1)
+    y = mix_channels(_RGB_TO_YCC, stylized)[..., :1, :, :]
+    cbcr = mix_channels(_RGB_TO_YCC, content)[..., 1:, :, :]
+    return mix_channels(_YCC_TO_RGB, torch.cat([y, cbcr], dim=-3)).clamp(0, 1)
 
 
 def blend(stylized: torch.Tensor, content: torch.Tensor, strength: float) -> torch.Tensor:

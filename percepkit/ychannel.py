@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 
+from .images import mix_channels
 from .imresize import imresize
 
 __all__ = ["PROTOCOL", "rgb_to_ycbcr", "y_channel_upscale", "ycbcr_to_rgb"]
@@ -29,19 +30,14 @@ _OFFSET = torch.tensor([16.0, 128.0, 128.0], dtype=torch.float64) / 255.0
 _M_INV = torch.linalg.inv(_M)
 
 
-def _apply(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    m = matrix.to(device=x.device, dtype=x.dtype)
-    return torch.einsum("ij,...jhw->...ihw", m, x)
-
-
 def rgb_to_ycbcr(x: torch.Tensor) -> torch.Tensor:
     """MATLAB ``rgb2ycbcr`` of (..., 3, H, W) RGB in [0, 1]; Y, Cb, Cr in [0, 1] units."""
-    return _apply(_M, x) + _OFFSET.to(device=x.device, dtype=x.dtype).view(3, 1, 1)
+    return mix_channels(_M, x) + _OFFSET.to(device=x.device, dtype=x.dtype).view(3, 1, 1)
 
 
 def ycbcr_to_rgb(x: torch.Tensor) -> torch.Tensor:
     """MATLAB ``ycbcr2rgb``: the inverse of :func:`rgb_to_ycbcr` (not clamped)."""
-    return _apply(_M_INV, x - _OFFSET.to(device=x.device, dtype=x.dtype).view(3, 1, 1))
+    return mix_channels(_M_INV, x - _OFFSET.to(device=x.device, dtype=x.dtype).view(3, 1, 1))
 
 
 def y_channel_upscale(upscale_y: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
