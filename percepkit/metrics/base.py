@@ -87,6 +87,17 @@ def to_scored(x: torch.Tensor, channel: Channel, crop_border: int) -> torch.Tens
     return crop(x, crop_border)
 
 
+def rgb_pair(output: torch.Tensor, target: torch.Tensor, crop_border: int, minimum: int,
+             name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a perceptual metric (LPIPS, DISTS) scores: both images after the border crop,
+    checked against ``minimum``, 1-channel images repeated to RGB."""
+    output, target = crop(output, crop_border), crop(target, crop_border)
+    check_size(output, minimum, name, crop_border)
+    if output.shape[1] == 1:
+        output, target = output.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
+    return output, target
+
+
 def check_size(x: torch.Tensor, minimum: int, name: str, crop_border: int,
                reason: str = "") -> None:
     """Raise one sentence when ``x`` is smaller than ``minimum`` on a side (after cropping)."""

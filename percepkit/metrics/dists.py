@@ -26,7 +26,7 @@ from torch import nn
 
 from ..errors import MissingWeightsError
 from ..registry import METRICS
-from .base import Metric, check_size, crop
+from .base import Metric, rgb_pair
 
 __all__ = ["DISTS", "DISTSNetwork", "L2Pool", "dists_alpha_beta"]
 
@@ -167,10 +167,7 @@ class DISTS(Metric):
                    else "whole image (no border cropped)"))
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        output, target = crop(output, self.crop_border), crop(target, self.crop_border)
-        check_size(output, 1, self.name, self.crop_border)
-        if output.shape[1] == 1:
-            output, target = output.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
+        output, target = rgb_pair(output, target, self.crop_border, 1, self.name)
         return self.net(output.float(), target.float()).to(torch.float64)
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..errors import MissingWeightsError, PercepkitError
 from ..registry import METRICS
-from .base import Metric, check_size, crop
+from .base import Metric, rgb_pair
 
 __all__ = ["LPIPS", "LPIPS_ARCH", "LPIPS_VGG_LAYERS", "build_lpips", "load_backbone",
            "lpips_distance", "lpips_heads"]
@@ -105,10 +105,7 @@ class LPIPS(Metric):
                              else "whole image (no border cropped)"))
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        output, target = crop(output, self.crop_border), crop(target, self.crop_border)
-        check_size(output, 16, self.name, self.crop_border)
-        if output.shape[1] == 1:
-            output, target = output.expand(-1, 3, -1, -1), target.expand(-1, 3, -1, -1)
+        output, target = rgb_pair(output, target, self.crop_border, 16, self.name)
         dtype = next(self.model.parameters()).dtype
         value = self.model(output.to(dtype) * 2 - 1, target.to(dtype) * 2 - 1)
         return value.reshape(-1).to(torch.float64)
