@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from percepkit.benchmark_sets import hr_folder, quantize
-from percepkit.evaluate import build_metrics, evaluate, score_image
+from percepkit.evaluate import build_metrics, evaluate, score_pair
 from percepkit.images import to_uint8
 from percepkit.imresize import imresize
 
@@ -123,8 +123,7 @@ def main() -> int:
 
     def ours() -> list[tuple[float, float]]:  # the engine's scoring path
         with torch.inference_mode():
-            return [(score_image(metrics["psnr"], sr, hr), score_image(metrics["ssim"], sr, hr))
-                    for sr, hr, _, _ in pairs]
+            return [tuple(score_pair(metrics, infos, sr, hr).values()) for sr, hr, _, _ in pairs]
 
     def reference() -> list[tuple[float, float]]:
         return [(basicsr_psnr(a, b, args.scale), basicsr_ssim(a, b, args.scale))

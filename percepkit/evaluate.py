@@ -9,7 +9,6 @@ the sidecar of every CSV file (:func:`conventions_path`); CSV files are plain ta
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import inspect
@@ -18,7 +17,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,18 +26,19 @@ import torch
 from torch import nn
 
 from .benchmark_sets import SRBenchmark, quantize
+from .devices import threads
 from .errors import MissingWeightsError, PercepkitError
 from .files import atomic_write
 from .images import image_grid, stack_rows, write_image
 from .imresize import imresize
-from .metrics import Metric
+from .metrics import Metric, PlaneMetric
 from .registry import METRICS, built_class
 
 __all__ = [
     "DATA_CONVENTION", "EvalResult", "ImageRow", "MetricInfo", "SetResult", "build_metrics",
     "comparison_grid", "conventions_path", "csv_number", "evaluate", "json_number",
-    "result_to_dict", "run_transform", "score_image", "write_conventions", "write_csv",
-    "write_json", "write_text",
+    "result_to_dict", "run_transform", "score_image", "score_pair", "write_conventions",
+    "write_csv", "write_json", "write_text",
 ]
 
 DATA_CONVENTION = (
@@ -143,26 +143,6 @@ def build_metrics(names: Sequence[str], crop_border: int = 0,
     return built, infos
 
 
-@contextlib.contextmanager
-def threads(n: int | None) -> Iterator[None]:
-    """Run a block with ``n`` intra-op CPU threads (``None``: leave the setting alone).
-
-    Per-image preprocessing and PSNR/SSIM are many small tensor ops: extra OpenMP threads gain
-    little on them, and on a machine whose cores are busy each parallel region can wait a whole
-    scheduler time slice for a descheduled thread. We measured 5-10x slowdowns on 2 busy cores,
-    so those steps run single-threaded; the model and LPIPS keep the caller's thread count.
-    """
-    old = torch.get_num_threads()
-    if n is None or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def to_luma(x: torch.Tensor) -> torch.Tensor:
     """(..., 3, H, W) RGB to (..., 1, H, W) luma 0.299 R + 0.587 G + 0.114 B (exact for equal
     channels): how a 3-channel output is scored against a 1-channel image."""
@@ -201,6 +181,29 @@ def score_image(metric: Metric, output: torch.Tensor, target: torch.Tensor) -> f
     with threads(1 if param is None else None):  # parameter-free metrics: small CPU ops
         value = metric(output[None].to(dev), target[None].to(dev))
     return float(value.reshape(-1)[0])
+
+
+def score_pair(metrics: dict[str, Metric], infos: Sequence[MetricInfo], output: torch.Tensor,
+               target: torch.Tensor) -> dict[str, float | None]:
+    """Every metric of ``infos`` for one CxHxW pair (``None`` where ``metrics`` lacks it).
+
+    Metrics of the same planes (PSNR, SSIM, MS-SSIM on Y with one crop) share one conversion.
+    """
+    planes: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    values: dict[str, float | None] = {}
+    for info in infos:
+        metric = metrics.get(info.name)
+        if metric is None:
+            values[info.name] = None
+        elif isinstance(metric, PlaneMetric):
+            with threads(1):
+                key = metric.planes_key
+                if key not in planes:
+                    planes[key] = metric.planes(output[None], target[None])
+                values[info.name] = float(metric.score_planes(*planes[key])[0])
+        else:
+            values[info.name] = score_image(metric, output, target)
+    return values
 
 
 def _crop_box(hr: torch.Tensor, size: int) -> tuple[int, int]:
@@ -289,9 +292,7 @@ def evaluate(
                             f"{path}: {model_name} returned {tuple(sr.shape)} for an LR of "
                             f"{tuple(sample.lr.shape)}, but the HR is {tuple(sample.hr.shape)}; "
                             f"is the scale (x{ds.scale}) the model's?")
-                    values: dict[str, float | None] = {
-                        info.name: (score_image(metrics[info.name], sr, sample.hr)
-                                    if info.name in metrics else None) for info in infos}
+                    values = score_pair(metrics, infos, sr, sample.hr)
                 except PercepkitError as e:
                     msg = str(e)
                     reason = msg.split(": ", 1)[1] if msg.startswith(str(path)) else msg

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from .benchmark_sets import load_hr
+from .devices import threads
 from .errors import PercepkitError
 from .evaluate import (
     ImageRow,
@@ -36,8 +37,7 @@ from .evaluate import (
     SetResult,
     csv_number,
     json_number,
-    score_image,
-    threads,
+    score_pair,
     to_luma,
     write_conventions,
     write_text,
@@ -179,9 +179,7 @@ def score_pairs(pairs: Sequence[Pair], metrics: dict[str, Metric], infos: Sequen
             try:
                 with threads(1):  # small tensor ops, as eval reads its images
                     sr, hr, notes = read_pair(pair, mod_crop)
-                values: dict[str, float | None] = {
-                    info.name: (score_image(metrics[info.name], sr, hr)
-                                if info.name in metrics else None) for info in infos}
+                values = score_pair(metrics, infos, sr, hr)
             except PercepkitError as e:
                 msg = str(e)
                 for prefix in (str(pair.sr), str(pair.hr)):

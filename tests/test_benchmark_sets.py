@@ -55,7 +55,7 @@ def test_srcnn_y_only_pipeline_reproduces_srcnn_rows_exactly(scale, published):
     """SRCNN's MATLAB code resizes the uint8-rounded Y channel alone; doing the same with our
     imresize and SSIM gives its published bicubic Set5 rows to every printed digit. (Our default
     pipeline resizes RGB, as BasicSR does, and scores 0.01 dB / 0.001 SSIM higher.)"""
-    from percepkit.evaluate import threads  # small ops: one thread, as the engine does
+    from percepkit.devices import threads  # small ops: one thread, as the engine does
     from percepkit.metrics import rgb_to_y
 
     ds = bm.set5(scale=scale)

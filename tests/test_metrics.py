@@ -229,3 +229,54 @@ def test_ms_ssim_identical_is_one_and_small_images_are_refused():
         MSSSIM(crop_border=5)(small, small)  # 160x160 after the crop
     m = METRICS.build({"name": "ms_ssim", "crop_border": 4})
     assert m.higher_is_better and "msssim.m" in m.convention and "0.0448" in m.convention
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 150, 97), (1, 1, 75, 2100), (1, 1, 11, 11)])
+def test_strip_ssim_equals_whole_plane_maps(shape):
+    """The cache-sized strips (in reused buffers) give the means of the whole-plane maps:
+    several strips and a short last one, the 16-row floor of a wide image, a single window."""
+    from percepkit.metrics.fidelity import gaussian_window, ssim_means, ssim_terms
+
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(shape, generator=g, dtype=torch.float64) * 255
+    b = (a + torch.randn(shape, generator=g, dtype=torch.float64) * 20).clamp(0, 255)
+    window, c1, c2 = gaussian_window(), 6.5025, 58.5225
+    ssim_map, cs_map = ssim_terms(a, b, window, c1, c2)
+    with torch.inference_mode():
+        s, cs = ssim_means(a, b, window, c1, c2)
+    torch.testing.assert_close(s, ssim_map.mean(dim=(-2, -1)), rtol=0, atol=1e-12)
+    torch.testing.assert_close(cs, cs_map.mean(dim=(-2, -1)), rtol=0, atol=1e-12)
+    a.requires_grad_(True)  # a gradient to record: the whole-plane path, differentiable
+    s_grad, _ = ssim_means(a, b, window, c1, c2)
+    s_grad.sum().backward()
+    torch.testing.assert_close(s_grad.detach(), s, rtol=0, atol=1e-12)
+    assert a.grad is not None and torch.isfinite(a.grad).all()
+
+
+def test_multi_strip_ssim_matches_skimage():
+    out, tgt = _pair(7, h=230, w=190)  # several strips of rows
+    ours = SSIM(crop_border=2)(out, tgt)
+    for i in range(2):
+        ya = _y_numpy(out[i])[2:-2, 2:-2]
+        yb = _y_numpy(tgt[i])[2:-2, 2:-2]
+        ref = structural_similarity(ya, yb, **SK_SSIM)
+        assert ours[i].item() == pytest.approx(ref, abs=1e-10)
+
+
+def test_score_pair_converts_each_image_once(monkeypatch):
+    """PSNR, SSIM and MS-SSIM on the same Y planes share one conversion and give the values of
+    separate metric calls; a metric that is asked for but not built is None."""
+    from percepkit.evaluate import MetricInfo, build_metrics, score_pair
+    from percepkit.metrics import base
+
+    out, tgt = _pair(9, h=200, w=180)
+    metrics, infos = build_metrics(["psnr", "ssim", "ms_ssim"], crop_border=4)
+    calls = []
+    real = base.to_scored
+    monkeypatch.setattr(base, "to_scored", lambda *a: calls.append(1) or real(*a))
+    values = score_pair(metrics, [*infos, MetricInfo("lpips", False, "", ".4f")], out[0], tgt[0])
+    assert len(calls) == 2  # output and target, once each
+    monkeypatch.undo()
+    for name, metric in metrics.items():
+        assert values[name] == pytest.approx(metric(out[:1], tgt[:1]).item(), abs=1e-12)
+    assert values["lpips"] is None

@@ -16,11 +16,11 @@ computes. Outputs are *not* rounded here; :mod:`percepkit.evaluate` rounds model
 
 from __future__ import annotations
 
-from .base import Channel, Metric, rgb_to_y, to_scored
+from .base import Channel, Metric, PlaneMetric, rgb_to_y, to_scored
 from .dists import DISTS, dists_metric
 from .fidelity import MSSSIM, PSNR, SSIM, gaussian_window, ms_ssim, psnr, ssim
 from .lpips import LPIPS, load_backbone, lpips_metric
 
-__all__ = ["DISTS", "LPIPS", "MSSSIM", "PSNR", "SSIM", "Channel", "Metric", "dists_metric",
-           "gaussian_window", "load_backbone", "lpips_metric", "ms_ssim", "psnr", "rgb_to_y",
-           "ssim", "to_scored"]
+__all__ = ["DISTS", "LPIPS", "MSSSIM", "PSNR", "SSIM", "Channel", "Metric", "PlaneMetric",
+           "dists_metric", "gaussian_window", "load_backbone", "lpips_metric", "ms_ssim", "psnr",
+           "rgb_to_y", "ssim", "to_scored"]

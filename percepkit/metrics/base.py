@@ -12,10 +12,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..devices import threads
 from ..errors import PercepkitError
 
-__all__ = ["RGB_CONVENTION", "Y_CONVENTION", "Channel", "Metric", "check_channel", "check_size",
-           "crop", "rgb_to_y", "to_scored"]
+__all__ = ["RGB_CONVENTION", "Y_CONVENTION", "Channel", "Metric", "PlaneMetric", "check_channel",
+           "check_size", "crop", "rgb_to_y", "to_scored"]
 
 Channel = Literal["y", "rgb"]
 
@@ -51,6 +52,41 @@ class Metric(nn.Module):
         return super().__call__(output, target)
 
 
+class PlaneMetric(Metric):
+    """A metric of the scored planes (:func:`to_scored`): PSNR, SSIM, MS-SSIM.
+
+    ``planes`` converts an image pair once; ``score_planes`` scores the planes, so metrics with
+    the same ``planes_key`` (channel and border crop) can share one conversion
+    (:func:`percepkit.evaluate.score_pair`). They run single-threaded: many small CPU ops (see
+    :func:`percepkit.devices.threads`).
+    """
+
+    def __init__(self, name: str, channel: Channel = "y", crop_border: int = 0) -> None:
+        super().__init__()
+        check_channel(channel, name)
+        self.channel = channel
+        self.crop_border = int(crop_border)
+        self.name = name if channel == "y" else f"{name}_rgb"
+
+    @property
+    def planes_key(self) -> tuple[str, int]:
+        return self.channel, self.crop_border
+
+    def planes(self, output: torch.Tensor, target: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both images as float64 0..255 planes, border cropped."""
+        return (to_scored(output, self.channel, self.crop_border),
+                to_scored(target, self.channel, self.crop_border))
+
+    def score_planes(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """One value per image of the planes ``a`` (output) and ``b`` (target), shape (B,)."""
+        raise NotImplementedError
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with threads(1):
+            return self.score_planes(*self.planes(output, target))
+
+
 def _check_pair(output: torch.Tensor, target: torch.Tensor, name: str) -> None:
     if output.dim() != 4 or target.dim() != 4:
         raise ValueError(f"{name}: expected (B, C, H, W) tensors, got {tuple(output.shape)} "
@@ -71,8 +107,9 @@ def check_channel(channel: str, name: str) -> None:
 def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
     """MATLAB ``rgb2ycbcr`` luma (0..255 scale, float64): (B, 3, H, W) in [0, 1] -> (B, 1, H, W)."""
     x = x.to(torch.float64)
-    w = torch.tensor(_Y_WEIGHTS, dtype=torch.float64, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(dim=1, keepdim=True) + 16.0
+    y = x[:, 0:1] * _Y_WEIGHTS[0]
+    y.add_(x[:, 1:2], alpha=_Y_WEIGHTS[1]).add_(x[:, 2:3], alpha=_Y_WEIGHTS[2])
+    return y.add_(16.0)
 
 
 def crop(x: torch.Tensor, crop_border: int) -> torch.Tensor:
@@ -83,8 +120,8 @@ def crop(x: torch.Tensor, crop_border: int) -> torch.Tensor:
 
 def to_scored(x: torch.Tensor, channel: Channel, crop_border: int) -> torch.Tensor:
     """The float64 0..255 planes a metric scores: Y (or RGB) of 3-channel images, raw 1-channel."""
-    x = rgb_to_y(x) if channel == "y" and x.shape[1] == 3 else x.to(torch.float64) * 255.0
-    return crop(x, crop_border)
+    x = crop(x, crop_border)
+    return rgb_to_y(x) if channel == "y" and x.shape[1] == 3 else x.to(torch.float64) * 255.0
 
 
 def rgb_pair(output: torch.Tensor, target: torch.Tensor, crop_border: int, minimum: int,
