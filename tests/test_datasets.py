@@ -236,3 +236,16 @@ def test_image_folder_arguments_that_are_files_or_missing_say_which(tmp_path):
         DATASETS.build({"name": "hr_folder", "root": str(tmp_path / "f.png")})
     with pytest.raises(PercepkitError, match="no such folder"):
         DATASETS.build({"name": "hr_folder", "root": str(tmp_path / "nope")})
+
+
+@pytest.mark.parametrize("shape", [(3, 3000, 1500), (1, 7, 5)])
+def test_to_uint8_in_bands_equals_the_direct_conversion(shape):
+    """Bands of rows (here two bands and a short third for the large image) give exactly the
+    direct clamp/scale/round conversion, as a contiguous HWC (or HW) array."""
+    from percepkit.images import to_uint8
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1
+    direct = x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    out = to_uint8(x)
+    assert out.flags.c_contiguous
+    assert (out == (direct[..., 0] if shape[0] == 1 else direct)).all()

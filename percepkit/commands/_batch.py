@@ -38,7 +38,7 @@ def inference_options(f: Callable) -> Callable:
                           "tile."),
         click.option("--memory", default=None,
                      help="Activation memory budget per pass, e.g. 1.5G (default: half the free "
-                          "GPU memory, or 40% of free RAM up to 2G)."),
+                          "GPU memory, or 40% of free RAM up to 1G)."),
         click.option("--norm-stats", type=click.Choice(["exact", "approx"]), default="exact",
                      show_default=True,
                      help="Instance-norm statistics when an image must be tiled: exact (extra "

@@ -36,11 +36,12 @@ def available_memory(device: torch.device) -> int:
 
 def default_memory_budget(device: torch.device) -> int:
     """Bytes of activations one forward pass may use: half the free GPU memory, or on the CPU
-    40% of the available RAM capped at 2 GiB (so an x4 upscale of 1024x1024 fits in a few GB)."""
+    40% of the available RAM capped at 1 GiB: an x4 upscale of 1024x1024 then peaks below 2 GB of
+    resident memory, about 5% slower than with 2 GiB (docs/inference.md)."""
     free = available_memory(device)
     if device.type == "cuda":
         return int(free * 0.5)
-    return int(min(2 * GiB, 0.4 * free))
+    return int(min(1 * GiB, 0.4 * free))
 
 
 def parse_memory(text: str) -> int:
