@@ -4,6 +4,8 @@ thread count of a block."""
 from __future__ import annotations
 
 import contextlib
+import os
+import time
 from collections.abc import Iterator
 
 import torch
@@ -56,3 +58,41 @@ def threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def busy_cores(interval: float = 0.1) -> float | None:
+    """How many cores other processes keep busy right now: the non-idle share of all CPU time
+    in ``/proc/stat`` over ``interval`` seconds, times the CPU count (``None`` without Linux's
+    ``/proc/stat``). Unlike the load average, this does not remember a job that just ended."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+        return values[3] + values[4], sum(values)  # idle + iowait, all (guest is in user)
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(interval)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (1.0 - (idle1 - idle0) / (total1 - total0)) * (os.cpu_count() or 1)
+
+
+def free_threads(threads: int, cpus: int, busy: float | None) -> int:
+    """``threads`` less the cores that ``busy`` leaves to us out of ``cpus``, at least 1."""
+    if busy is None:
+        return threads
+    return max(1, min(threads, round(cpus - busy)))
+
+
+def use_cpu_threads(requested: int | None) -> int:
+    """Set torch's CPU thread count: ``requested``, or by default torch's count less the cores
+    other processes keep busy (:func:`busy_cores`). On 2 busy cores, 2 OpenMP threads made LPIPS
+    6-7x slower than 1 (each parallel region waits for a descheduled thread); on 2 idle cores
+    2 threads are 1.4x faster (docs/evaluation.md). Returns the count in effect."""
+    n = requested or free_threads(torch.get_num_threads(), os.cpu_count() or 1, busy_cores())
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return n

@@ -257,3 +257,26 @@ def test_registered_names():
     names = DATASETS.list()
     for name in ("set5", "set14", "bsd100", "hr_folder", "paired_folder"):
         assert name in names
+
+
+def test_cpu_threads_leave_out_the_cores_others_use(monkeypatch):
+    """The default thread count is torch's less the cores other processes keep busy (measured
+    from /proc/stat where it exists); --threads wins; never below 1."""
+    import torch
+
+    from percepkit import devices
+
+    assert devices.free_threads(2, 2, None) == 2  # not measurable: torch's choice
+    assert devices.free_threads(2, 2, 0.2) == 2
+    assert devices.free_threads(2, 2, 1.0) == 1  # one core taken by someone else
+    assert devices.free_threads(2, 2, 3.9) == 1
+    assert devices.free_threads(8, 16, 4.0) == 8  # more idle cores than torch's count
+    busy = devices.busy_cores(0.05)
+    assert busy is None or 0.0 <= busy <= (__import__("os").cpu_count() or 1) + 1e-9
+    old = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(devices, "busy_cores", lambda: 5.0)
+        assert devices.use_cpu_threads(None) == 1 == torch.get_num_threads()
+        assert devices.use_cpu_threads(3) == 3 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)

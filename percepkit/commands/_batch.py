@@ -49,7 +49,8 @@ def inference_options(f: Callable) -> Callable:
         click.option("--compile", "compile_", is_flag=True,
                      help="torch.compile the network (pays off for many images of one size)."),
         click.option("--threads", type=click.IntRange(1, 1024), default=None,
-                     help="CPU threads (default: torch's choice)."),
+                     help="CPU threads (default: torch's choice less the cores other "
+                          "processes are using)."),
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -59,12 +60,11 @@ def inference_options(f: Callable) -> Callable:
 
 def make_predictor(model: nn.Module, options: dict) -> Predictor:
     """A :class:`~percepkit.inference.Predictor` from :func:`inference_options`."""
-    import torch
 
+    from ..devices import use_cpu_threads
     from ..inference import Predictor, parse_memory
 
-    if options["threads"]:
-        torch.set_num_threads(options["threads"])
+    use_cpu_threads(options["threads"])
     budget = parse_memory(options["memory"]) if options["memory"] else None
     return Predictor(model, options["device"], half=options["half"], compile=options["compile_"],
                      tile=options["tile"], memory_budget=budget,

@@ -8,7 +8,7 @@ from typing import Any
 import click
 import torch
 
-from ..devices import resolve_device
+from ..devices import resolve_device, use_cpu_threads
 from ..errors import PercepkitError
 from ..files import check_output
 from ._scoring import (
@@ -212,7 +212,8 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
                    "scoring (the paper's post-processing for l_feat models).")
 @metric_options("the scale border (percepkit 0.1's LPIPS numbers)")
 @click.option("--threads", type=click.IntRange(1, 256), default=None,
-              help="CPU threads for the model (default: torch's choice).")
+              help="CPU threads for the model and LPIPS/DISTS (default: torch's choice less the "
+                   "cores other processes are using).")
 @click.option("--per-image", is_flag=True, help="One row per image, not only the mean.")
 @click.option("-v", "--verbose", is_flag=True, help="Print the exact metric conventions.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None,
@@ -245,8 +246,7 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     from ..console import user_console
     from ..evaluate import build_metrics, evaluate, write_csv, write_json
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_cpu_threads(threads)
     for flag, path in (("--json", json_path), ("--csv", csv_path)):
         check_output(flag, path, overwrite)  # before the evaluation, not after it
     to_stdout = str(json_path) == "-" or str(csv_path) == "-"

@@ -102,7 +102,7 @@ def command(sr: Path, hr: Path, crop_border: int, mod: int | None, metrics: str,
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from ..console import user_console
-    from ..devices import resolve_device
+    from ..devices import resolve_device, use_cpu_threads
     from ..evaluate import build_metrics
     from ..score import ScoreResult, match_pairs, score_pairs
 
@@ -113,6 +113,7 @@ def command(sr: Path, hr: Path, crop_border: int, mod: int | None, metrics: str,
     console = user_console(stderr=str(json_path) == "-" or str(csv_path) == "-")
     pairs, unmatched = match_pairs(sr, hr)
     dev = resolve_device(device)
+    use_cpu_threads(None)
     built, infos = build_metrics(metric_names(metrics, channel, lpips_net),
                                  crop_border=crop_border, crop_whole_image=crop_lpips, device=dev)
     name = sr.name if sr.is_dir() else sr.stem
