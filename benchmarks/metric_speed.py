@@ -33,6 +33,7 @@ from percepkit.benchmark_sets import hr_folder, quantize
 from percepkit.evaluate import build_metrics, evaluate, score_pair
 from percepkit.images import to_uint8
 from percepkit.imresize import imresize
+from percepkit.speed_table import PeakMemory
 
 try:  # BasicSR uses OpenCV for the SSIM window
     import cv2
@@ -131,14 +132,19 @@ def main() -> int:
 
     # interleaved, so that load from other processes hits all three alike
     times: dict[str, list[float]] = {"end to end": [], "percepkit": [], "basicsr-style": []}
+    peak = dict.fromkeys(times, 0.0)  # MB, the process while each ran
     values = {}
     for _ in range(args.repeat):
-        result = evaluate(bicubic, datasets, metrics, infos, model_name="bicubic")
+        with PeakMemory() as mem:
+            result = evaluate(bicubic, datasets, metrics, infos, model_name="bicubic")
         times["end to end"].append(result.seconds)
+        peak["end to end"] = max(peak["end to end"], mem.mb)
         for name, fn in (("percepkit", ours), ("basicsr-style", reference)):
-            t = time.perf_counter()
-            values[name] = fn()
-            times[name].append(time.perf_counter() - t)
+            with PeakMemory() as mem:
+                t = time.perf_counter()
+                values[name] = fn()
+                times[name].append(time.perf_counter() - t)
+            peak[name] = max(peak[name], mem.mb)
     means = {s.name: (s.mean("psnr"), s.mean("ssim")) for s in result.sets}
     diff_p = max(abs(a[0] - b[0]) for a, b in zip(values["percepkit"], values["basicsr-style"],
                                                  strict=True))
@@ -146,14 +152,18 @@ def main() -> int:
                                                  strict=True))
 
     print(f"{n} images, x{args.scale}, torch {torch.__version__}, {args.threads} threads, "
-          f"{os.cpu_count()} CPUs; best (median) of {args.repeat} runs")
+          f"{os.cpu_count()} CPUs; best (median) of {args.repeat} runs; peak resident memory of "
+          f"the process while each ran")
     for name, (ps, ss) in means.items():
         print(f"  bicubic {name:7s} PSNR {ps:.4f}  SSIM {ss:.4f}")
     labels = {"end to end": "percepkit end to end (read + LR + bicubic + PSNR + SSIM)",
               "percepkit": "metrics only, percepkit (torch)",
               "basicsr-style": "metrics only, BasicSR-style numpy"}
     for name, runs in times.items():
-        print(f"{labels[name]:58s}: {min(runs):6.2f} s (median {statistics.median(runs):.2f})")
+        print(f"{labels[name]:58s}: {min(runs):6.2f} s (median {statistics.median(runs):.2f}), "
+              f"{peak[name]:.0f} MB")
+    print(f"metric step, numpy / percepkit: "
+          f"{min(times['basicsr-style']) / min(times['percepkit']):.2f}x")
     print(f"reference filter: {FILTER}")
     print(f"max |difference| percepkit vs basicsr-style: PSNR {diff_p:.2e} dB, SSIM {diff_s:.2e}")
     return 0 if diff_p < 1e-6 and diff_s < 1e-6 else 1

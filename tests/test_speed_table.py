@@ -148,3 +148,18 @@ def test_bench_train_reports_steps_and_images_per_second_random_init(capsys):
         assert not e.code
     out = capsys.readouterr().out
     assert "Training speed: tiny_sr" in out and "images/s" in out
+
+
+def test_peak_memory_sees_a_block_that_allocates_and_frees():
+    """A 200 MB tensor written and freed inside the block shows in its peak, not after it."""
+    import torch
+
+    from percepkit.speed_table import PeakMemory
+
+    if PeakMemory.current() is None:
+        pytest.skip("no /proc/self/statm on this system: PeakMemory reports ru_maxrss")
+    before = PeakMemory.current()
+    with PeakMemory(every=0.001) as mem:
+        x = torch.ones(50 * 2**20)  # 200 MB, every page touched
+        del x
+    assert mem.bytes - before > 150 * 2**20
