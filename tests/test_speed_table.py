@@ -151,15 +151,19 @@ def test_bench_train_reports_steps_and_images_per_second_random_init(capsys):
 
 
 def test_peak_memory_sees_a_block_that_allocates_and_frees():
-    """A 200 MB tensor written and freed inside the block shows in its peak, not after it."""
+    """The resident size reached while a 200 MB tensor lived inside the block is the block's
+    peak, although the tensor is freed before the block ends."""
+    import time
+
     import torch
 
     from percepkit.speed_table import PeakMemory
 
     if PeakMemory.current() is None:
         pytest.skip("no /proc/self/statm on this system: PeakMemory reports ru_maxrss")
-    before = PeakMemory.current()
     with PeakMemory(every=0.001) as mem:
         x = torch.ones(50 * 2**20)  # 200 MB, every page touched
+        inside = PeakMemory.current()
+        time.sleep(0.05)  # the sampler runs every millisecond
         del x
-    assert mem.bytes - before > 150 * 2**20
+    assert mem.bytes >= inside - 2**20

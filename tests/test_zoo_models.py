@@ -60,11 +60,12 @@ def test_model_runs_offline_on_an_odd_sized_rgba_image(name, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("name", SR)
-def test_published_set5_row_is_reproduced(name, tmp_path, request):
+def test_published_set5_row_is_reproduced(name, tmp_path, request, monkeypatch):
     card = MODELS.get(name).card()
     metrics = "psnr,ssim"
     try:
-        request.getfixturevalue("real_weights_dir")
+        weights = request.getfixturevalue("real_weights_dir")
+        monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(weights))  # found beside ../shared too
         metrics += ",lpips"
     except pytest.skip.Exception:
         pass

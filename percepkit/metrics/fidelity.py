@@ -79,15 +79,15 @@ def valid_filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Separable 'valid' filtering of the last two axes with the 1-D window ``g``.
 
     Sums of shifted slices: exact in float64, differentiable, and on CPU faster than float64
-    conv2d (~7x) or banded matmuls (~2x) -- except along at most ``BAND_ROWS`` output rows (the
-    strips of :func:`ssim_means`), where one matmul with the banded matrix of ``g`` is ~2x faster
-    than the eleven shifted sums.
+    conv2d (~7x) or banded matmuls (~2x) -- except along at most ``BAND_ROWS`` output rows on
+    the CPU (the strips of :func:`ssim_means`), where one matmul with the banded matrix of ``g``
+    is ~2x faster than the eleven shifted sums.
     """
     n = g.numel()
     taps = [float(v) for v in g]
     h, w = x.shape[-2], x.shape[-1]
-    if h - n + 1 <= BAND_ROWS:
-        rows = _row_band(tuple(taps))[:h - n + 1, :h].to(x) @ x
+    if h - n + 1 <= BAND_ROWS and x.device.type == "cpu":
+        rows = _row_band(tuple(taps))[:h - n + 1, :h].to(x.dtype) @ x
     else:
         rows = x[..., 0:h - n + 1, :] * taps[0]
         for k in range(1, n):
@@ -98,7 +98,7 @@ def valid_filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return out
 
 
-#: output rows up to which :func:`valid_filter` filters columns with one banded matmul
+#: output rows up to which :func:`valid_filter` does its vertical pass as one banded matmul
 BAND_ROWS = 64
 
 
@@ -107,9 +107,10 @@ def _row_band(taps: tuple[float, ...]) -> torch.Tensor:
     """The (BAND_ROWS, BAND_ROWS + n - 1) float64 matrix whose row i holds ``taps`` from column
     i; its top-left (r, r + n - 1) corner is the band for r rows."""
     n = len(taps)
-    band = torch.zeros(BAND_ROWS, BAND_ROWS + n - 1, dtype=torch.float64)
-    for i in range(BAND_ROWS):
-        band[i, i:i + n] = torch.tensor(taps, dtype=torch.float64)
+    with torch.inference_mode(False):  # cached: a normal tensor, usable under autograd later
+        band = torch.zeros(BAND_ROWS, BAND_ROWS + n - 1, dtype=torch.float64)
+        for i in range(BAND_ROWS):
+            band[i, i:i + n] = torch.tensor(taps, dtype=torch.float64)
     return band
 
 
