@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from . import backbones
 from .errors import MissingWeightsError, PercepkitError
 from .registry import LOSS_NETWORKS
 from .weights import load_state_file, offline, torchvision_features_state, weights_dirs
@@ -19,14 +20,11 @@ from .weights import load_state_file, offline, torchvision_features_state, weigh
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_VGG_BLOCKS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
-_VGG_WIDTHS = (64, 128, 256, 512, 512)
-
 
 def vgg_layer_names(arch: str) -> list[str]:
     """Names of torchvision ``vgg.features`` modules: conv1_1, relu1_1, ..., pool5."""
     names = []
-    for block, n in enumerate(_VGG_BLOCKS[arch], start=1):
+    for block, n in enumerate(backbones.VGG_BLOCKS[arch], start=1):
         for i in range(1, n + 1):
             names += [f"conv{block}_{i}", f"relu{block}_{i}"]
         names.append(f"pool{block}")
@@ -76,28 +74,20 @@ class VGG(LossNetwork):
     """torchvision VGG features with layers named conv1_1, relu1_1, ..., pool5.
 
     ``convX_Y`` is the convolution's output before its ReLU (pre-activation, as ESRGAN/BasicSR
-    use), ``reluX_Y`` the same after it. torchvision's ReLUs work in place, which would overwrite
-    a captured conv output; they are replaced by out-of-place ReLUs, so both stay correct.
+    use), ``reluX_Y`` the same after it; the ReLUs of :func:`percepkit.backbones.features` work
+    out of place, so both stay correct.
     """
 
     def __init__(self, weights: str = "imagenet", arch: Literal["vgg16", "vgg19"] = "vgg16",
                  layers: list[str] | None = None) -> None:
         super().__init__(IMAGENET_MEAN, IMAGENET_STD)
-        import torchvision
-
         self.arch = arch
         self.weights = weights
-        features = getattr(torchvision.models, arch)(weights=None).features
-        if weights != "random":
-            missing, unexpected = features.load_state_dict(
-                _strip_prefix(torchvision_features_state(arch, weights), "features."), strict=False
-            )
-            if missing or unexpected:
-                raise MissingWeightsError(f"weights {weights!r} do not fit {arch}: missing "
-                                          f"{missing[:3]}, unexpected {unexpected[:3]}.")
-        for i, m in enumerate(features):
-            if isinstance(m, nn.ReLU):
-                features[i] = nn.ReLU(inplace=False)  # keep conv outputs intact when requested
+        features = backbones.features(arch)
+        if weights == "random":
+            backbones.init_like_torchvision(features)
+        else:
+            backbones.load_features(features, torchvision_features_state(arch, weights), arch)
         self.layer_names = vgg_layer_names(arch)
         self.features = features
         if layers:
@@ -133,10 +123,6 @@ def vgg16(weights: str = "imagenet", layers: list[str] | None = None) -> VGG:
 def vgg19(weights: str = "imagenet", layers: list[str] | None = None) -> VGG:
     """torchvision VGG19 (ImageNet) features; layers relu1_1 ... relu5_4, pre-ReLU conv1_1 ..."""
     return VGG(weights=weights, arch="vgg19", layers=layers)
-
-
-def _strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
 
 
 @LOSS_NETWORKS.register("timm", prefix_arg="model")

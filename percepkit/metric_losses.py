@@ -120,8 +120,7 @@ class LPIPSLoss(LossTerm):
         for k, head in enumerate(lpips_heads(net)):
             self.register_buffer(f"head{k}", head, persistent=False)
         if features == "own":
-            model = build_lpips(net, weights)
-            self.scaling, self.backbone = model.scaling_layer, model.net
+            self.network = build_lpips(net, weights)
         else:
             self.output_layers = self.target_layers = LPIPS_VGG_LAYERS
             self._register_probe(weights)
@@ -167,9 +166,9 @@ class LPIPSLoss(LossTerm):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         output, target = _pair(inputs, "lpips")
         if self.features == "own":
-            fa = self.backbone(self.scaling(output * 2 - 1))
+            fa = self.network.features(output * 2 - 1)
             with torch.no_grad():
-                fb = self.backbone(self.scaling(target * 2 - 1))
+                fb = self.network.features(target * 2 - 1)
         else:
             if not self._checked:
                 self._check_loss_network(inputs)

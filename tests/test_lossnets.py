@@ -136,3 +136,44 @@ def test_random_init_vgg_pre_activation_layer_is_the_conv_output(arch, conv):
     negative = feats[conv] < 0
     assert negative.any() and (feats[relu][negative] == 0).all()
     torch.testing.assert_close(feats[relu], feats[conv].clamp(min=0))
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19", "alexnet"])
+def test_backbones_have_torchvisions_layout_without_importing_it(arch):
+    """Same module types, parameter names and shapes as torchvision's ``features``, and the
+    same output once torchvision's (random-init) weights are loaded with load_features."""
+    import subprocess
+    import sys
+
+    import torchvision
+
+    from percepkit import backbones
+
+    ours, theirs = backbones.features(arch), getattr(torchvision.models, arch)().features
+    assert [type(m) for m in ours] == [type(m) for m in theirs]
+    assert {k: v.shape for k, v in ours.state_dict().items()} == \
+        {k: v.shape for k, v in theirs.state_dict().items()}
+    assert all(not m.inplace for m in ours if isinstance(m, torch.nn.ReLU))
+    backbones.load_features(ours, {f"features.{k}": v for k, v in theirs.state_dict().items()},
+                            arch)
+    x = torch.rand(1, 3, 67, 67)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))
+    code = ("import sys; from percepkit import backbones; from percepkit.registry import "
+            "LOSS_NETWORKS; LOSS_NETWORKS.build({'name': 'vgg16', 'weights': 'random'}); "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_load_features_names_the_first_misfit():
+    from percepkit import backbones
+
+    net = backbones.features("vgg16")[:4]
+    state = {f"features.{k}": v for k, v in net.state_dict().items()}
+    state["features.2.weight"] = torch.zeros(64, 64, 1, 1)
+    with pytest.raises(MissingWeightsError, match=r"features\.2\.weight is of shape"):
+        backbones.load_features(net, state, "vgg16")
+    del state["features.0.bias"]
+    with pytest.raises(MissingWeightsError, match=r"features\.0\.bias is missing"):
+        backbones.load_features(net, state, "vgg16")

@@ -105,13 +105,16 @@ def _lpips_reference(net: str, out: torch.Tensor, hr: torch.Tensor) -> torch.Ten
     """The lpips package's LPIPS with the same real backbone (loaded as the metric does)."""
     import lpips
 
-    from percepkit.metrics.lpips import LPIPS_ARCH, load_backbone
+    from percepkit.metrics.lpips import LPIPS_ARCH
     from percepkit.weights import torchvision_features_state
 
     with warnings.catch_warnings():  # torchvision's 'pretrained' deprecation, inside lpips
         warnings.simplefilter("ignore")
         model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False).eval()
-    load_backbone(model.net, torchvision_features_state(LPIPS_ARCH[net]), LPIPS_ARCH[net])
+    # lpips keeps torchvision's layer index inside each slice: "slice2.3.weight" <- "features.3"
+    state = torchvision_features_state(LPIPS_ARCH[net])
+    model.net.load_state_dict({k: state[f"features.{k.split('.', 1)[1]}"]
+                               for k in model.net.state_dict()})
     with torch.no_grad():
         return model(out * 2 - 1, hr * 2 - 1).mean()
 

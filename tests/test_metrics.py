@@ -158,7 +158,7 @@ def test_lpips_real_backbone_matches_independent_computation(real_weights_dir, m
         total = sum((heads[f"lin{k}.model.1.weight"] * (fa - fb) ** 2).sum(1).mean((1, 2))
                     for k, (fa, fb) in enumerate(zip(feats(out), feats(tgt), strict=True)))
     torch.testing.assert_close(got.float(), total, atol=1e-5, rtol=1e-4)
-    conv1 = metric.model.net.slice1[0].weight
+    conv1 = metric.model.slices[0][0].weight
     torch.testing.assert_close(conv1, state["features.0.weight"])  # the real backbone, not random
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from .base import Channel, Metric, PlaneMetric, rgb_to_y, to_scored
 from .dists import DISTS, dists_metric
 from .fidelity import MSSSIM, PSNR, SSIM, gaussian_window, ms_ssim, psnr, ssim
-from .lpips import LPIPS, load_backbone, lpips_metric
+from .lpips import LPIPS, LPIPSNetwork, lpips_metric
 
-__all__ = ["DISTS", "LPIPS", "MSSSIM", "PSNR", "SSIM", "Channel", "Metric", "PlaneMetric",
-           "dists_metric", "gaussian_window", "load_backbone", "lpips_metric", "ms_ssim", "psnr",
+__all__ = ["DISTS", "LPIPS", "MSSSIM", "PSNR", "SSIM", "Channel", "LPIPSNetwork", "Metric",
+           "PlaneMetric", "dists_metric", "gaussian_window", "lpips_metric", "ms_ssim", "psnr",
            "rgb_to_y", "ssim", "to_scored"]

@@ -84,26 +84,15 @@ class DISTSNetwork(nn.Module):
 
     def __init__(self, weights: str = "imagenet") -> None:
         super().__init__()
-        import torchvision
-
+        from .. import backbones
         from ..lossnets import IMAGENET_MEAN, IMAGENET_STD
         from ..weights import torchvision_features_state
 
         state = torchvision_features_state("vgg16", weights)  # raises MissingWeightsError
-        features = torchvision.models.vgg16(weights=None).features[:30]  # up to relu5_3
-        own = {f"features.{k}": v for k, v in features.state_dict().items()}
-        missing = [k for k, v in own.items()
-                   if k not in state or tuple(state[k].shape) != tuple(v.shape)]
-        if missing:
-            raise MissingWeightsError(f"the vgg16 weights do not fit the DISTS backbone "
-                                      f"({missing[0]} missing or of another shape); provide "
-                                      f"torchvision's vgg16 ImageNet weights.")
-        features.load_state_dict({k[len("features."):]: state[k] for k in own})
+        features = backbones.features("vgg16")[:30]  # up to relu5_3
+        backbones.load_features(features, state, "vgg16")
         for index, channels in _POOLS.items():
             features[index] = L2Pool(channels)
-        for i, m in enumerate(features):
-            if isinstance(m, nn.ReLU):
-                features[i] = nn.ReLU(inplace=False)
         self.features = features
         alpha, beta = dists_alpha_beta()
         self.register_buffer("alpha", alpha)

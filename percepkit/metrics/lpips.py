@@ -1,16 +1,17 @@
 """LPIPS v0.1 (Zhang et al. 2018) with real ImageNet backbones, as a metric.
 
-The linear heads ship in the ``lpips`` wheel; the backbone (AlexNet or VGG16 ``features``) comes
-from :func:`percepkit.weights.torchvision_features_state` (``PERCEPKIT_WEIGHTS``, the torch cache
-or torchvision's download). If it cannot be found that raises
+The linear heads ship in the ``lpips`` wheel (read from its files, not imported); the backbone
+(AlexNet or VGG16 ``features``, :mod:`percepkit.backbones`) comes from
+:func:`percepkit.weights.torchvision_features_state` (``PERCEPKIT_WEIGHTS``, the torch cache or
+torchvision's download); if it cannot be found that raises
 :class:`~percepkit.errors.MissingWeightsError`: LPIPS is never computed with random weights.
+The network equals ``lpips.LPIPS`` to float round-off (tested).
 :func:`build_lpips`, :func:`lpips_heads` and :func:`lpips_distance` also serve the ``lpips``
 loss term (:mod:`percepkit.metric_losses`).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -22,45 +23,95 @@ from ..errors import MissingWeightsError, PercepkitError
 from ..registry import METRICS
 from .base import Metric, rgb_pair
 
-__all__ = ["LPIPS", "LPIPS_ARCH", "LPIPS_VGG_LAYERS", "build_lpips", "load_backbone",
-           "lpips_distance", "lpips_heads"]
+__all__ = ["LPIPS", "LPIPS_ARCH", "LPIPS_VGG_LAYERS", "LPIPSNetwork", "build_lpips",
+           "lpips_distance", "lpips_heads", "unit_normalize"]
 
 LPIPS_ARCH = {"alex": "alexnet", "vgg": "vgg16"}
 #: the VGG16 layers LPIPS-vgg reads, in percepkit's loss-network names (torchvision 3, 8, ...)
 LPIPS_VGG_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 
 
-def _lpips_package():
-    try:
-        import lpips
-    except ImportError as e:  # pragma: no cover - lpips is a dependency
-        raise MissingWeightsError(f"the lpips package is not installed ({e}); "
-                                  f"pip install lpips") from None
-    return lpips
+#: each backbone's five LPIPS slices, as end indices into torchvision's ``features``
+_SLICE_ENDS = {"alexnet": (2, 5, 8, 10, 12), "vgg16": (4, 9, 16, 23, 30)}
+#: lpips' ScalingLayer (v0.1): (x - shift) / scale on RGB in [-1, 1]
+_SHIFT, _SCALE = (-0.030, -0.088, -0.188), (0.458, 0.448, 0.450)
 
 
-def build_lpips(net: Literal["alex", "vgg"] = "alex", weights: str = "imagenet") -> nn.Module:
-    """A frozen ``lpips.LPIPS`` v0.1 in eval mode whose backbone holds real ImageNet weights."""
+def _lpips_weights_dir() -> Path:
+    """The ``weights/v0.1`` folder of the installed ``lpips`` wheel, found without importing it
+    (its import pulls in torchvision and ``torch._dynamo``: ~2 s here)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or spec.origin is None:
+        raise MissingWeightsError("the lpips package is not installed, and its linear-head "
+                                  "weights come with it: pip install lpips")
+    return Path(spec.origin).parent / "weights" / "v0.1"
+
+
+class LPIPSNetwork(nn.Module):
+    """LPIPS v0.1 as ``lpips.LPIPS(net=...)`` computes it: the ScalingLayer, five slices of the
+    ImageNet backbone, unit-normalised features, the wheel's linear heads, spatial mean, sum
+    over layers (:func:`lpips_distance`). Frozen; gradients reach the inputs."""
+
+    def __init__(self, net: Literal["alex", "vgg"], state: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        from .. import backbones
+
+        arch = LPIPS_ARCH[net]
+        ends = _SLICE_ENDS[arch]
+        trunk = backbones.features(arch)[:ends[-1]]
+        backbones.load_features(trunk, state, arch)
+        self.slices = nn.ModuleList(trunk[a:b] for a, b in zip((0, *ends[:-1]), ends))
+        self.register_buffer("shift", torch.tensor(_SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(_SCALE).view(1, 3, 1, 1), persistent=False)
+        for k, head in enumerate(lpips_heads(net)):
+            self.register_buffer(f"head{k}", head, persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> LPIPSNetwork:
+        return super().train(False)  # frozen: always in eval mode
+
+    @property
+    def heads(self) -> list[torch.Tensor]:
+        return [getattr(self, f"head{k}") for k in range(len(self.slices))]
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The five compared feature maps of RGB images in [-1, 1]."""
+        h = (x - self.shift.to(x.dtype)) / self.scale.to(x.dtype)
+        out = []
+        for piece in self.slices:
+            h = piece(h)
+            out.append(h)
+        return out
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """LPIPS of each pair of RGB images in [-1, 1], shape (B,)."""
+        return lpips_distance(self.features(a), self.features(b), self.heads)
+
+
+def build_lpips(net: Literal["alex", "vgg"] = "alex", weights: str = "imagenet") -> LPIPSNetwork:
+    """A frozen LPIPS v0.1 network whose backbone holds real ImageNet weights."""
     from ..weights import torchvision_features_state
 
     if net not in LPIPS_ARCH:
         raise PercepkitError(f"lpips: net must be 'alex' or 'vgg', got {net!r}")
     state = torchvision_features_state(LPIPS_ARCH[net], weights)  # raises MissingWeightsError
-    lpips = _lpips_package()
-    with warnings.catch_warnings():  # torchvision's 'pretrained' deprecation, inside lpips
-        warnings.simplefilter("ignore")
-        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
-    load_backbone(model.net, state, LPIPS_ARCH[net])
-    return model.eval().requires_grad_(False)
+    return LPIPSNetwork(net, state)
 
 
 def lpips_heads(net: Literal["alex", "vgg"]) -> list[torch.Tensor]:
     """The five linear-head weights (1, C, 1, 1) of LPIPS v0.1 from the ``lpips`` wheel."""
     from ..foreign import read_state_dict
 
-    path = Path(_lpips_package().__file__).parent / "weights" / "v0.1" / f"{net}.pth"
-    state = read_state_dict(path)
+    state = read_state_dict(_lpips_weights_dir() / f"{net}.pth")
     return [state[f"lin{k}.model.1.weight"].float() for k in range(5)]
+
+
+def unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Each feature vector divided by its L2 norm over channels (``lpips.normalize_tensor``)."""
+    return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
 
 
 def lpips_distance(feats_a: Sequence[torch.Tensor], feats_b: Sequence[torch.Tensor],
@@ -70,17 +121,16 @@ def lpips_distance(feats_a: Sequence[torch.Tensor], feats_b: Sequence[torch.Tens
     As ``lpips.LPIPS.forward``: unit-normalise each feature vector over channels, square the
     difference, weight the channels with the head, average over space, sum over layers.
     """
-    from lpips import normalize_tensor
-
     total = 0.0
     for fa, fb, w in zip(feats_a, feats_b, heads, strict=True):
-        diff = (normalize_tensor(fa.float()) - normalize_tensor(fb.float())) ** 2
+        diff = (unit_normalize(fa.float()) - unit_normalize(fb.float())) ** 2
         total = total + (diff * w.to(diff.device)).sum(dim=1).mean(dim=(1, 2))
     return total
 
 
 class LPIPS(Metric):
-    """LPIPS v0.1 (Zhang et al. 2018) via the ``lpips`` package, with real ImageNet backbones."""
+    """LPIPS v0.1 (Zhang et al. 2018) with the ``lpips`` wheel's heads and real ImageNet
+    backbones."""
 
     higher_is_better = False
     fmt = ".4f"
@@ -109,26 +159,6 @@ class LPIPS(Metric):
         dtype = next(self.model.parameters()).dtype
         value = self.model(output.to(dtype) * 2 - 1, target.to(dtype) * 2 - 1)
         return value.reshape(-1).to(torch.float64)
-
-
-def load_backbone(net: nn.Module, state: dict[str, torch.Tensor], arch: str) -> None:
-    """Copy torchvision ``features.N.*`` tensors into an lpips backbone (``sliceK.N.*``).
-
-    lpips keeps torchvision's layer index ``N`` as the module name inside each slice, so the
-    mapping is by that index; every backbone parameter must be found with the right shape.
-    """
-    own = net.state_dict()
-    new = {}
-    for key, value in own.items():
-        slice_name, rest = key.split(".", 1)  # "slice2.3.weight" -> "3.weight"
-        source = f"features.{rest}"
-        if source not in state or tuple(state[source].shape) != tuple(value.shape):
-            found = tuple(state[source].shape) if source in state else "missing"
-            raise MissingWeightsError(
-                f"the {arch} ImageNet weights do not fit the LPIPS backbone ({source}: expected "
-                f"{tuple(value.shape)}, found {found}); provide torchvision's {arch} weights.")
-        new[key] = state[source].to(value.dtype)
-    net.load_state_dict(new, strict=True)
 
 
 @METRICS.register("lpips")
