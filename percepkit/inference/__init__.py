@@ -35,7 +35,6 @@ from .memory import (
     default_memory_budget,
     keep_freed_memory,
     parse_memory,
-    returning_freed_memory,
     tile_side,
 )
 from .normstats import NormStats, frozen_norm_stats, record_norm_stats
@@ -46,5 +45,5 @@ __all__ = [
     "FastPathWarning", "FastTransform", "FusedConv", "FusedResidual", "NetInfo", "NormStats",
     "Predictor", "TileCallback", "analyze", "available_memory", "default_memory_budget",
     "fast_model", "frozen_norm_stats", "geometry", "keep_freed_memory", "pad_to_multiple",
-    "parse_memory", "plan_axis", "record_norm_stats", "returning_freed_memory", "tile_side",
+    "parse_memory", "plan_axis", "record_norm_stats", "tile_side",
 ]

@@ -17,11 +17,11 @@ from ..errors import PercepkitError
 from .fastpath import FastTransform, fast_model
 from .geometry import analyze
 from .memory import (
+    KEPT_HEAP_FACTOR,
     GiB,
     default_memory_budget,
     fits,
     keep_freed_memory,
-    returning_freed_memory,
     tile_side,
 )
 from .normstats import NormStats, StopForward, frozen_norm_stats, probing, record_norm_stats
@@ -59,9 +59,9 @@ class Predictor:
     ``compile`` wraps the net in ``torch.compile`` (the plain network: inductor does its own
     fusion; worth it on CUDA for many images of one size); ``fast`` uses
     :func:`~percepkit.inference.fastpath.fast_model`; ``keep_memory`` (CPU) calls
-    :func:`~percepkit.inference.memory.keep_freed_memory` so that repeated passes do not
-    page-fault their memory back in; it changes the whole process's allocator, so it is opt-in
-    (the CLI commands turn it on).
+    :func:`~percepkit.inference.memory.keep_freed_memory` so that repeated passes and tiles do
+    not page-fault their memory back in (tiles are then cut for half the budget); it changes
+    the whole process's allocator, so it is opt-in (the CLI commands turn it on).
 
     ``norm_stats`` is how tiles of an instance-normalised net get the statistics of the whole
     image when it does not fit the budget. ``exact``: the output is the untiled output. Fast
@@ -87,8 +87,7 @@ class Predictor:
         norm_stats: str = "exact",
     ) -> None:
         self.device = resolve_device(device)
-        if keep_memory and self.device.type == "cpu":
-            keep_freed_memory()
+        self.keep_memory = keep_memory and self.device.type == "cpu" and keep_freed_memory()
         self.half = (self.device.type == "cuda") if half is None else bool(half)
         if self.half and self.device.type != "cuda":
             raise PercepkitError("fp16 inference is only used on CUDA (CPUs here have no fast "
@@ -139,6 +138,12 @@ class Predictor:
         """Whether one image of this size fits the memory budget untiled."""
         return fits(height, width, self.info.bytes_per_pixel, self.memory_budget)
 
+    @property
+    def tile_budget(self) -> float:
+        """Activation bytes one tile may use: the budget, divided by ``KEPT_HEAP_FACTOR`` when
+        freed memory is kept (the heap then holds more than the live tensors)."""
+        return self.memory_budget / (KEPT_HEAP_FACTOR if self.keep_memory else 1.0)
+
     def tile_size(self, height: int, width: int) -> int:
         """Core tile size (input pixels) for an image, 0 when no tiling is needed."""
         if self.tile == 0:
@@ -148,7 +153,7 @@ class Predictor:
             return 0 if core >= max(height, width) else core
         if self.fits(height, width):
             return 0
-        core = tile_side(self.memory_budget, self.info.bytes_per_pixel, self.info.margin,
+        core = tile_side(self.tile_budget, self.info.bytes_per_pixel, self.info.margin,
                          self.info.align)
         if core < max(2 * self.overlap, 4 * self.info.align, 32):
             need = (2 * self.info.margin + 64) ** 2 * self.info.bytes_per_pixel
@@ -171,8 +176,7 @@ class Predictor:
         if core == 0:
             out = self.forward(padded).cpu()
         else:
-            with returning_freed_memory():
-                out = torch.cat([self._tiled(p[None], core, progress) for p in padded])
+            out = torch.cat([self._tiled(p[None], core, progress) for p in padded])
         out = out[..., : h * self.scale, : w * self.scale]
         return out[0] if single else out
 
@@ -181,7 +185,7 @@ class Predictor:
         budget if needed (exact when it fits)."""
         h, w = x.shape[-2:]
         if not self.fits(h, w):
-            f = tile_side(self.memory_budget, self.info.bytes_per_pixel) / math.sqrt(h * w)
+            f = tile_side(self.tile_budget, self.info.bytes_per_pixel) / math.sqrt(h * w)
             a = self.info.align
             size = (max(a, int(h * f) // a * a), max(a, int(w * f) // a * a))
             x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
