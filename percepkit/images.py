@@ -101,6 +101,11 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return arr[..., 0] if c == 1 else arr
 
 
+#: zlib level of written PNGs: OpenCV's default (so BasicSR's), 3.6x faster to write than
+#: Pillow's default 6 for a 2048x2048 upscale (0.49 vs 1.76 s) and 21% larger
+PNG_COMPRESS_LEVEL = 1
+
+
 def write_image(path: str | Path, image: torch.Tensor) -> Path:
     """Write a CxHxW float tensor in [0, 1] as an 8-bit image, atomically; returns the path."""
     path = Path(path)
@@ -110,8 +115,8 @@ def write_image(path: str | Path, image: torch.Tensor) -> Path:
     fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(suffix, Image.registered_extensions().get(suffix))
     if fmt is None:
         raise ImageError(f"{path}: unknown image extension {suffix!r}")
-    atomic_write(path, lambda f: pil.save(f, format=fmt,
-                                          **({"quality": 95} if fmt == "JPEG" else {})))
+    options = {"JPEG": {"quality": 95}, "PNG": {"compress_level": PNG_COMPRESS_LEVEL}}
+    atomic_write(path, lambda f: pil.save(f, format=fmt, **options.get(fmt, {})))
     return path
 
 
