@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .arguments import built_class
 from .benchmark_sets import SRBenchmark, quantize
 from .devices import threads
 from .errors import MissingWeightsError, PercepkitError
@@ -32,7 +33,7 @@ from .files import atomic_write
 from .images import image_grid, stack_rows, write_image
 from .imresize import imresize
 from .metrics import Metric, PlaneMetric
-from .registry import METRICS, built_class
+from .registry import METRICS
 
 __all__ = [
     "DATA_CONVENTION", "EvalResult", "ImageRow", "MetricInfo", "SetResult", "build_metrics",

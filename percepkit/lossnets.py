@@ -52,7 +52,7 @@ class LossNetwork(nn.Module):
 
     def check_layers(self, layers: Iterable[str]) -> list[str]:
         """Validate layer names (with suggestions) and return them in network order."""
-        from .registry import close_matches
+        from .arguments import close_matches
 
         layers = list(dict.fromkeys(layers))
         for layer in layers:

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import yaml
 
+from .arguments import check_arguments, close_matches
 from .errors import PercepkitError, RecipeError
 from .recipe_checks import check_parts, missing_files, term_layers
 from .registry import (
@@ -50,8 +51,6 @@ from .registry import (
     SCHEDULERS,
     TRANSFORMS,
     Registry,
-    check_arguments,
-    close_matches,
 )
 
 

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .arguments import arguments, built_class, check_arguments, close_matches
 from .errors import PercepkitError
 from .registry import (
     DATASETS,
@@ -31,10 +32,6 @@ from .registry import (
     TRANSFORMS,
     Entry,
     Registry,
-    arguments,
-    built_class,
-    check_arguments,
-    close_matches,
 )
 
 _VGG = ("vgg16", "vgg19")

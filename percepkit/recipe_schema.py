@@ -24,13 +24,11 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .arguments import Argument, accepts_any_key, arguments
 from .registry import (
     DATASETS,
     LOSSES,
-    Argument,
     Registry,
-    accepts_any_key,
-    arguments,
 )
 
 #: draft-07: what yaml-language-server (VS Code's YAML extension) reads
@@ -38,7 +36,7 @@ DIALECT = "http://json-schema.org/draft-07/schema#"
 
 
 def hint_schema(hint: Any) -> dict[str, Any]:
-    """The JSON Schema of the values a type hint accepts (as :func:`registry.check_arguments`
+    """The JSON Schema of the values a type hint accepts (as :func:`arguments.check_arguments`
     checks them: integers are numbers, booleans are not integers, lists and tuples are arrays)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:

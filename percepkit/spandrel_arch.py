@@ -28,8 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .arguments import check_arguments
 from .errors import PercepkitError, RecipeError
-from .registry import TRANSFORMS, check_arguments
+from .registry import TRANSFORMS
 from .ychannel import y_channel_upscale
 
 __all__ = ["SpandrelArchitecture", "SpandrelSR", "import_spandrel", "spec_of", "sr_problem",

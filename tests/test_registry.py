@@ -10,6 +10,7 @@ from typing import Literal
 
 import pytest
 
+from percepkit import arguments as argspec
 from percepkit import registry as reg
 from percepkit.errors import PercepkitError, RecipeError
 from percepkit.registry import LOSSES, Registry
@@ -231,14 +232,14 @@ def test_close_matches_prefers_the_same_block():
     from percepkit.lossnets import vgg_layer_names
 
     names = vgg_layer_names("vgg16")
-    assert reg.close_matches("relu1_3", names)[0] == "relu1_2"
-    assert reg.close_matches("relu3_4", names)[0] == "relu3_3"
-    assert reg.close_matches("styel", ["style", "tv", "pixel"]) == ["style"]
-    assert reg.close_matches("zzz", names) == []
+    assert argspec.close_matches("relu1_3", names)[0] == "relu1_2"
+    assert argspec.close_matches("relu3_4", names)[0] == "relu3_3"
+    assert argspec.close_matches("styel", ["style", "tv", "pixel"]) == ["style"]
+    assert argspec.close_matches("zzz", names) == []
 
 
 def test_arguments_describe_the_constructor(toy):
-    args = {a.name: a for a in reg.arguments(toy.get("alpha"))}
+    args = {a.name: a for a in argspec.arguments(toy.get("alpha"))}
     assert list(args) == ["size", "rate", "mode", "layers"]
     assert args["size"].required and args["size"].type_text == "an integer"
     assert (args["rate"].default, args["rate"].type_text) == (0.5, "a number")

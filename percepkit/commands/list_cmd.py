@@ -66,7 +66,7 @@ def _show_part(console: Any, kind: str, name: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..registry import arguments
+    from ..arguments import arguments
 
     registry = REGISTRIES[kind]
     entry = registry.entry(name)  # PercepkitError with suggestions -> one paragraph, exit 2
