@@ -145,7 +145,7 @@ class DISTS(Metric):
         super().__init__()
         self.name = "dists"
         self.crop_border = int(crop_border)
-        self.net = DISTSNetwork(weights)
+        self.net = DISTSNetwork(weights).to(memory_format=torch.channels_last)
 
     @property
     def convention(self) -> str:
@@ -157,7 +157,9 @@ class DISTS(Metric):
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output, target = rgb_pair(output, target, self.crop_border, 1, self.name)
-        return self.net(output.float(), target.float()).to(torch.float64)
+        fmt = torch.channels_last  # 4-10% faster on our CPU
+        return self.net(output.float().contiguous(memory_format=fmt),
+                        target.float().contiguous(memory_format=fmt)).to(torch.float64)
 
 
 @METRICS.register("dists")
