@@ -236,60 +236,69 @@ def ms_ssim_values(a: torch.Tensor, b: torch.Tensor, window: torch.Tensor, c1: f
     return torch.stack(factors).prod(dim=0)
 
 
-class SSIM(PlaneMetric):
-    """Structural similarity (Wang et al. 2004) exactly as MATLAB ``ssim_index`` / BasicSR."""
+class _WindowedSSIM(PlaneMetric):
+    """What SSIM and MS-SSIM share: the Gaussian window and the constants K1, K2 (L = 255)."""
 
     higher_is_better = True
     fmt = ".4f"
 
-    def __init__(self, channel: Channel = "y", crop_border: int = 0, window: int = 11,
+    def __init__(self, name: str, channel: Channel = "y", crop_border: int = 0, window: int = 11,
                  sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> None:
-        super().__init__("ssim", channel, crop_border)
+        super().__init__(name, channel, crop_border)
         self.window, self.sigma, self.k1, self.k2 = int(window), float(sigma), k1, k2
 
     @property
+    def where(self) -> str:
+        return Y_CONVENTION if self.channel == "y" else RGB_CONVENTION + ", mean over channels"
+
+    def constants(self) -> tuple[torch.Tensor, float, float]:
+        """The 1-D Gaussian window and c1 = (K1 L)^2, c2 = (K2 L)^2."""
+        return (gaussian_window(self.window, self.sigma), (self.k1 * 255.0) ** 2,
+                (self.k2 * 255.0) ** 2)
+
+
+class SSIM(_WindowedSSIM):
+    """Structural similarity (Wang et al. 2004) exactly as MATLAB ``ssim_index`` / BasicSR."""
+
+    def __init__(self, channel: Channel = "y", crop_border: int = 0, window: int = 11,
+                 sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> None:
+        super().__init__("ssim", channel, crop_border, window, sigma, k1, k2)
+
+    @property
     def convention(self) -> str:
-        where = Y_CONVENTION if self.channel == "y" else RGB_CONVENTION + ", mean over channels"
         return (f"{self.name}: Wang et al. / MATLAB ssim_index, {self.window}x{self.window} "
                 f"Gaussian window sigma={self.sigma}, K1={self.k1}, K2={self.k2}, L=255, 'valid' "
-                f"filtering, no downsampling, float64, on {where}; {self.crop_border} px border "
-                f"cropped")
+                f"filtering, no downsampling, float64, on {self.where}; {self.crop_border} px "
+                f"border cropped")
 
     def score_planes(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         check_size(a, self.window, self.name, self.crop_border)
-        c1, c2 = (self.k1 * 255.0) ** 2, (self.k2 * 255.0) ** 2
-        means, _ = ssim_means(a, b, gaussian_window(self.window, self.sigma), c1, c2)
+        means, _ = ssim_means(a, b, *self.constants())
         return means.mean(dim=1)  # mean over channels: (B, C) -> (B,)
 
 
-class MSSSIM(PlaneMetric):
+class MSSSIM(_WindowedSSIM):
     """Multi-scale SSIM (Wang, Simoncelli & Bovik 2003) as the authors' MATLAB ``msssim.m``."""
-
-    higher_is_better = True
-    fmt = ".4f"
 
     def __init__(self, channel: Channel = "y", crop_border: int = 0, window: int = 11,
                  sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> None:
-        super().__init__("ms_ssim", channel, crop_border)
-        self.window, self.sigma, self.k1, self.k2 = int(window), float(sigma), k1, k2
+        super().__init__("ms_ssim", channel, crop_border, window, sigma, k1, k2)
 
     @property
     def convention(self) -> str:
-        where = Y_CONVENTION if self.channel == "y" else RGB_CONVENTION + ", mean over channels"
         return (f"{self.name}: Wang, Simoncelli & Bovik 2003 / MATLAB msssim.m, 5 scales, "
                 f"weights {', '.join(map(str, MS_SSIM_WEIGHTS))}, mean contrast-structure at "
                 f"scales 1-4 and mean SSIM at scale 5 (negative means set to 0), 2x2 mean "
                 f"downsampling (odd edge kept), {self.window}x{self.window} Gaussian window "
                 f"sigma={self.sigma}, K1={self.k1}, K2={self.k2}, L=255, 'valid' filtering, "
-                f"float64, on {where}; {self.crop_border} px border cropped")
+                f"float64, on {self.where}; {self.crop_border} px border cropped")
 
     def score_planes(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         levels = len(MS_SSIM_WEIGHTS)
         check_size(a, ms_ssim_min_size(self.window, levels), self.name, self.crop_border,
                    reason=f"for {levels} scales (the coarsest, 1/{2 ** (levels - 1)} of the "
                           f"size, must still hold the {self.window}x{self.window} window)")
-        c1, c2 = (self.k1 * 255.0) ** 2, (self.k2 * 255.0) ** 2
-        values = ms_ssim_values(a, b, gaussian_window(self.window, self.sigma), c1, c2)
+        values = ms_ssim_values(a, b, *self.constants())
         return values.mean(dim=1)  # mean over channels: (B, C) -> (B,)
 
 
