@@ -117,11 +117,11 @@ class LPIPSLoss(LossTerm):
             raise PercepkitError("lpips: 'features: loss_network' needs 'net: vgg' (the recipe's "
                                  "vgg16 loss network); use 'features: own' for alex")
         self.net_name, self.features = net, features
-        for k, head in enumerate(lpips_heads(net)):
-            self.register_buffer(f"head{k}", head, persistent=False)
         if features == "own":
-            self.network = build_lpips(net, weights)
+            self.network = build_lpips(net, weights)  # holds the heads
         else:
+            for k, head in enumerate(lpips_heads(net)):
+                self.register_buffer(f"head{k}", head, persistent=False)
             self.output_layers = self.target_layers = LPIPS_VGG_LAYERS
             self._register_probe(weights)
 
@@ -132,6 +132,8 @@ class LPIPSLoss(LossTerm):
 
     @property
     def heads(self) -> list[torch.Tensor]:
+        if self.features == "own":
+            return self.network.heads
         return [getattr(self, f"head{k}") for k in range(5)]
 
     def _register_probe(self, weights: str) -> None:
