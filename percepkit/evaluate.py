@@ -33,6 +33,7 @@ from .files import atomic_write
 from .images import image_grid, stack_rows, write_image
 from .imresize import imresize
 from .metrics import Metric, PlaneMetric
+from .metrics.base import check_pair
 from .registry import METRICS
 
 __all__ = [
@@ -199,7 +200,8 @@ def score_pair(metrics: dict[str, Metric], infos: Sequence[MetricInfo], output: 
         elif isinstance(metric, PlaneMetric):
             with threads(1):
                 key = metric.planes_key
-                if key not in planes:
+                if key not in planes:  # the check Metric.__call__ makes, once per conversion
+                    check_pair(output[None], target[None], metric.name)
                     planes[key] = metric.planes(output[None], target[None])
                 values[info.name] = float(metric.score_planes(*planes[key])[0])
         else:

@@ -280,3 +280,5 @@ def test_score_pair_converts_each_image_once(monkeypatch):
     for name, metric in metrics.items():
         assert values[name] == pytest.approx(metric(out[:1], tgt[:1]).item(), abs=1e-12)
     assert values["lpips"] is None
+    with pytest.raises(ValueError, match="differ in shape"):  # as a metric call refuses them
+        score_pair(metrics, infos, out[0], tgt[0, :, :-1])

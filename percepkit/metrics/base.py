@@ -16,7 +16,7 @@ from ..devices import threads
 from ..errors import PercepkitError
 
 __all__ = ["RGB_CONVENTION", "Y_CONVENTION", "Channel", "Metric", "PlaneMetric", "check_channel",
-           "check_size", "crop", "rgb_to_y", "to_scored"]
+           "check_pair", "check_size", "crop", "rgb_to_y", "to_scored"]
 
 Channel = Literal["y", "rgb"]
 
@@ -48,7 +48,7 @@ class Metric(nn.Module):
         raise NotImplementedError
 
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        _check_pair(output, target, self.name)
+        check_pair(output, target, self.name)
         return super().__call__(output, target)
 
 
@@ -87,7 +87,8 @@ class PlaneMetric(Metric):
             return self.score_planes(*self.planes(output, target))
 
 
-def _check_pair(output: torch.Tensor, target: torch.Tensor, name: str) -> None:
+def check_pair(output: torch.Tensor, target: torch.Tensor, name: str) -> None:
+    """Refuse inputs that are not two (B, C, H, W) tensors of one shape with 1 or 3 channels."""
     if output.dim() != 4 or target.dim() != 4:
         raise ValueError(f"{name}: expected (B, C, H, W) tensors, got {tuple(output.shape)} "
                          f"and {tuple(target.shape)}")
