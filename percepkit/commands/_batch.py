@@ -60,7 +60,6 @@ def inference_options(f: Callable) -> Callable:
 
 def make_predictor(model: nn.Module, options: dict) -> Predictor:
     """A :class:`~percepkit.inference.Predictor` from :func:`inference_options`."""
-
     from ..devices import use_cpu_threads
     from ..inference import Predictor, parse_memory
 

@@ -35,7 +35,7 @@ def available_memory(device: torch.device) -> int:
 def default_memory_budget(device: torch.device) -> int:
     """Bytes of activations one forward pass may use: half the free GPU memory, or on the CPU
     40% of the available RAM capped at 1 GiB: an x4 upscale of 1024x1024 then peaks below 2 GB of
-    resident memory, about 5% slower than with 2 GiB (docs/inference.md)."""
+    resident memory (docs/inference.md)."""
     free = available_memory(device)
     if device.type == "cuda":
         return int(free * 0.5)
