@@ -6,6 +6,7 @@ loss weights in recipes always refer to [0, 1] RGB inputs (torchvision conventio
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
@@ -63,8 +64,14 @@ class LossNetwork(nn.Module):
                                      f"layers: {', '.join(self.layer_names)}")
         return sorted(layers, key=self.layer_names.index)
 
-    def truncate(self, layers: Iterable[str]) -> None:
-        """Drop everything after the deepest of ``layers`` (saves memory and time)."""
+    def truncated(self, layers: Iterable[str]) -> LossNetwork:
+        """A network computing only up to the deepest of ``layers``; this one is unchanged.
+
+        The result shares this network's weights (no copy); once nothing else holds the full
+        network, the layers after the cut are freed. Networks that cannot be cut return
+        themselves (the default)."""
+        self.check_layers(layers)
+        return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -91,12 +98,26 @@ class VGG(LossNetwork):
         self.layer_names = vgg_layer_names(arch)
         self.features = features
         if layers:
-            self.truncate(layers)
+            self.features = self._cut(layers)
         self.freeze()
 
-    def truncate(self, layers: Iterable[str]) -> None:
+    def _cut(self, layers: Iterable[str]) -> nn.Sequential:
+        """The feature layers up to the deepest of ``layers`` (the same modules, not copies)."""
         deepest = self.check_layers(layers)[-1]
-        self.features = self.features[: self.layer_names.index(deepest) + 1]
+        return self.features[: self.layer_names.index(deepest) + 1]
+
+    def truncated(self, layers: Iterable[str]) -> VGG:
+        features = self._cut(layers)
+        if len(features) == len(self.features):
+            return self
+        cut = copy.copy(self)
+        # own tables of submodules, parameters and buffers: setting or moving the cut one's
+        # entries must not touch this network's
+        cut._modules = dict(self._modules)
+        cut._parameters = dict(self._parameters)
+        cut._buffers = dict(self._buffers)
+        cut.features = features
+        return cut
 
     def forward(self, x: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
         wanted = set(self.check_layers(layers))

@@ -25,8 +25,9 @@ class CountingNet(LossNetwork):
         self.calls = 0
         self.truncated_to = None
 
-    def truncate(self, layers):
+    def truncated(self, layers):
         self.truncated_to = self.check_layers(layers)
+        return self
 
     def forward(self, x, layers):
         self.calls += 1

@@ -18,9 +18,11 @@ def test_vgg_layer_names_match_torchvision_indices():
 
 
 def test_random_init_vgg_truncates_and_is_frozen():
-    net = LOSS_NETWORKS.build({"name": "vgg16", "weights": "random"})
-    net.truncate(["relu2_2", "relu1_2"])
+    full = LOSS_NETWORKS.build({"name": "vgg16", "weights": "random"})
+    net = full.truncated(["relu2_2", "relu1_2"])
     assert len(net.features) == 9
+    assert len(full.features) == 31  # the network it was cut from is left whole
+    assert net.features[0] is full.features[0]  # weights shared, not copied
     assert not any(p.requires_grad for p in net.parameters())
     net.train()
     assert not net.training
@@ -177,3 +179,12 @@ def test_load_features_names_the_first_misfit():
     del state["features.0.bias"]
     with pytest.raises(MissingWeightsError, match=r"features\.0\.bias is missing"):
         backbones.load_features(net, state, "vgg16")
+
+
+def test_random_init_vgg_truncated_copy_leaves_its_source_whole():
+    full = LOSS_NETWORKS.build({"name": "vgg16", "weights": "random"})
+    cut = full.truncated(["relu1_2"])
+    cut.features = cut.features[:1]  # changing the copy's layers does not change the source's
+    assert len(full.features) == 31
+    assert full(torch.rand(1, 3, 16, 16), ["relu4_3"])["relu4_3"].shape == (1, 512, 2, 2)
+    assert full.truncated(["pool5"]) is full  # nothing to cut

@@ -99,7 +99,6 @@ class CompositeLoss(nn.Module):
     def __init__(self, terms: Mapping[str, LossTerm], loss_network: LossNetwork | None) -> None:
         super().__init__()
         self.terms = nn.ModuleDict(terms)
-        self.loss_network = loss_network
         self.output_layers = self._union("output_layers")
         self.target_layers = self._union("target_layers")
         self.style_layers = self._union("style_layers")
@@ -107,8 +106,9 @@ class CompositeLoss(nn.Module):
         if needed and loss_network is None:
             raise RecipeError("losses: these terms need a loss network (layers "
                               f"{sorted(needed)}), but the recipe has no 'loss_network'")
-        if needed:
-            loss_network.truncate(needed)
+        # a network cut after the deepest layer needed, sharing the given one's weights: the
+        # given network itself is left whole (another loss may read deeper layers from it)
+        self.loss_network = loss_network.truncated(needed) if needed else loss_network
 
     def _union(self, attr: str) -> tuple[str, ...]:
         return tuple(dict.fromkeys(x for t in self.terms.values() for x in getattr(t, attr)))
