@@ -30,7 +30,13 @@ from .errors import PercepkitError
 from .losses import LossInputs, LossTerm
 from .losses.base import full_precision
 from .metrics.dists import DISTSNetwork
-from .metrics.fidelity import gaussian_window, ms_ssim_min_size, ms_ssim_values, ssim_terms
+from .metrics.fidelity import (
+    GRADIENT_FLOOR,
+    gaussian_window,
+    ms_ssim_min_size,
+    ms_ssim_values,
+    ssim_terms,
+)
 from .metrics.lpips import LPIPS_VGG_LAYERS, build_lpips, lpips_distance, lpips_heads
 from .registry import LOSSES
 
@@ -80,7 +86,7 @@ class MSSSIMLoss(LossTerm):
     """1 - MS-SSIM (Wang et al. 2003, 5 scales) on RGB in [0, 1], mean over channels."""
 
     #: per-scale means are floored here before the power so that gradients stay finite
-    floor = 1e-6
+    floor = GRADIENT_FLOOR
 
     def __init__(self, weight: float = 1.0, window: int = 11, sigma: float = 1.5,
                  k1: float = 0.01, k2: float = 0.03) -> None:

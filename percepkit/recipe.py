@@ -41,10 +41,9 @@ import yaml
 
 from .arguments import check_arguments, close_matches
 from .errors import PercepkitError, RecipeError
-from .recipe_checks import check_parts, missing_files, term_layers
+from .recipe_checks import check_parts, missing_files
 from .registry import (
     DATASETS,
-    DEFAULT_LOSS_NETWORK,
     LOSS_NETWORKS,
     LOSSES,
     OPTIMIZERS,
@@ -273,14 +272,10 @@ class Recipe:
     def build_loss(self):
         """The composite loss (building the loss network only if a term needs features)."""
         from .losses import build_loss
+        from .losses.create import loss_network_for
 
         specs = self.raw["losses"]
-        needs_net = any(term_layers(s) for s in specs)
-        net = None
-        if needs_net or "loss_network" in self.raw:
-            net = LOSS_NETWORKS.build(self.raw.get("loss_network", DEFAULT_LOSS_NETWORK),
-                                      where="loss_network")
-        return build_loss(specs, net)
+        return build_loss(specs, loss_network_for(specs, self.raw.get("loss_network")))
 
     def build_optimizer(self, params):
         """The optimiser over ``params``."""

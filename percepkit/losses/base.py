@@ -49,6 +49,17 @@ class LossTerm(nn.Module):
         super().__init__()
         self.weight = float(weight)
 
+    def __call__(self, inputs: LossInputs, *rest: Any, **kwargs: Any) -> Any:
+        if not isinstance(inputs, LossInputs):  # a term called like a criterion: term(x, y)
+            raise TypeError(f"a loss term is called with LossInputs (the images and their "
+                            f"loss-network features); for loss(output, target) use "
+                            f"percepkit.create_loss({self._name()!r})")
+        return super().__call__(inputs, *rest, **kwargs)
+
+    def _name(self) -> str:
+        found = [e.name for e in LOSSES.entries() if e.obj is type(self)]
+        return found[0] if found else type(self).__name__
+
     def set_style(self, features: Mapping[str, torch.Tensor]) -> None:
         """Receive the style image's features (terms with ``style_layers`` only)."""
 

@@ -38,6 +38,12 @@ class Metric(nn.Module):
     higher_is_better: bool = True
     unit: str = ""
     fmt: str = ".4f"
+    #: How :func:`~percepkit.metrics.create.create_metric` with ``as_loss=True`` turns the
+    #: metric into a loss (lower is better): ``"value"`` (the metric itself), ``"one_minus"``
+    #: (1 - the metric: a similarity of at most 1), or None: ``"value"`` for a lower-is-better
+    #: metric, no loss form otherwise (:attr:`loss_instead` then says what to minimise).
+    loss_form: Literal["value", "one_minus"] | None = None
+    loss_instead: str = ""
 
     @property
     def convention(self) -> str:

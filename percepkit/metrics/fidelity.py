@@ -35,11 +35,15 @@ from .base import (
     check_size,
 )
 
-__all__ = ["MS_SSIM_WEIGHTS", "MSSSIM", "PSNR", "SSIM", "downsample_2x", "gaussian_window",
-           "ms_ssim_min_size", "ms_ssim_values", "ssim_means", "ssim_terms", "valid_filter"]
+__all__ = ["GRADIENT_FLOOR", "MS_SSIM_WEIGHTS", "MSSSIM", "PSNR", "SSIM", "downsample_2x",
+           "gaussian_window", "ms_ssim_min_size", "ms_ssim_values", "ssim_means", "ssim_terms",
+           "valid_filter"]
 
 #: Wang, Simoncelli & Bovik 2003, Table 1 (scales 1..5, fine to coarse)
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+#: per-scale MS-SSIM means are raised to this before the power where a gradient is taken
+#: (``x ** w`` has an infinite slope at 0)
+GRADIENT_FLOOR = 1e-6
 
 
 class PSNR(PlaneMetric):
@@ -48,6 +52,9 @@ class PSNR(PlaneMetric):
     higher_is_better = True
     unit = "dB"
     fmt = ".2f"
+    loss_instead = ("PSNR is unbounded (infinite for equal images), so it has no loss form; "
+                    "minimise the mean squared error instead, which maximises PSNR: "
+                    "percepkit.create_loss('pixel')")
 
     def __init__(self, channel: Channel = "y", crop_border: int = 0) -> None:
         super().__init__("psnr", channel, crop_border)
@@ -241,6 +248,7 @@ class _WindowedSSIM(PlaneMetric):
 
     higher_is_better = True
     fmt = ".4f"
+    loss_form = "one_minus"
 
     def __init__(self, name: str, channel: Channel = "y", crop_border: int = 0, window: int = 11,
                  sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> None:
@@ -298,7 +306,11 @@ class MSSSIM(_WindowedSSIM):
         check_size(a, ms_ssim_min_size(self.window, levels), self.name, self.crop_border,
                    reason=f"for {levels} scales (the coarsest, 1/{2 ** (levels - 1)} of the "
                           f"size, must still hold the {self.window}x{self.window} window)")
-        values = ms_ssim_values(a, b, *self.constants())
+        # when differentiated (the loss form), per-scale means are floored at GRADIENT_FLOOR
+        # as in the ms_ssim loss term, so that the gradient stays finite
+        recording = torch.is_grad_enabled() and (a.requires_grad or b.requires_grad)
+        values = ms_ssim_values(a, b, *self.constants(),
+                                floor=GRADIENT_FLOOR if recording else 0.0)
         return values.mean(dim=1)  # mean over channels: (B, C) -> (B,)
 
 
