@@ -70,10 +70,16 @@ def geometry(model: nn.Module) -> tuple[int, float]:
     return max(1, stride), radius
 
 
+def stride(model: nn.Module) -> int:
+    """What input sizes must be multiples of: the total stride of the layers, or the multiple
+    the network declares (``size_multiple``), whichever is larger."""
+    return max(geometry(model)[0], int(getattr(model, "size_multiple", 1)))
+
+
 def analyze(model: nn.Module, device: torch.device, dtype_bytes: int = 4) -> NetInfo:
     """Measure a transform's geometry and peak activation memory with a small dry run."""
-    align, radius = geometry(model)
-    align = max(align, int(getattr(model, "size_multiple", 1)))
+    _, radius = geometry(model)
+    align = stride(model)
     radius = max(radius, float(getattr(model, "tile_margin", None) or 0))  # declared by the net
     margin = int(math.ceil((radius + 2) / align) * align)
     side = max(64, 4 * align)

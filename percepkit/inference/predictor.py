@@ -25,7 +25,17 @@ from .memory import (
     tile_side,
 )
 from .normstats import NormStats, StopForward, frozen_norm_stats, probing, record_norm_stats
-from .tiles import Tile, WindowSums, crop, disjoint_tiles, pad_to_multiple, plan_axis, ramps
+from .padded import PaddedNet
+from .tiles import (
+    Tile,
+    WindowSums,
+    crop,
+    disjoint_tiles,
+    net_min_side,
+    pad_for_net,
+    plan_axis,
+    ramps,
+)
 
 #: ``progress(done, total)``: steps (tiles, statistics passes) of one image.
 TileCallback = Callable[[int, int], None]
@@ -93,6 +103,8 @@ class Predictor:
             raise PercepkitError("fp16 inference is only used on CUDA (CPUs here have no fast "
                                  "half-precision convolutions); drop --half")
         self.channels_last = channels_last
+        if isinstance(model, PaddedNet):  # percepkit.load's module: the Predictor pads itself
+            model = model.net
         model = model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -171,7 +183,7 @@ class Predictor:
         if batch.dim() != 4 or batch.shape[1] != 3:
             raise PercepkitError(f"expected an RGB image (3, H, W) or a batch (B, 3, H, W), got "
                                  f"shape {tuple(image.shape)}")
-        padded, h, w = pad_to_multiple(batch, self.info.align, max(16, 4 * self.info.align))
+        padded, h, w = pad_for_net(batch, self.info.align)
         core = self.tile_size(*padded.shape[-2:])
         if core == 0:
             out = self.forward(padded).cpu()
@@ -196,7 +208,7 @@ class Predictor:
     def norm_layers(self) -> list[nn.Module]:
         """The instance-norm layers in the order a forward pass reaches them."""
         if self._norm_order is None:
-            side = max(16, 4 * self.info.align)
+            side = net_min_side(self.info.align)
             with record_norm_stats(self.model) as stats:
                 self.forward(torch.zeros(1, 3, side, side), eager=True)
             self._norm_order = list(stats)

@@ -82,6 +82,19 @@ def disjoint_tiles(rows: list[Span], cols: list[Span], margin: int, height: int,
             for px, (x0, x1) in zip(partition(cols), cols)]
 
 
+def net_min_side(align: int) -> int:
+    """The smallest side a network is run on: four strides, and at least 16 pixels (so that
+    the layers at the bottleneck and their instance norms see a few pixels)."""
+    return max(16, 4 * align)
+
+
+def pad_for_net(x: torch.Tensor, align: int) -> tuple[torch.Tensor, int, int]:
+    """``x`` padded as every run of a network pads it (:func:`pad_to_multiple` to its stride
+    ``align`` and :func:`net_min_side`), and its original height and width, to crop the output
+    back to (times the scale)."""
+    return pad_to_multiple(x, align, net_min_side(align))
+
+
 def pad_to_multiple(x: torch.Tensor, align: int, min_side: int = 1
                     ) -> tuple[torch.Tensor, int, int]:
     """Pad bottom/right to multiples of ``align`` and at least ``min_side`` (reflection, or

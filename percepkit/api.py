@@ -1,0 +1,61 @@
+"""The public Python API, exported from ``percepkit`` (docs/api.md).
+
+``percepkit.create_loss``, ``create_metric``, ``load``, ``list_models``, ``list_losses``,
+``list_metrics`` and ``Predictor``; ``import percepkit`` stays cheap (``percepkit.__getattr__``
+imports this module on first use).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import PercepkitError
+from .inference.padded import PaddedNet
+from .inference.predictor import Predictor
+from .losses.create import Loss, create_loss
+from .metrics.create import MetricLoss, create_metric
+from .registry import LOSSES, METRICS, MODELS
+
+__all__ = ["Loss", "MetricLoss", "PaddedNet", "Predictor", "create_loss", "create_metric",
+           "list_losses", "list_metrics", "list_models", "load"]
+
+
+def load(name_or_path: str | Path, task: str | None = None, scale: int | None = None,
+         device: str | torch.device | None = None) -> PaddedNet:
+    """A trained network, ready for inference (eval mode, frozen), from a model name
+    (``"candy"``; :func:`list_models`), a percepkit checkpoint or a supported third-party file.
+
+    The module maps RGB images in [0, 1], ``(B, 3, H, W)`` of any size, to ``(B, 3, scale H,
+    scale W)``: it pads and crops as ``percepkit stylize`` / ``upscale`` do, so its output is
+    theirs. ``task`` (``"style"``, ``"sr"``) and ``scale``, when given, are checked against the
+    model's. ``device``: default the CPU.
+    """
+    from .zoo import load as load_network
+
+    net = load_network(name_or_path, device=device or "cpu")
+    got_task, got_scale = getattr(net, "task", None), int(getattr(net, "scale", 1))
+    if task is not None and got_task != task:
+        raise PercepkitError(f"{name_or_path}: a {got_task or 'unknown-task'} model, not a "
+                             f"{task} model")
+    if scale is not None and got_scale != scale:
+        raise PercepkitError(f"{name_or_path}: the model scales x{got_scale}, not x{scale}")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return PaddedNet(net).eval()
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the trained models (built in and from plugins), matching a wildcard pattern."""
+    return MODELS.list(pattern)
+
+
+def list_losses(pattern: str = "*") -> list[str]:
+    """Names of the loss terms :func:`create_loss` builds (plugins included)."""
+    return LOSSES.list(pattern)
+
+
+def list_metrics(pattern: str = "*") -> list[str]:
+    """Names of the metrics :func:`create_metric` builds (plugins included)."""
+    return METRICS.list(pattern)

@@ -1,0 +1,34 @@
+"""``PaddedNet``: a transform that takes images of any size, padded and cropped exactly as the
+:class:`~percepkit.inference.predictor.Predictor` (and so ``percepkit stylize`` / ``upscale``)
+pads and crops them; what :func:`percepkit.load` returns."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .geometry import stride
+from .tiles import pad_for_net
+
+
+class PaddedNet(nn.Module):
+    """``net`` for inputs of any size: ``(B, C, H, W)`` -> ``(B, C, scale H, scale W)``.
+
+    The input is reflection-padded at the bottom and right to a multiple of the net's stride
+    (:func:`~percepkit.inference.tiles.pad_for_net`), and the output is cropped back. One
+    untiled pass, differentiable, in the caller's precision and device; for large images within
+    a memory budget, use :class:`~percepkit.inference.Predictor`.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.stride = stride(net)
+        self.task: str | None = getattr(net, "task", None)
+        self.scale = int(getattr(net, "scale", 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded, h, w = pad_for_net(x, self.stride)
+        y = self.net(padded)
+        s = y.shape[-1] // padded.shape[-1]
+        return y[..., : h * s, : w * s]
