@@ -26,6 +26,7 @@ from torch import nn
 
 from .errors import PercepkitError
 from .inference import geometry
+from .inference.tiles import net_min_side
 
 Format = Literal["onnx", "torchscript"]
 
@@ -151,7 +152,10 @@ def export(
     example = torch.rand(1, 3, h, w, generator=gen)
     meta = {"producer": "percepkit", "task": str(getattr(model, "task", "")),
             "scale": str(getattr(model, "scale", 1)), "stride": str(align),
-            "input": "float32 RGB in [0, 1], (B, 3, H, W)", **(metadata or {})}
+            "input": f"float32 RGB in [0, 1], (B, 3, H, W); H and W multiples of {align}, at "
+                     f"least {-(-net_min_side(align) // align) * align}: reflection-pad the "
+                     f"bottom and right, crop the output (percepkit docs/inference.md, Export)",
+            **(metadata or {})}
     if format == "onnx":
         _require_onnx()
         _export_onnx(model, path, example, dynamic, opset, meta)
