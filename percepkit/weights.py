@@ -5,6 +5,7 @@ Search order for ``weights: imagenet``:
 1. every folder in ``PERCEPKIT_WEIGHTS`` (``os.pathsep``-separated),
 2. torch's hub cache (``$TORCH_HOME/hub/checkpoints``), where torchvision keeps its downloads,
 3. a download from torchvision's URL, checked against the SHA-256 prefix in its file name
+   (:func:`hash_prefix`)
    (skipped when ``PERCEPKIT_OFFLINE=1``).
 
 If none works, :class:`MissingWeightsError` says in one sentence which file is missing and how to
@@ -14,6 +15,7 @@ supply it. Nothing here ever falls back to random weights.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,11 +94,23 @@ def find_local(names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def download(url: str, dest: Path) -> Path:
-    """Download ``url`` to ``dest`` atomically, checking the SHA-256 prefix in its name."""
+#: a SHA-256 prefix at the end of a file's stem, as torchvision and timm name their files
+#: (``vgg16-397923af.pth``): a dash and 8 to 64 lowercase hex digits
+HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})$")
+
+
+def hash_prefix(name: str) -> str | None:
+    """The SHA-256 prefix a file name carries (``vgg16-397923af.pth`` -> ``397923af``), or None
+    when it carries none (``my-style.safetensors``: "style" is a word, not a hash)."""
+    match = HASH_IN_NAME.search(name.split(".")[0])
+    return match.group(1) if match else None
+
+
+def download(url: str, dest: Path, sha256: str | None = None) -> Path:
+    """Download ``url`` to ``dest`` atomically, checked against ``sha256`` (a manifest's full
+    digest) when given, else against the hash prefix in ``dest``'s name if it has one."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    stem = dest.name.split(".")[0]
-    prefix = stem.rsplit("-", 1)[1] if "-" in stem else None
+    prefix = sha256.lower() if sha256 else hash_prefix(dest.name)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(60)  # an unreachable host must fail, not hang
     try:

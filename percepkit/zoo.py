@@ -110,7 +110,7 @@ class ZooModel:
                 f"PERCEPKIT_MODELS")
         dest = cache_dir() / self.file
         try:
-            return download(self.url, dest)
+            return download(self.url, dest, sha256=self.sha256)
         except Exception as e:
             raise CheckpointError(
                 f"model {self.name!r}: {self.file} is in none of {where}, and the download from "

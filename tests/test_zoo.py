@@ -6,6 +6,7 @@ The zoo mechanics are tested with small randomly initialised networks packaged i
 
 from __future__ import annotations
 
+import pytest
 import torch
 from cli_runner import run_cli
 
@@ -14,7 +15,8 @@ from percepkit.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from percepkit.errors import CheckpointError
 from percepkit.images import read_image, write_image
 from percepkit.registry import MODELS, TRANSFORMS
-from percepkit.zoo import ZooModel, package, resolve
+from percepkit.weights import hash_prefix
+from percepkit.zoo import ZooModel, cache_dir, package, resolve
 
 
 def _random_style_checkpoint(path):
@@ -103,3 +105,26 @@ def test_list_models_shows_the_card_headline(monkeypatch, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "tiny_random_style" in out and "plumbing only" in out
     assert read_metadata(resolve("tiny_random_style"))["card"]["headline"] == "plumbing only"
+
+
+def test_file_names_carry_a_hash_only_as_hex_digits():
+    assert hash_prefix("vgg16-397923af.pth") == "397923af"
+    assert hash_prefix("alexnet-owt-7be5be79.pth") == "7be5be79"
+    assert hash_prefix("my-style.safetensors") is None
+    assert hash_prefix("net-cafe.pth") is None  # hex, but shorter than 8 digits
+    assert hash_prefix("candy.safetensors") is None
+
+
+def test_a_model_named_with_a_dash_downloads_checked_against_its_manifest_hash(monkeypatch,
+                                                                                tmp_path):
+    server = tmp_path / "server" / "my-style.safetensors"
+    packaged = _register(monkeypatch, tmp_path, name="my-style", url=server.as_uri())
+    server.parent.mkdir()
+    packaged.rename(server)
+    monkeypatch.delenv("PERCEPKIT_OFFLINE")
+    assert resolve("my-style") == cache_dir() / "my-style.safetensors"
+    (cache_dir() / "my-style.safetensors").unlink()
+    server.write_bytes(b"not the model")  # the manifest's hash rejects other bytes
+    with pytest.raises(CheckpointError, match="download from .* failed"):
+        resolve("my-style")
+    assert not (cache_dir() / "my-style.safetensors").exists()
