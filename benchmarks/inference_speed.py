@@ -247,13 +247,12 @@ def sr_memory(size: int, scale: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         from PIL import Image
 
-        from percepkit.checkpoint import save_checkpoint
+        from percepkit.checkpoint import save_model
 
         torch.manual_seed(0)
         net = TRANSFORMS.build({"name": "johnson_sr", "scale": scale}).eval()
-        ckpt = save_checkpoint(Path(tmp) / "sr.safetensors", {"model": net.state_dict()},
-                               {"transform": {"name": "johnson_sr", "scale": scale},
-                                "task": "sr"})
+        ckpt = save_model(Path(tmp) / "sr.safetensors", net.state_dict(),
+                          {"transform": {"name": "johnson_sr", "scale": scale}, "task": "sr"})
         img = torch.rand(size, size, 3).mul(255).byte().numpy()
         Image.fromarray(img).save(Path(tmp) / "in.png")
         code = (

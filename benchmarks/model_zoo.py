@@ -116,7 +116,7 @@ def _loss_of(name: str) -> tuple[Any, torch.Tensor | None]:
 
 def package(name: str, run: Path) -> None:
     """Package a finished run as a zoo model, measure it, write its card and manifest entry."""
-    from percepkit.checkpoint import load_checkpoint, read_metadata
+    from percepkit.checkpoint import Checkpoint, read_metadata
     from percepkit.registry import MODELS
     from percepkit.zoo import ZooModel
     from percepkit.zoo import package as write_model
@@ -125,7 +125,7 @@ def package(name: str, run: Path) -> None:
     meta = read_metadata(ckpt)
     task = meta["task"]
     net = meta["transform"]["name"]
-    weights = load_checkpoint(ckpt)[0]["model"]
+    weights = Checkpoint.read(ckpt).weights()
     size = f"{sum(v.numel() for v in weights.values()) / 1e6:.2f}M parameters"
     seconds = _run_seconds(run)
     recipe_file = f"recipes/zoo/{name}.yaml"

@@ -157,6 +157,13 @@ SCALER = "scaler"        # the AMP GradScaler, when float16 AMP was on
 RNG = "rng"              # {"rank0": rng state, ...}, one per training process
 
 
+def save_model(path: str | Path, weights: Mapping[str, torch.Tensor],
+               metadata: Mapping[str, Any]) -> Path:
+    """A checkpoint holding only a transform's weights (what zoo and converted files hold);
+    ``metadata`` needs ``task`` and ``transform`` for :func:`load_transform`."""
+    return save_checkpoint(path, {MODEL: dict(weights)}, metadata)
+
+
 def training_metadata(*, task: str, transform: Mapping[str, Any], recipe: str, recipe_name: str,
                       step: int, iterations: int, batch_size: int, world_size: int, seed: int,
                       samples_per_rank: int, best_metric: str, best_value: float | None,

@@ -164,10 +164,10 @@ def package(checkpoint: str | Path, out: str | Path, card: Mapping[str, Any]) ->
 
     Returns the SHA-256 of the written file.
     """
-    from .checkpoint import load_checkpoint, save_checkpoint
+    from .checkpoint import Checkpoint, save_model
 
-    state, meta = load_checkpoint(checkpoint)
-    weights = state.get("ema") or state.get("model")
+    read = Checkpoint.read(checkpoint)
+    meta, weights = read.meta, read.weights()  # the EMA weights if the run kept them
     if not weights:
         raise CheckpointError(f"{checkpoint}: checkpoint holds no model weights")
     keep = ("task", "transform", "recipe", "recipe_name", "step", "iterations", "batch_size",
@@ -175,5 +175,5 @@ def package(checkpoint: str | Path, out: str | Path, card: Mapping[str, Any]) ->
             "python_version", "device", "created")
     metadata = {k: meta[k] for k in keep if k in meta}
     metadata["card"] = dict(card)
-    path = save_checkpoint(out, {"model": weights}, metadata)
+    path = save_model(out, weights, metadata)
     return sha256_file(path)

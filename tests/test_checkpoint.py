@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from percepkit.checkpoint import load_checkpoint, load_transform, read_metadata, save_checkpoint
+from percepkit.checkpoint import (
+    load_checkpoint,
+    load_transform,
+    read_metadata,
+    save_checkpoint,
+    save_model,
+)
 from percepkit.errors import CheckpointError
 from percepkit.registry import TRANSFORMS
 
@@ -85,8 +91,8 @@ def test_random_init_transform_rebuilds_from_metadata_alone(tmp_path):
     spec = {"name": "johnson_sr", "scale": 2, "norm": "none", "skip": True}
     model = TRANSFORMS.build(spec)
     torch.nn.init.normal_(model.net[-1].weight, std=0.01)
-    path = save_checkpoint(tmp_path / "m.safetensors", {"model": model.state_dict()},
-                           {"transform": spec, "task": "sr"})
+    path = save_model(tmp_path / "m.safetensors", model.state_dict(),
+                      {"transform": spec, "task": "sr"})
     rebuilt = load_transform(path)
     assert not rebuilt.training
     x = torch.rand(1, 3, 8, 8)
@@ -96,8 +102,8 @@ def test_random_init_transform_rebuilds_from_metadata_alone(tmp_path):
 
 def test_weights_that_do_not_fit_the_spec(tmp_path):
     model = TRANSFORMS.build({"name": "johnson_sr", "scale": 2})
-    path = save_checkpoint(tmp_path / "m.safetensors", {"model": model.state_dict()},
-                           {"transform": {"name": "johnson_sr", "scale": 4}})
+    path = save_model(tmp_path / "m.safetensors", model.state_dict(),
+                      {"transform": {"name": "johnson_sr", "scale": 4}})
     with pytest.raises(CheckpointError, match="weights do not fit johnson_sr"):
         load_transform(path)
 

@@ -130,14 +130,14 @@ def test_hr_dir_with_odd_files_and_grids(tmp_path, isolated_weights):
 
 
 def test_checkpoint_rebuilds_transform_and_checks_scale(tmp_path, isolated_weights):
-    from percepkit.checkpoint import save_checkpoint
+    from percepkit.checkpoint import save_model
     from percepkit.registry import TRANSFORMS
 
     spec = {"name": "srcnn", "scale": 2, "channels": [8, 4]}
     torch.manual_seed(0)
     model = TRANSFORMS.build(spec)
-    ckpt = save_checkpoint(tmp_path / "m.safetensors", {"model": model.state_dict()},
-                           {"transform": spec})
+    ckpt = save_model(tmp_path / "m.safetensors", model.state_dict(),
+                      {"transform": spec})
     hr = _folder(tmp_path / "hr")
     r = _run("--checkpoint", str(ckpt), "--hr-dir", str(hr), "--metrics", "psnr",
              "--save-images", str(tmp_path / "g"), "--json", str(tmp_path / "r.json"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from cli_runner import run_cli
 
-from percepkit.checkpoint import save_checkpoint
+from percepkit.checkpoint import save_model
 from percepkit.errors import PercepkitError
 from percepkit.export import export
 from percepkit.registry import TRANSFORMS
@@ -66,9 +66,9 @@ def test_style_sizes_must_be_multiples_of_the_stride(tmp_path):
 
 def test_export_command(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
-    ckpt = save_checkpoint(tmp_path / "s.safetensors",
-                           {"model": johnson_style_fast().state_dict()},
-                           {"transform": {"name": "johnson_style_fast"}, "task": "style"})
+    ckpt = save_model(tmp_path / "s.safetensors",
+                      johnson_style_fast().state_dict(),
+                      {"transform": {"name": "johnson_style_fast"}, "task": "style"})
     assert run_cli(["export", str(ckpt)]) == 0
     assert (tmp_path / "s.onnx").is_file()
     assert "matches PyTorch" in capsys.readouterr().out

@@ -15,7 +15,7 @@ import torch
 from cli_runner import run_cli
 from PIL import Image
 
-from percepkit.checkpoint import save_checkpoint
+from percepkit.checkpoint import save_model
 from percepkit.commands._batch import plan_batch
 from percepkit.devices import resolve_device
 from percepkit.errors import PercepkitError
@@ -346,10 +346,10 @@ def images(tmp_path):
 @pytest.fixture
 def style_checkpoint(tmp_path):
     torch.manual_seed(0)
-    return save_checkpoint(tmp_path / "style.safetensors",
-                           {"model": johnson_style_fast().state_dict()},
-                           {"transform": {"name": "johnson_style_fast"}, "task": "style",
-                            "step": 0})
+    return save_model(tmp_path / "style.safetensors",
+                      johnson_style_fast().state_dict(),
+                      {"transform": {"name": "johnson_style_fast"}, "task": "style",
+                       "step": 0})
 
 
 def test_stylize_batch_reports_bad_files_and_goes_on(images, style_checkpoint, tmp_path, capsys):
@@ -397,9 +397,8 @@ def test_upscale_by_name_and_checkpoint(images, tmp_path, capsys):
     assert run_cli(["upscale", "bicubic", str(images / "rgb.png"), "--scale", "3", "-o", str(out),
                  "-q"]) == 0
     assert Image.open(out / "rgb.png").size == (159, 111)
-    ckpt = save_checkpoint(tmp_path / "sr.safetensors", {"model": JohnsonSR(scale=2)
-                                                        .state_dict()},
-                           {"transform": {"name": "johnson_sr", "scale": 2}, "task": "sr"})
+    ckpt = save_model(tmp_path / "sr.safetensors", JohnsonSR(scale=2).state_dict(),
+                      {"transform": {"name": "johnson_sr", "scale": 2}, "task": "sr"})
     assert run_cli(["upscale", str(ckpt), str(images / "sub"), "-o", str(out), "-q",
                  "--tile", "8"]) == 0
     assert Image.open(out / "g16.png").size == (48, 32)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from cli_runner import run_cli
 
-from percepkit.checkpoint import save_checkpoint
+from percepkit.checkpoint import save_model
 from percepkit.images import read_image, write_image
 from percepkit.postprocess import blend, match_histogram, preserve_color
 from percepkit.registry import TRANSFORMS
@@ -52,9 +52,9 @@ def test_blend_ends_and_range():
 
 def test_stylize_strength_zero_returns_the_content_random_init_net(tmp_path):
     spec = {"name": "johnson_style", "channels": [8, 8, 8], "residual_blocks": 1}
-    ckpt = save_checkpoint(tmp_path / "s.safetensors",
-                           {"model": TRANSFORMS.build(spec).state_dict()},
-                           {"task": "style", "transform": spec})
+    ckpt = save_model(tmp_path / "s.safetensors",
+                      TRANSFORMS.build(spec).state_dict(),
+                      {"task": "style", "transform": spec})
     image = torch.rand(3, 20, 24)
     write_image(tmp_path / "in.png", image)
     assert run_cli(["stylize", str(ckpt), str(tmp_path / "in.png"), "-o",
@@ -68,9 +68,9 @@ def test_stylize_strength_zero_returns_the_content_random_init_net(tmp_path):
 
 def test_upscale_match_histogram_random_init_skip_net(tmp_path):
     spec = {"name": "johnson_sr", "scale": 2, "norm": "none", "skip": True}
-    ckpt = save_checkpoint(tmp_path / "sr.safetensors",
-                           {"model": TRANSFORMS.build(spec).state_dict()},
-                           {"task": "sr", "transform": spec})
+    ckpt = save_model(tmp_path / "sr.safetensors",
+                      TRANSFORMS.build(spec).state_dict(),
+                      {"task": "sr", "transform": spec})
     write_image(tmp_path / "in.png", torch.rand(3, 10, 12))
     assert run_cli(["upscale", str(ckpt), str(tmp_path / "in.png"), "-o",
                     str(tmp_path / "out.png"), "--match-histogram", "-q"]) == 0

@@ -16,7 +16,7 @@ import torch
 from cli_runner import run_cli
 from rich.console import Console
 
-from percepkit.checkpoint import load_checkpoint, load_transform, save_checkpoint
+from percepkit.checkpoint import load_checkpoint, load_transform, save_checkpoint, save_model
 from percepkit.cli import main
 from percepkit.errors import CheckpointError, PercepkitError
 from percepkit.recipe import load_recipe
@@ -319,8 +319,8 @@ def test_init_starts_from_given_weights_with_a_fresh_optimizer(tmp_path, capsys)
     spec = {"name": "johnson_style", "channels": [4, 4, 4], "residual_blocks": 1}
     from percepkit.registry import TRANSFORMS
 
-    save_checkpoint(other, {"model": TRANSFORMS.build(spec).state_dict()},
-                    {"task": "style", "transform": spec})
+    save_model(other, TRANSFORMS.build(spec).state_dict(),
+               {"task": "style", "transform": spec})
     code = run_cli(["train", str(TINY_SR), "--init", str(other), "--out", str(tmp_path / "c")])
     assert code == 2 and "train.init" in capsys.readouterr().err
 

@@ -11,7 +11,15 @@ import torch
 from cli_runner import run_cli
 
 import percepkit
-from percepkit.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from percepkit.checkpoint import (
+    EMA_MODEL,
+    MODEL,
+    OPTIMIZER,
+    Checkpoint,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 from percepkit.errors import CheckpointError
 from percepkit.images import read_image, write_image
 from percepkit.registry import MODELS, TRANSFORMS
@@ -25,7 +33,7 @@ def _random_style_checkpoint(path):
     torch.manual_seed(0)
     net = TRANSFORMS.build(spec)
     opt = torch.optim.Adam(net.parameters())
-    return save_checkpoint(path, {"model": net.state_dict(), "optimizer": opt.state_dict()},
+    return save_checkpoint(path, {MODEL: net.state_dict(), OPTIMIZER: opt.state_dict()},
                            {"task": "style", "transform": spec, "recipe": "name: x\n", "step": 7})
 
 
@@ -47,9 +55,22 @@ def test_package_keeps_weights_recipe_and_card_but_no_optimizer_state(tmp_path):
     ckpt = _random_style_checkpoint(tmp_path / "t.safetensors")
     package(ckpt, tmp_path / "m.safetensors", {"steps": 7, "metrics": {"a": 1.5}})
     state, meta = load_checkpoint(tmp_path / "m.safetensors")
-    assert set(state) == {"model"}
+    assert set(state) == {MODEL}
     assert meta["card"] == {"steps": 7, "metrics": {"a": 1.5}}
     assert meta["recipe"] == "name: x\n" and meta["step"] == 7
+
+
+def test_package_keeps_the_ema_weights_when_the_run_has_them(tmp_path):
+    spec = {"name": "johnson_style", "channels": [8, 8, 8], "residual_blocks": 1}
+    weights = TRANSFORMS.build(spec).state_dict()
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}
+    ckpt = save_checkpoint(tmp_path / "t.safetensors", {MODEL: weights, EMA_MODEL: ema},
+                           {"task": "style", "transform": spec})
+    package(ckpt, tmp_path / "m.safetensors", {})
+    packaged = Checkpoint.read(tmp_path / "m.safetensors")
+    assert set(packaged.state) == {MODEL}
+    for key, value in ema.items():
+        assert torch.equal(packaged.weights()[key], value), key
 
 
 def test_random_init_model_by_name_through_python_api_and_cli(monkeypatch, tmp_path):

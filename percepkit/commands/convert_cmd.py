@@ -26,7 +26,7 @@ def command(source: Path, output: Path, overwrite: bool) -> None:
     """
     from rich.markup import escape
 
-    from ..checkpoint import save_checkpoint
+    from ..checkpoint import save_model
     from ..console import user_console
     from ..files import sha256_file
     from ..foreign import convert
@@ -41,9 +41,9 @@ def command(source: Path, output: Path, overwrite: bool) -> None:
     spec, state, description = convert(source)
     model = TRANSFORMS.build(spec)
     model.load_state_dict(state)  # checks that the mapping fits before anything is written
-    save_checkpoint(output, {"model": state},
-                    {"task": model.task, "transform": spec, "converted_from": source.name,
-                     "source_sha256": sha256_file(source), "source_format": description})
+    save_model(output, state,
+               {"task": model.task, "transform": spec, "converted_from": source.name,
+                "source_sha256": sha256_file(source), "source_format": description})
     built = " ".join(str(v) for v in (spec["name"], spec.get("arch")) if v)  # spandrel RCAN
     console = user_console()
     console.print(f"[green]✓[/] {escape(str(source))} ({description}) -> "
