@@ -279,7 +279,7 @@ def test_convert_spandrel_sr_files_gives_their_output_and_trains_from_it_random_
     trainer = Trainer(rec, out=tmp_path / "ft", progress=False,
                       console=Console(file=io.StringIO()))
     trainer._setup()
-    source = percepkit.load(compact).state_dict()
+    source = percepkit.load(compact).net.state_dict()
     for key, value in trainer.module.state_dict().items():
         assert torch.equal(value, source[key]), key
     assert trainer._loop().step == 1

@@ -4,6 +4,8 @@ pads and crops them; what :func:`percepkit.load` returns."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -17,7 +19,8 @@ class PaddedNet(nn.Module):
     The input is reflection-padded at the bottom and right to a multiple of the net's stride
     (:func:`~percepkit.inference.tiles.pad_for_net`), and the output is cropped back. One
     untiled pass, differentiable, in the caller's precision and device; for large images within
-    a memory budget, use :class:`~percepkit.inference.Predictor`.
+    a memory budget, use :class:`~percepkit.inference.Predictor`. The network is :attr:`net`
+    (its weights: ``.net.state_dict()``); its other attributes read through.
     """
 
     def __init__(self, net: nn.Module) -> None:
@@ -26,6 +29,16 @@ class PaddedNet(nn.Module):
         self.stride = stride(net)
         self.task: str | None = getattr(net, "task", None)
         self.scale = int(getattr(net, "scale", 1))
+
+    def __getattr__(self, name: str) -> Any:
+        """Attributes of the network itself (``architecture``, ``channels``, ...) read through."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            net = self.__dict__.get("_modules", {}).get("net")
+            if net is None:
+                raise
+            return getattr(net, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded, h, w = pad_for_net(x, self.stride)
