@@ -105,6 +105,8 @@ class PeakMemory:
     def __init__(self, every: float = 0.01) -> None:
         self.every = every
         self.bytes = 0
+        #: samples taken so far (a waiting caller can tell that one was taken after a point)
+        self.samples = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -119,6 +121,7 @@ class PeakMemory:
     def _sample(self) -> None:
         while True:
             self.bytes = max(self.bytes, self.current() or 0)
+            self.samples += 1
             if self._stop.wait(self.every):
                 return
 

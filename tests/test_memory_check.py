@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -25,11 +24,9 @@ def _check(recipe_path: Path, overrides: list[str] = ()):  # noqa: ANN202
     return check_training_memory(recipe, item, make_task(recipe, CPU), CPU)
 
 
-def test_tiny_recipes_fit_and_the_estimate_is_cheap():
+def test_tiny_recipes_fit():  # the estimate's cost: benchmarks/recipe_checks.py
     for name in ("tiny_sr.yaml", "tiny_style.yaml"):
-        start = time.perf_counter()
         estimate = _check(REPO / "recipes" / name)
-        assert time.perf_counter() - start < 5
         assert estimate is not None and 0 < estimate.total < 1024**3
 
 
@@ -50,13 +47,13 @@ def test_estimate_scales_with_batch_and_input_area():
     ["train.batch_size=4096", "data.train.size=512"],
     ["transform.channels=60000"],
 ])
-def test_absurd_recipe_is_refused_quickly_without_allocating(overrides, tmp_path):
+def test_absurd_recipe_is_refused_by_the_estimate_before_anything_is_written(overrides,
+                                                                            tmp_path):
+    """The time it takes: benchmarks/recipe_checks.py."""
     recipe = load_recipe(REPO / "recipes" / "tiny_sr.yaml", overrides)
     out = tmp_path / "run"
-    start = time.perf_counter()
     with pytest.raises(RecipeError) as info:
         Trainer(recipe, out=out, progress=False).run()
-    assert time.perf_counter() - start < 10
     message = str(info.value)
     assert "available" in message and "train.batch_size" in message
     assert "channels" in message and "\n" not in message

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from cli_runner import run_cli
 
@@ -38,16 +36,15 @@ def test_binary_and_latin1_recipes_are_one_paragraph(tmp_path, capsys, data, mes
     assert message in err and "Traceback" not in err
 
 
-def test_a_billion_laughs_recipe_is_refused_quickly_with_a_short_message(tmp_path, capsys):
+def test_a_billion_laughs_recipe_is_refused_with_a_short_message(tmp_path, capsys):
+    """How fast: benchmarks/recipe_checks.py."""
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for i, name in enumerate("bcdefghi"):
         prev = "abcdefghi"[i]
         lines.append(f"{name}: &{name} [{','.join(['*' + prev] * 9)}]")
     path = tmp_path / "bomb.yaml"
     path.write_text("\n".join(lines) + "\n")
-    start = time.perf_counter()
     assert run_cli(["recipe", "check", str(path)]) == 2
-    assert time.perf_counter() - start < 5
     err = capsys.readouterr().err
     assert "YAML aliases" in err and len(err) < 1000
 

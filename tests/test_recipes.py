@@ -215,14 +215,11 @@ def test_valid_scales_and_timm_names_pass():
                          "loss_network": "timm:resnet18"})
 
 
-def test_recipe_check_loads_no_weights_and_is_fast(isolated_weights):
-    """sr_x4_feat names ImageNet VGG16 weights; with none anywhere, checking still succeeds."""
-    import time
-
-    start = time.perf_counter()
+def test_recipe_check_loads_no_weights(isolated_weights):
+    """sr_x4_feat names ImageNet VGG16 weights; with none anywhere, checking still succeeds
+    (how long checking all recipes takes: benchmarks/recipe_checks.py)."""
     for path in RECIPES:
-        load_recipe(path)
-    assert time.perf_counter() - start < 5 * len(RECIPES) / 10
+        assert load_recipe(path).raw["losses"]
 
 
 def test_missing_data_folders_fail_recipe_check_unless_skipped(tmp_path, capsys):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import torch
 
+from percepkit import speed_table
 from percepkit.cli import main
 from percepkit.speed_table import PAPER_TITAN_X, conv_flops, matmul_throughput, run_bench
 from percepkit.transforms import JohnsonStyle
@@ -22,8 +24,24 @@ def test_conv_flops_of_the_papers_style_net_by_hand():
     assert conv_flops(JohnsonStyle().eval(), s, s) == pytest.approx(2 * macs)
 
 
-def test_matmul_throughput_is_positive():
-    assert matmul_throughput(torch.device("cpu"), n=64, max_seconds=0.1) > 0
+def test_matmul_throughput_is_flops_over_the_best_time_within_the_time_allowed(monkeypatch):
+    """A fake clock: the runs take 3, 1 and 2 s; 2 n^3 FLOP per product; the time allowed
+    (15 s since the start) has passed after run 3."""
+    clock = iter([0.0,              # start (then a warm-up product)
+                  1.0, 4.0, 4.0,    # run 1: 3 s; 4 s since the start
+                  4.0, 5.0, 5.0,    # run 2: 1 s, the best
+                  5.0, 7.0, 16.0,   # run 3: 2 s; the clock then reads 16 s > 15 s: stop
+                  16.0, 17.0, 17.0])  # a run 4, taken only if the limit were ignored
+    now = [0.0]
+
+    def perf_counter() -> float:
+        now[0] = next(clock)
+        return now[0]
+
+    monkeypatch.setattr(speed_table, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    n = 16
+    assert matmul_throughput(torch.device("cpu"), n=n, max_seconds=15.0) == 2 * n**3 / 1.0
+    assert now[0] == 16.0  # stopped after run 3
 
 
 @pytest.fixture(autouse=True)
@@ -164,6 +182,8 @@ def test_peak_memory_sees_a_block_that_allocates_and_frees():
     with PeakMemory(every=0.001) as mem:
         x = torch.ones(50 * 2**20)  # 200 MB, every page touched
         inside = PeakMemory.current()
-        time.sleep(0.05)  # the sampler runs every millisecond
+        seen = mem.samples
+        while mem.samples < seen + 2:  # a whole sample taken while x lives, however slow
+            time.sleep(0.001)
         del x
     assert mem.bytes >= inside - 2**20
