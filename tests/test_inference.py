@@ -30,7 +30,7 @@ from percepkit.inference import (
     record_norm_stats,
     tile_side,
 )
-from percepkit.inference.fused import _moments
+from percepkit.inference.fused import moments
 from percepkit.inference.normstats import StopForward, probing
 from percepkit.transforms import JohnsonSR, JohnsonStyle, johnson_style_fast, johnson_style_lite
 
@@ -157,7 +157,7 @@ def test_batch_summary_returns_the_exit_code_instead_of_exiting():
 def test_moments_match_var_mean_and_survive_cancellation():
     x = (torch.randn(2, 8, 30, 20) * 3 + 1).contiguous(memory_format=torch.channels_last)
     x[:, 3] = 1000 + 1e-3 * torch.randn(2, 30, 20)  # tiny variance under a huge mean
-    mean, var = _moments(x)
+    mean, var = moments(x)
     v64, m64 = torch.var_mean(x.double(), dim=(2, 3), unbiased=False)
     torch.testing.assert_close(mean.double(), m64, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(var.double(), v64, rtol=1e-3, atol=1e-9)

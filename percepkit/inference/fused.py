@@ -19,7 +19,7 @@ from .normstats import NormStats, Probe, StopForward, norm_coefficients
 PadMode = str  # "reflect", "replicate" or "zero"
 
 
-def _moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample, per-channel mean and (biased) variance of (B, C, H, W), as float32 (B, C).
 
     On the CPU, for channels_last tensors, both come from sums of x and x·x over the spatial
@@ -278,7 +278,7 @@ class FusedConv(nn.Module):
                 if self.kind == "resize":
                     mean, var = _window_moments(y, 4, list(self._PHASES), h, w)
                 else:
-                    mean, var = _moments(y)
+                    mean, var = moments(y)
                 if self.record is not None:
                     self.record[self] = (mean, var)
             a, b = norm_coefficients(mean, var, self.eps, self.norm_weight, self.norm_bias)
