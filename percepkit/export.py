@@ -1,12 +1,13 @@
 """Export a transform to ONNX or TorchScript, and check the export against PyTorch.
 
 The exported graph is the plain network (ONNX Runtime and TorchScript apply their own fusions)
-and maps float images in [0, 1] shaped (B, 3, H, W) to (B, 3, scale H, scale W). Height and
-width are dynamic, but must be multiples of the network's total stride (4 for the style nets;
-:func:`percepkit.inference.pad_to_multiple` pads others). Transforms that resample inside the
-network with size-dependent matrices (the bicubic skip of ``johnson_sr skip=True``, ``srcnn``,
-``bicubic``) can only be exported for one fixed input size (``size=``); :func:`export` finds
-out by checking a second size, and says so.
+inside :class:`~percepkit.inference.padded.PaddedNet`, and maps float images in [0, 1] shaped
+(B, 3, H, W) of any size to (B, 3, scale H, scale W): it pads to the network's stride and crops
+as ``percepkit stylize`` / ``upscale`` do, so its output is theirs (a fixed-size export, for a
+multiple of the stride, takes that size only). Transforms that resample
+inside the network with size-dependent matrices (the bicubic skip of ``johnson_sr skip=True``,
+``srcnn``, ``bicubic``) can only be exported for one fixed input size (``size=``); :func:`export`
+finds out by checking a second size, and says so.
 
 Every export is verified: the exported model runs on random inputs (ONNX with onnxruntime, when
 installed) and must match PyTorch within ``atol``.
@@ -26,7 +27,7 @@ from torch import nn
 
 from .errors import PercepkitError
 from .inference import geometry
-from .inference.tiles import net_min_side
+from .inference.padded import PaddedNet
 
 Format = Literal["onnx", "torchscript"]
 
@@ -140,22 +141,24 @@ def export(
     width, verified at two sizes.
     """
     _check_size_h_w(size)
-    model = model.eval().cpu().float()
-    for p in model.parameters():
+    net = model.net if isinstance(model, PaddedNet) else model
+    net = net.eval().cpu().float()
+    for p in net.parameters():
         p.requires_grad_(False)
-    align, _ = geometry(model)
+    align, _ = geometry(net)
+    # dynamic sizes: pads and crops inside the graph, so any input size works; a fixed size
+    # (a multiple of the stride) needs no padding
+    model = PaddedNet(net).eval() if size is None else net
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = size is None
     h, w = _example_size(align, size)
     gen = torch.Generator().manual_seed(0)
     example = torch.rand(1, 3, h, w, generator=gen)
-    meta = {"producer": "percepkit", "task": str(getattr(model, "task", "")),
-            "scale": str(getattr(model, "scale", 1)), "stride": str(align),
-            "input": f"float32 RGB in [0, 1], (B, 3, H, W); H and W multiples of {align}, at "
-                     f"least {-(-net_min_side(align) // align) * align}: reflection-pad the "
-                     f"bottom and right, crop the output (percepkit docs/inference.md, Export)",
-            **(metadata or {})}
+    meta = {"producer": "percepkit", "task": str(getattr(net, "task", "")),
+            "scale": str(getattr(net, "scale", 1)), "stride": str(align),
+            "input": "float32 RGB in [0, 1], (B, 3, H, W), any H and W (padded to the stride "
+                     "inside, as percepkit stylize/upscale pad)", **(metadata or {})}
     if format == "onnx":
         _require_onnx()
         _export_onnx(model, path, example, dynamic, opset, meta)
@@ -172,7 +175,8 @@ def export(
         return report
     checks = [example]
     if dynamic:
-        checks.append(torch.rand(2, 3, h + 3 * align, w - align, generator=gen))
+        # not multiples of the stride: checks the padding inside the graph too
+        checks.append(torch.rand(2, 3, h + 3 * align + 1, w - align + 3, generator=gen))
     for i, x in enumerate(checks):
         try:
             got = runner(x)

@@ -38,12 +38,12 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     """Export a model's (percepkit list models) or a checkpoint file's network to ONNX or
     TorchScript and check it against PyTorch, or its weights alone to safetensors.
 
-    The exported model maps (B, 3, H, W) RGB in [0, 1] to its output (H, W multiples of the
-    network's stride, 4 for style nets). ONNX exports are run with onnxruntime when it is
-    installed (pip install 'percepkit[export]'). ``safetensors`` writes the network's state dict
-    (EMA weights if any) with plain keys: for ``spandrel:*`` transforms that is the
-    architecture's own layout, which chaiNNer and other spandrel tools load (checked with
-    spandrel).
+    The exported model maps (B, 3, H, W) RGB in [0, 1] of any size to the output stylize or
+    upscale gives (it pads to the network's stride inside; with --size, that size only). ONNX
+    exports are run with onnxruntime when it is installed (pip install 'percepkit[export]').
+    ``safetensors`` writes the network's state dict (EMA weights if any) with plain keys: for
+    ``spandrel:*`` transforms that is the architecture's own layout, which chaiNNer and other
+    spandrel tools load (checked with spandrel).
     """
     from rich.markup import escape
 

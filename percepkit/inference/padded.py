@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .geometry import stride
-from .tiles import pad_for_net
+from .tiles import net_min_side, pad_for_net, pad_to_multiple_traced
 
 
 class PaddedNet(nn.Module):
@@ -19,8 +19,10 @@ class PaddedNet(nn.Module):
     The input is reflection-padded at the bottom and right to a multiple of the net's stride
     (:func:`~percepkit.inference.tiles.pad_for_net`), and the output is cropped back. One
     untiled pass, differentiable, in the caller's precision and device; for large images within
-    a memory budget, use :class:`~percepkit.inference.Predictor`. The network is :attr:`net`
-    (its weights: ``.net.state_dict()``); its other attributes read through.
+    a memory budget, use :class:`~percepkit.inference.Predictor`. Traced for export (ONNX,
+    TorchScript), the same padding is written with size tensors, so that the exported graph
+    takes any size too (:func:`~percepkit.inference.tiles.pad_to_multiple_traced`). The network
+    is :attr:`net` (its weights: ``.net.state_dict()``); its other attributes read through.
     """
 
     def __init__(self, net: nn.Module) -> None:
@@ -41,7 +43,10 @@ class PaddedNet(nn.Module):
             return getattr(net, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded, h, w = pad_for_net(x, self.stride)
+        if torch.jit.is_tracing():  # an export: the graph must pad every size, not this one
+            padded, h, w = pad_to_multiple_traced(x, self.stride, net_min_side(self.stride))
+        else:
+            padded, h, w = pad_for_net(x, self.stride)
         y = self.net(padded)
         s = y.shape[-1] // padded.shape[-1]
         return y[..., : h * s, : w * s]

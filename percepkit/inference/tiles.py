@@ -108,6 +108,26 @@ def pad_to_multiple(x: torch.Tensor, align: int, min_side: int = 1
     return F.pad(x, (0, pw, 0, ph), mode=mode), h, w
 
 
+def pad_to_multiple_traced(x: torch.Tensor, align: int, min_side: int = 1
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`pad_to_multiple` with sizes as tensors (index arithmetic instead of ``F.pad``),
+    so that a graph traced for export (ONNX, TorchScript) pads every input size as it does;
+    returns the original height and width as 0-dim tensors."""
+    shape = torch._shape_as_tensor(x)
+    h, w = shape[-2], shape[-1]
+    side = -(-min_side // align) * align
+    th = torch.clamp(torch.div(h + align - 1, align, rounding_mode="floor") * align, min=side)
+    tw = torch.clamp(torch.div(w + align - 1, align, rounding_mode="floor") * align, min=side)
+    reflect = (th - h < h) & (tw - w < w)
+
+    def rows(n: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(target, device=x.device)
+        mirrored = torch.where(i < n, i, 2 * (n - 1) - i)
+        return torch.where(reflect, mirrored, torch.minimum(i, n - 1))
+
+    return x.index_select(-2, rows(h, th)).index_select(-1, rows(w, tw)), h, w
+
+
 class WindowSums:
     """Sums of one layer's pre-normalisation values over the disjoint pieces of tiles, and the
     whole image's mean and variance they add up to (exact statistics with bounded memory)."""
