@@ -10,6 +10,7 @@ from cli_runner import run_cli
 from percepkit.checkpoint import save_model
 from percepkit.errors import PercepkitError
 from percepkit.export import export
+from percepkit.inference.tiles import pad_for_net
 from percepkit.registry import TRANSFORMS
 from percepkit.transforms import JohnsonSR, johnson_style_fast
 
@@ -105,3 +106,32 @@ def test_export_output_under_a_file_or_onto_a_folder_is_one_paragraph(tmp_path, 
             main(["export", "candy", "--format", "torchscript", "-o", str(target)])
         err = capsys.readouterr().err
         assert e.value.code == 2 and says in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("align", [1, 4, 8])
+def test_traced_padding_equals_the_predictors_at_every_size(align):
+    from percepkit.inference.tiles import net_min_side, pad_to_multiple, pad_to_multiple_traced
+
+    for h in (1, 2, 5, 9, 16, 17, 33):
+        for w in (1, 3, 8, 15, 40):
+            x = torch.rand(1, 2, h, w)
+            want, _, _ = pad_to_multiple(x, align, net_min_side(align))
+            got, gh, gw = pad_to_multiple_traced(x, align, net_min_side(align))
+            assert (int(gh), int(gw)) == (h, w)
+            assert torch.equal(got, want), (h, w)
+
+
+def test_random_init_torchscript_export_takes_any_size(tmp_path):
+    torch.manual_seed(0)
+    model = johnson_style_fast().eval()
+    export(model, tmp_path / "m.pt", "torchscript")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    x = torch.rand(1, 3, 23, 41)
+    padded, h, w = pad_for_net(x, 4)
+    with torch.inference_mode():
+        want = model(padded)[..., :h, :w]
+        assert (loaded(x) - want).abs().max() < 1e-5
