@@ -60,7 +60,7 @@ def test_package_keeps_weights_recipe_and_card_but_no_optimizer_state(tmp_path):
     assert meta["recipe"] == "name: x\n" and meta["step"] == 7
 
 
-def test_package_keeps_the_ema_weights_when_the_run_has_them(tmp_path):
+def test_random_init_package_keeps_the_ema_weights_when_the_run_has_them(tmp_path):
     spec = {"name": "johnson_style", "channels": [8, 8, 8], "residual_blocks": 1}
     weights = TRANSFORMS.build(spec).state_dict()
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in weights.items()}
@@ -136,8 +136,8 @@ def test_file_names_carry_a_hash_only_as_hex_digits():
     assert hash_prefix("candy.safetensors") is None
 
 
-def test_a_model_named_with_a_dash_downloads_checked_against_its_manifest_hash(monkeypatch,
-                                                                                tmp_path):
+def test_random_init_model_named_with_a_dash_downloads_checked_against_its_manifest_hash(
+        monkeypatch, tmp_path):
     server = tmp_path / "server" / "my-style.safetensors"
     packaged = _register(monkeypatch, tmp_path, name="my-style", url=server.as_uri())
     server.parent.mkdir()
