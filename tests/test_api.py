@@ -140,10 +140,12 @@ def test_lists_come_from_the_registries_plugins_included(monkeypatch):
 
 # -- load ----------------------------------------------------------------------------------------
 def _cli_output(tmp_path: Path, command: str, model: str, image: np.ndarray) -> np.ndarray:
-    """``percepkit stylize|upscale MODEL`` on an 8-bit image, as 8-bit values."""
+    """``percepkit stylize|upscale MODEL`` on an 8-bit image, in fp32 (what ``auto`` is on a
+    CPU without bf16 units), as 8-bit values."""
     src, out = tmp_path / f"{model}_in.png", tmp_path / f"{model}_out.png"
     write_image(src, torch.from_numpy(image).permute(2, 0, 1).float() / 255)
-    assert run_cli([command, model, str(src), "-o", str(out), "-q", "--device", "cpu"]) == 0
+    assert run_cli([command, model, str(src), "-o", str(out), "-q", "--device", "cpu",
+                    "--precision", "fp32"]) == 0
     return (read_image(out) * 255).round().to(torch.int16).numpy()
 
 
@@ -198,7 +200,7 @@ def test_exported_onnx_takes_any_size_and_equals_the_cli(size, tmp_path, monkeyp
 def test_predictor_takes_the_loaded_module(monkeypatch):
     monkeypatch.setenv("PERCEPKIT_OFFLINE", "1")
     net = percepkit.load("candy")
-    predictor = percepkit.Predictor(net, "cpu", tile=32)  # tiles of 32 px: several tiles
+    predictor = percepkit.Predictor(net, "cpu", precision="fp32", tile=32)  # several tiles
     x = torch.rand(1, 3, 45, 70)
     with torch.inference_mode():
         assert (predictor(x) - net(x)).abs().max() < 1e-3
@@ -209,6 +211,7 @@ def test_api_page_examples_run(real_weights_dir, monkeypatch, tmp_path):
     """Every ```python block of docs/api.md, in order, in one namespace."""
     monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(real_weights_dir))
     monkeypatch.setenv("PERCEPKIT_OFFLINE", "1")
+    monkeypatch.setenv("PERCEPKIT_CACHE", str(tmp_path / "cache"))  # precision calibrations
     monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.*?)```", (DOCS / "api.md").read_text(), re.S)
     assert len(blocks) >= 5

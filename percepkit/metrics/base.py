@@ -14,6 +14,7 @@ from torch import nn
 
 from ..devices import threads
 from ..errors import PercepkitError
+from ..precision import Precision, autocast
 
 __all__ = ["RGB_CONVENTION", "Y_CONVENTION", "Channel", "Metric", "PlaneMetric", "check_channel",
            "check_pair", "check_size", "crop", "rgb_to_y", "to_scored"]
@@ -44,6 +45,10 @@ class Metric(nn.Module):
     #: metric, no loss form otherwise (:attr:`loss_instead` then says what to minimise).
     loss_form: Literal["value", "one_minus"] | None = None
     loss_instead: str = ""
+    #: whether the metric runs a network (LPIPS, DISTS) that may run in bf16/fp16 autocast;
+    #: ``precision`` is set by :func:`percepkit.evaluate.build_metrics` (``None``: fp32)
+    runs_network: bool = False
+    precision: Precision | None = None
 
     @property
     def convention(self) -> str:
@@ -55,7 +60,8 @@ class Metric(nn.Module):
 
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_pair(output, target, self.name)
-        return super().__call__(output, target)
+        with autocast(self.precision):
+            return super().__call__(output, target)
 
 
 class PlaneMetric(Metric):
