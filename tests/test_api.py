@@ -153,6 +153,7 @@ def _cli_output(tmp_path: Path, command: str, model: str, image: np.ndarray) -> 
     ("candy", "stylize", (321, 481)),   # the odd size
     ("candy", "stylize", (7, 10)),      # smaller than the padding: replicated
     ("sr_x4_feat", "upscale", (29, 37)),
+    ("sr_x4_feat", "upscale", (7, 10)),
 ])
 def test_load_has_the_input_size_and_the_cli_output_within_one_level(model, command, size,
                                                                        tmp_path, monkeypatch):
