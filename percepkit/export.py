@@ -4,10 +4,10 @@ The exported graph is the plain network (ONNX Runtime and TorchScript apply thei
 inside :class:`~percepkit.inference.padded.PaddedNet`, and maps float images in [0, 1] shaped
 (B, 3, H, W) of any size to (B, 3, scale H, scale W): it pads to the network's stride and crops
 as ``percepkit stylize`` / ``upscale`` do, so its output is theirs (a fixed-size export, for a
-multiple of the stride, takes that size only). Transforms that resample
-inside the network with size-dependent matrices (the bicubic skip of ``johnson_sr skip=True``,
-``srcnn``, ``bicubic``) can only be exported for one fixed input size (``size=``); :func:`export`
-finds out by checking a second size, and says so.
+multiple of the stride, takes that size only). Transforms that resample inside the network
+with size-dependent matrices (the bicubic skip of ``johnson_sr skip=True``, ``srcnn``,
+``bicubic``) can only be exported for one fixed input size (``size=``); :func:`export` finds
+out by checking a second size, and says so.
 
 Every export is verified: the exported model runs on random inputs (ONNX with onnxruntime, when
 installed) and must match PyTorch within ``atol``.
