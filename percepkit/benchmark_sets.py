@@ -347,9 +347,12 @@ def hr_folder(root: str, scale: int = 4, name: str | None = None,
 
 def _pair_key(stem: str, scale: int) -> str:
     """File stem without the usual LR suffixes (``baby_x4``, ``babyx4``, ``baby_LR``...)."""
-    key = stem.lower()
-    for pattern in (rf"[_\-.]?x{scale}$", r"[_\-.]?(lr|lq|hr|gt)(bicx\d)?$", rf"[_\-.]?{scale}x$"):
-        key = re.sub(pattern, "", key)
+    key, previous = stem.lower(), None
+    while key != previous:  # suffixes may combine in either order: _LR_x4, _LRBICx4
+        previous = key
+        for pattern in (rf"[_\-.]?x{scale}$", r"[_\-.]?(lr|lq|hr|gt)(bic(x\d+)?)?$",
+                        rf"[_\-.]?{scale}x$"):
+            key = re.sub(pattern, "", key) or key
     return key
 
 

@@ -325,3 +325,28 @@ def test_a_realesrgan_run_killed_with_sigkill_resumes_to_identical_weights(tmp_p
     # and the degraded inputs really differ from the built-in ones
     _, plain = run(TINY_SR, tmp_path / "plain", *steps[:3])
     assert plain.losses[0] != full.losses[0]
+
+
+def test_the_plugin_guide_degradation_works():
+    """The degradation in docs/plugins.md registers, builds from a recipe list, is seeded by the
+    key, and its argument check is one sentence."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S)
+                if "DEGRADATIONS.register" in block)
+    exec(compile(code, "docs/plugins.md", "exec"), {})
+    try:
+        pipe = build_pipeline([{"name": "bicubic", "scale": 2},
+                               {"name": "example_salt_pepper", "amount": [0.1, 0.2]}])
+        x = image()
+        a = pipe(x, key_gen(4))
+        assert a.shape == (3, 32, 32) and torch.equal(a, pipe(x, key_gen(4)))
+        assert not torch.equal(a, pipe(x, key_gen(5)))
+        assert float(((a == 0) | (a == 1)).all(0).float().mean()) > 0.05
+        with pytest.raises(RecipeError, match=r"\[1\]: example_salt_pepper: amount must be"):
+            build_pipeline([{"name": "bicubic"}, {"name": "example_salt_pepper",
+                                                  "amount": [0.5, 0.1]}])
+    finally:
+        DEGRADATIONS._remove(DEGRADATIONS.entry("example_salt_pepper"))

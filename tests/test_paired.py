@@ -43,10 +43,12 @@ def make_pairs(root: Path, names: dict[str, str], size: tuple[int, int] = (64, 4
 
 def test_basicsr_names_match(tmp_path):
     lr, hr = make_pairs(tmp_path, {"baby": "baby_x4.png", "bird": "birdx4.png",
+                                   "butterfly": "butterfly_LRBICx4.png",
                                    "head": "head_LR.png", "woman": "woman.png"})
     pairs = match_pairs(str(lr), str(hr), 4)
     assert [(a.name, b.name) for a, b in pairs] == [
-        ("baby_x4.png", "baby.png"), ("birdx4.png", "bird.png"), ("head_LR.png", "head.png"),
+        ("baby_x4.png", "baby.png"), ("birdx4.png", "bird.png"),
+        ("butterfly_LRBICx4.png", "butterfly.png"), ("head_LR.png", "head.png"),
         ("woman.png", "woman.png")]
 
 
