@@ -350,3 +350,27 @@ def test_the_plugin_guide_degradation_works():
                                                   "amount": [0.5, 0.1]}])
     finally:
         DEGRADATIONS._remove(DEGRADATIONS.entry("example_salt_pepper"))
+
+
+def test_the_recipe_schema_knows_degradation_lists():
+    import jsonschema
+
+    from percepkit.recipe import recipe_from_mapping
+    from percepkit.recipe_schema import recipe_schema
+
+    schema = recipe_schema()
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    base = {"transform": "bicubic", "losses": ["pixel"]}
+
+    def data(steps):
+        return {**base, "data": {"train": {"name": "synthetic", "scale": 4, "size": 48,
+                                           "degradations": steps}}}
+
+    good = data([{"name": "gaussian_blur", "sigma": [0.5, 2]}, "bicubic", {"name": "jpeg"}])
+    assert not list(validator.iter_errors(good))
+    recipe_from_mapping(good, "good.yaml")
+    for steps in ([{"name": "gausian_blur"}, "bicubic"], [{"name": "jpeg", "qualty": 5}], []):
+        assert list(validator.iter_errors(data(steps))), steps
+        with pytest.raises(RecipeError):
+            recipe_from_mapping(data(steps), "bad.yaml")
