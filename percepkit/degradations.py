@@ -683,9 +683,10 @@ def dataset_degradation(spec: Mapping[str, Any] | str, where: str = "data.train"
 
         return builtin, (f"{where} ({entry.name}): the built-in Gaussian blur sigma {sigma:g} "
                          f"-> MATLAB bicubic 1/{scale}")
-    raise PercepkitError(f"{where}: {entry.name} makes no degraded inputs (it reads them from "
-                         f"files, or is not an SR dataset); nothing to show. Give --degradations "
-                         f"or a recipe whose data.train is sr_patches or synthetic")
+    raise PercepkitError(f"{where}: {entry.name}, as configured, makes no degraded inputs (it "
+                         f"reads them from files, or yields images without a scale); nothing to "
+                         f"show. Give --degradations, or a recipe whose data.train makes its LR "
+                         f"from the HR (sr_patches, or synthetic with scale)")
 
 
 def input_maker(specs: Any, where: str = "degradations", quantize: bool = True
