@@ -317,14 +317,12 @@ def test_a_realesrgan_run_killed_with_sigkill_resumes_to_identical_weights(tmp_p
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert [s for s, _ in find_checkpoints(out)] == [4]
     _, full = run(TINY_SR, tmp_path / "full", *steps)
-    _, resumed = run(TINY_SR, None, *steps, resume=out)
+    # resumed with DataLoader workers: the degraded inputs must not depend on them
+    _, resumed = run(TINY_SR, None, *steps, "train.workers=2", resume=out)
     assert resumed.start_step == 4 and resumed.losses == full.losses[4:]
     a = load_checkpoint(full.last_checkpoint)[0]["model"]
     b = load_checkpoint(resumed.last_checkpoint)[0]["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    # and the degraded inputs really differ from the built-in ones
-    _, plain = run(TINY_SR, tmp_path / "plain", *steps[:3])
-    assert plain.losses[0] != full.losses[0]
 
 
 def test_the_plugin_guide_degradation_works():
