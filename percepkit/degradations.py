@@ -519,6 +519,24 @@ class RealESRGAN(Degradation):
             raise PercepkitError(f"{step}: scale must be an integer between 1 and 16, got "
                                  f"{scale!r}")
         self.scale = scale
+        # checked here first, so that an error names realesrgan's own key
+        limits = {"blur_sigma": (0.0, 50.0, True), "blur_sigma2": (0.0, 50.0, True),
+                  "betag_range": (0.0, 10.0, True), "betag_range2": (0.0, 10.0, True),
+                  "betap_range": (0.0, 10.0, True), "betap_range2": (0.0, 10.0, True),
+                  "resize_range": (0.0, 8.0, True), "resize_range2": (0.0, 8.0, True),
+                  "noise_range": (0.0, 255.0, False), "noise_range2": (0.0, 255.0, False),
+                  "poisson_scale_range": (0.0, 20.0, False),
+                  "poisson_scale_range2": (0.0, 20.0, False),
+                  "jpeg_range": (1.0, 100.0, False), "jpeg_range2": (1.0, 100.0, False)}
+        given = locals()
+        for key, (low, high, open_low) in limits.items():
+            lo, hi = _check_range(step, key, given[key], low, high, open_low=open_low)
+            if key.startswith("resize_range") and not lo <= 1 <= hi:
+                raise PercepkitError(f"{step}: {key} must hold 1 ([down limit, up limit]), got "
+                                     f"{given[key]!r}")
+        for key in ("gray_noise_prob", "gray_noise_prob2"):
+            _check_prob(step, key, given[key])
+        _odd_sizes(step, kernel_size)
         try:
             self.kernel_prob = _check_probs(step, "kernel_prob", kernel_prob, 6)
             self.kernel_prob2 = _check_probs(step, "kernel_prob2", kernel_prob2, 6)

@@ -170,7 +170,9 @@ def test_noise_levels():
     ({"name": "resize", "modes": []}, r"modes must be a non-empty list of area"),
     ({"name": "resize", "scale": [1.2, 2], "updown_prob": [1, 1, 1]}, r"resize: with updown"),
     ({"name": "bicubic", "scale": 0.5}, r"bicubic: scale must be between 1 and 16"),
-    ({"name": "realesrgan", "noise_range": [1, 300]}, r"realesrgan: gaussian_noise: sigma"),
+    ({"name": "realesrgan", "noise_range": [1, 300]}, r"realesrgan: noise_range must be"),
+    ({"name": "realesrgan", "resize_range2": [0.5, 0.9]}, r"realesrgan: resize_range2 must hold 1"),
+    ({"name": "realesrgan", "kernel_size": [4, 4]}, r"realesrgan: kernel_size .* no odd size"),
     ({"name": "realesrgan", "kernel_prob": [1, 0, 0]}, r"'kernel_prob': expected a list of 6"),
 ])
 def test_out_of_range_arguments_are_one_clear_error(spec, pattern):
