@@ -98,6 +98,8 @@ def test_shapes():
     assert Resize([0.5, 1.5]).output_size((64, 64)) is None  # random
     assert RealESRGAN(scale=4)(x, g).shape == (3, 16, 16)
     assert RealESRGAN(scale=2)(image(size=30), g).shape == (3, 15, 15)
+    fixed = RealESRGAN(kernel_size=21, noise_range=10, jpeg_range=50, resize_range=1.0)
+    assert fixed(x, g).shape == (3, 16, 16)  # fixed values where Real-ESRGAN has ranges
     for step in (GaussianBlur(), GaussianNoise(), PoissonNoise(), Jpeg()):
         assert step(x, g).shape == x.shape
         assert step(x[:1], g).shape == (1, 64, 64)  # grey images stay grey
