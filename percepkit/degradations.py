@@ -18,6 +18,7 @@ rounding to 8 bits is the dataset's business (``quantize``).
 * ``gaussian_noise`` / ``poisson_noise``: a fixed level or a range, colour or grey.
 * ``jpeg``: a real JPEG encode/decode with Pillow at a quality drawn from a range.
 * ``resize``: a random scale and a random mode among area, bilinear and bicubic.
+* ``sinc``: a 2-D sinc (circular low-pass) filter, for ringing artefacts.
 * ``realesrgan``: the second-order pipeline of Wang et al. 2021, built from the steps above.
 """
 
@@ -36,7 +37,7 @@ from .registry import DEGRADATIONS
 
 __all__ = [
     "Bicubic", "Degradation", "GaussianBlur", "GaussianNoise", "Jpeg", "Pipeline",
-    "PoissonNoise", "RealESRGAN", "Resize", "build_pipeline", "check_pipeline",
+    "PoissonNoise", "RealESRGAN", "Resize", "Sinc", "build_pipeline", "check_pipeline",
 ]
 
 #: a fixed value or a ``[low, high]`` range drawn uniformly per sample
@@ -275,6 +276,53 @@ class GaussianBlur(Degradation):
         return filter2d(image, kernel).clamp(0, 1) if apply else image
 
 
+def sinc_kernel(size: int, cutoff: float) -> torch.Tensor:
+    """A normalised ``size x size`` float64 circular low-pass (2-D sinc) kernel of angular
+    ``cutoff`` (radians per pixel): ``cutoff·J1(cutoff·r) / (2π r)`` (BasicSR's
+    ``circular_lowpass_kernel``); its side lobes make ringing."""
+    r = size // 2
+    t = torch.arange(-r, r + 1, dtype=torch.float64)
+    yy, xx = torch.meshgrid(t, t, indexing="ij")
+    d = torch.sqrt(xx**2 + yy**2)
+    safe = torch.where(d == 0, torch.ones_like(d), d)
+    k = cutoff * torch.special.bessel_j1(cutoff * safe) / (2 * math.pi * safe)
+    k[r, r] = cutoff**2 / (4 * math.pi)
+    return k / k.sum()
+
+
+@DEGRADATIONS.register("sinc")
+class Sinc(Degradation):
+    """A 2-D sinc (circular low-pass) filter: ringing and overshoot artefacts.
+
+    Per sample: an odd kernel size in ``kernel_size`` and a cutoff (radians per pixel, up to
+    π) in ``cutoff``; by default [π/3, π] for kernels under 13 taps and [π/5, π] for larger
+    ones, as Real-ESRGAN draws it. ``prob`` is the chance the step is applied. Reflect padding,
+    clipped to [0, 1].
+    """
+
+    name = "sinc"
+
+    def __init__(self, cutoff: Range | None = None, kernel_size: int | tuple[int, int] = (7, 21),
+                 prob: float = 1.0) -> None:
+        self.cutoff = None if cutoff is None else \
+            _check_range(self.name, "cutoff", cutoff, 0.0, math.pi, open_low=True)
+        self.kernel_sizes = _odd_sizes(self.name, kernel_size)
+        self.prob = _check_prob(self.name, "prob", prob)
+
+    def draw_kernel(self, rng: torch.Generator) -> torch.Tensor:
+        """The kernel of one sample."""
+        size = self.kernel_sizes[min(int(uniform(rng, 0, len(self.kernel_sizes))),
+                                     len(self.kernel_sizes) - 1)]
+        lo, hi = self.cutoff or ((math.pi / 3 if size < 13 else math.pi / 5), math.pi)
+        return sinc_kernel(size, uniform(rng, lo, hi))
+
+    def __call__(self, image: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        _check_image(self.name, image)
+        apply = chance(rng, self.prob)
+        kernel = self.draw_kernel(rng)
+        return filter2d(image, kernel).clamp(0, 1) if apply else image
+
+
 @DEGRADATIONS.register("gaussian_noise")
 class GaussianNoise(Degradation):
     """Additive Gaussian noise, sigma (a value or a range) on the 0-255 scale, colour or grey.
@@ -467,19 +515,20 @@ def _blur_steps(sigma: Range, beta_g: Range, beta_p: Range, kernel_size: Any
 class RealESRGAN(Degradation):
     """Real-ESRGAN's second-order degradation (Wang et al. 2021), made of the steps above.
 
-    Twice: blur (a kernel family drawn by ``kernel_prob`` among iso, aniso, generalized_iso,
-    generalized_aniso, plateau_iso, plateau_aniso; the second blur with probability
-    ``second_blur_prob``) -> resize (up/down/keep by ``resize_prob``, factor in
-    ``resize_range``, random mode; the second relative to the final size) -> noise (Gaussian
-    with probability ``gaussian_noise_prob``, sigma in ``noise_range``, else Poisson with scale
-    in ``poisson_scale_range``; grey with probability ``gray_noise_prob``) -> JPEG (quality in
-    ``jpeg_range``). Then the final resize to ``H/scale x W/scale`` (random mode) and JPEG
-    (``jpeg_range2``), in random order. Keys and defaults are those of Real-ESRGAN's
-    ``options/train_realesrnet_x4plus.yml`` (keys ending in 2 are the second order).
+    Twice: blur (a sinc kernel with probability ``sinc_prob``, else a kernel family drawn by
+    ``kernel_prob`` among iso, aniso, generalized_iso, generalized_aniso, plateau_iso,
+    plateau_aniso; the second blur with probability ``second_blur_prob``) -> resize
+    (up/down/keep by ``resize_prob``, factor in ``resize_range``, random mode; the second
+    relative to the final size) -> noise (Gaussian with probability ``gaussian_noise_prob``,
+    sigma in ``noise_range``, else Poisson with scale in ``poisson_scale_range``; grey with
+    probability ``gray_noise_prob``) -> JPEG (quality in ``jpeg_range``). Then the final
+    resize to ``H/scale x W/scale`` (random mode) followed by a sinc filter with probability
+    ``final_sinc_prob``, and JPEG (``jpeg_range2``), in random order. Keys and defaults are
+    those of Real-ESRGAN's ``options/train_realesrnet_x4plus.yml`` (keys ending in 2 are the
+    second order).
 
-    Differences: no sinc filters (``sinc_prob`` 0.1, ``final_sinc_prob`` 0.8 in Real-ESRGAN),
-    so the blur is always one of the six families; JPEG is Pillow's, not the differentiable
-    DiffJPEG; the target is not unsharp-masked (``gt_usm``); no batch queue (``queue_size``).
+    Differences: JPEG is Pillow's, not the differentiable DiffJPEG; the target is not
+    unsharp-masked (``gt_usm``); no batch queue (``queue_size``).
     """
 
     name = "realesrgan"
@@ -490,6 +539,7 @@ class RealESRGAN(Degradation):
         kernel_size: int | tuple[int, int] = (7, 21),
         kernel_prob: tuple[float, float, float, float, float, float] = (
             0.45, 0.25, 0.12, 0.03, 0.12, 0.03),
+        sinc_prob: float = 0.1,
         blur_sigma: Range = (0.2, 3.0),
         betag_range: Range = (0.5, 4.0),
         betap_range: Range = (1.0, 2.0),
@@ -503,6 +553,7 @@ class RealESRGAN(Degradation):
         second_blur_prob: float = 0.8,
         kernel_prob2: tuple[float, float, float, float, float, float] = (
             0.45, 0.25, 0.12, 0.03, 0.12, 0.03),
+        sinc_prob2: float = 0.1,
         blur_sigma2: Range = (0.2, 1.5),
         betag_range2: Range = (0.5, 4.0),
         betap_range2: Range = (1.0, 2.0),
@@ -513,6 +564,7 @@ class RealESRGAN(Degradation):
         poisson_scale_range2: Range = (0.05, 2.5),
         gray_noise_prob2: float = 0.4,
         jpeg_range2: Range = (30.0, 95.0),
+        final_sinc_prob: float = 0.8,
     ) -> None:
         step = self.name
         if isinstance(scale, bool) or not isinstance(scale, int) or not 1 <= scale <= 16:
@@ -534,7 +586,8 @@ class RealESRGAN(Degradation):
             if key.startswith("resize_range") and not lo <= 1 <= hi:
                 raise PercepkitError(f"{step}: {key} must hold 1 ([down limit, up limit]), got "
                                      f"{given[key]!r}")
-        for key in ("gray_noise_prob", "gray_noise_prob2"):
+        for key in ("gray_noise_prob", "gray_noise_prob2", "sinc_prob", "sinc_prob2",
+                    "final_sinc_prob"):
             _check_prob(step, key, given[key])
         _odd_sizes(step, kernel_size)
         try:
@@ -550,35 +603,49 @@ class RealESRGAN(Degradation):
             self.poisson1 = PoissonNoise(poisson_scale_range, gray_prob=gray_noise_prob)
             self.poisson2 = PoissonNoise(poisson_scale_range2, gray_prob=gray_noise_prob2)
             self.jpeg1, self.jpeg2 = Jpeg(jpeg_range), Jpeg(jpeg_range2)
+            self.sinc = Sinc(kernel_size=kernel_size)  # cutoff by kernel size, as Real-ESRGAN
+            self.final_sinc = Sinc(cutoff=(math.pi / 3, math.pi), kernel_size=kernel_size)
         except PercepkitError as e:  # name the pipeline's key, not the inner step's
             raise PercepkitError(f"{step}: {e}") from None
         self.gaussian_noise_prob = _check_prob(step, "gaussian_noise_prob", gaussian_noise_prob)
         self.gaussian_noise_prob2 = _check_prob(step, "gaussian_noise_prob2",
                                                 gaussian_noise_prob2)
         self.second_blur_prob = _check_prob(step, "second_blur_prob", second_blur_prob)
+        self.sinc_prob, self.sinc_prob2 = sinc_prob, sinc_prob2
+        self.final_sinc_prob = final_sinc_prob
+
+    def _blur(self, blurs: list[GaussianBlur], probs: Sequence[float], sinc_prob: float,
+              image: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        if chance(rng, sinc_prob):
+            return self.sinc(image, rng)
+        return blurs[choose(rng, probs)](image, rng)
+
+    def _final(self, image: torch.Tensor, size: Size, rng: torch.Generator) -> torch.Tensor:
+        """The resize back to ``size`` and the final sinc filter (or none)."""
+        out = self.final_resize.resize_to(image, size, rng)
+        return self.final_sinc(out, rng) if chance(rng, self.final_sinc_prob) else out
 
     def __call__(self, image: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         _check_image(self.name, image)
         h, w = image.shape[-2:]
         final = (max(1, h // self.scale), max(1, w // self.scale))
         # first order
-        out = self.blur1[choose(rng, self.kernel_prob)](image, rng)
+        out = self._blur(self.blur1, self.kernel_prob, self.sinc_prob, image, rng)
         s = self.resize1.draw_scale(rng)
         out = self.resize1.resize_to(out, (int(h * s), int(w * s)), rng)
         noise = self.gauss1 if chance(rng, self.gaussian_noise_prob) else self.poisson1
         out = self.jpeg1(noise(out, rng), rng)
         # second order
-        kernel = choose(rng, self.kernel_prob2)
         if chance(rng, self.second_blur_prob):
-            out = self.blur2[kernel](out, rng)
+            out = self._blur(self.blur2, self.kernel_prob2, self.sinc_prob2, out, rng)
         s = self.resize2.draw_scale(rng)
         out = self.resize2.resize_to(out, (int(final[0] * s), int(final[1] * s)), rng)
         noise = self.gauss2 if chance(rng, self.gaussian_noise_prob2) else self.poisson2
         out = noise(out, rng)
-        if chance(rng, 0.5):  # resize back, then JPEG
-            out = self.jpeg2(self.final_resize.resize_to(out, final, rng), rng)
-        else:  # JPEG, then resize back
-            out = self.final_resize.resize_to(self.jpeg2(out, rng), final, rng)
+        if chance(rng, 0.5):  # resize back + sinc, then JPEG
+            out = self.jpeg2(self._final(out, final, rng), rng)
+        else:  # JPEG, then resize back + sinc
+            out = self._final(self.jpeg2(out, rng), final, rng)
         return out
 
     def output_size(self, size: Size) -> Size | None:

@@ -42,6 +42,7 @@ STEPS = {
     "poisson_noise": {"scale": [0.5, 3], "gray_prob": 0.5},
     "jpeg": {"quality": [20, 60]},
     "resize": {"scale": [0.5, 1.5]},
+    "sinc": {},
     "realesrgan": {"scale": 4},
 }
 
@@ -376,3 +377,26 @@ def test_the_recipe_schema_knows_degradation_lists():
         assert list(validator.iter_errors(data(steps))), steps
         with pytest.raises(RecipeError):
             recipe_from_mapping(data(steps), "bad.yaml")
+
+
+def test_sinc_kernel_is_basicsr_circular_lowpass():
+    """The sinc kernel against a direct evaluation of BasicSR's formula with scipy's J1."""
+    from scipy import special
+
+    from percepkit.degradations import Sinc, sinc_kernel
+
+    size, cutoff = 13, 1.3
+    c = (size - 1) / 2
+    y, x = np.mgrid[0:size, 0:size]
+    d = np.sqrt((x - c) ** 2 + (y - c) ** 2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = cutoff * special.j1(cutoff * d) / (2 * np.pi * d)
+    ref[6, 6] = cutoff**2 / (4 * np.pi)
+    ref /= ref.sum()
+    assert np.allclose(sinc_kernel(size, cutoff).numpy(), ref, atol=1e-12)
+    assert float(sinc_kernel(21, math.pi / 4).min()) < 0  # side lobes: ringing
+    step = Sinc()
+    x = image()
+    assert torch.equal(step(x, key_gen(3)), step(x, key_gen(3)))
+    with pytest.raises(RecipeError, match=r"sinc: cutoff must be between 0 and 3.14"):
+        build_pipeline([{"name": "sinc", "cutoff": 4}])
