@@ -106,9 +106,8 @@ def match_pairs(lr_root: str, hr_root: str, scale: int, meta_info: str | None = 
             raise PercepkitError(f"meta_info {meta}: no such file (relative to {Path.cwd()})")
         wanted = [(hr_dir / hr, None if lr is None else lr_dir / lr)
                   for hr, lr in _read_meta_info(meta)]
-        missing = [str(hr.relative_to(hr_dir)) for hr, _ in wanted if not hr.is_file()]
-        missing += [str(lr.relative_to(lr_dir)) for _, lr in wanted
-                    if lr is not None and not lr.is_file()]
+        missing = [str(hr) for hr, _ in wanted if not hr.is_file()]
+        missing += [str(lr) for _, lr in wanted if lr is not None and not lr.is_file()]
         if missing:
             problems.append(f"{len(missing)} file(s) named in meta_info {meta} do not exist "
                             f"({_listing(missing)})")

@@ -86,7 +86,7 @@ def test_meta_info_names_the_pairs(tmp_path):
     assert [(a.name, b.name) for a, b in pairs] == [("a_x4.png", "a.png"),
                                                     ("other.png", "c.png")]
     meta.write_text("a.png\nmissing.png\n")
-    with pytest.raises(PercepkitError, match=r"1 file\(s\) named in meta_info .* \(missing\.png\)"):
+    with pytest.raises(PercepkitError, match=r"1 file\(s\) named in meta_info .*missing\.png\)"):
         match_pairs(str(lr), str(hr), 4, meta_info=str(meta))
 
 

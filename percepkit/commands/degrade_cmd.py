@@ -43,6 +43,8 @@ def command(inputs: tuple[str, ...], output: Path, recipe: Path | None,
     if (recipe is None) == (steps is None):
         raise PercepkitError("give exactly one of --recipe R (its data.train's degradation) or "
                              "--degradations 'YAML list'")
+    if overrides and recipe is None:
+        raise PercepkitError("--set changes a recipe; it needs --recipe")
     if steps is not None:
         from ..degradations import input_maker
         from ..recipe import parse_yaml
