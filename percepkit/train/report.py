@@ -54,13 +54,17 @@ class Reporter:
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column
 
-        # step and times first: on a narrow terminal the wide loss/speed columns are cut, not they
+        # step and times first, then one flexible column (losses, speed) that takes the width
+        # that is left and is cut with an ellipsis: at 80 columns step count and ETA stay whole
+        rest = Column(ratio=1, no_wrap=True, overflow="ellipsis", min_width=0)
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            TextColumn("[cyan]{task.fields[speed]}"), TextColumn("{task.fields[losses]}"),
-            console=self.console, transient=False)
+            TextColumn("{task.fields[losses]}  [cyan]{task.fields[speed]}",
+                       table_column=rest),
+            console=self.console, transient=False, expand=True)
         task = progress.add_task("train", total=self.iterations, completed=step, losses="",
                                  speed="")
         progress.start()
