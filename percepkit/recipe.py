@@ -97,13 +97,15 @@ class TrainSettings:
 class CheckpointSettings:
     """The ``checkpoint:`` block: how often to save and what to keep.
 
-    ``every``: steps between checkpoints (one is also written at the end, on SIGINT/SIGTERM and
-    when validation improves). ``keep_last``: step checkpoints kept (0: all). ``keep_best``: also
-    keep ``best.safetensors``, the checkpoint with the best validation metric (SR: PSNR; style:
-    validation loss).
+    ``every``: steps between checkpoints (one is also written at the end, on SIGINT/SIGTERM/
+    SIGHUP and when validation improves). ``every_minutes``: also save when this many minutes
+    have passed since the last checkpoint (None: off). ``keep_last``: step checkpoints kept (0:
+    all). ``keep_best``: also keep ``best.safetensors``, the checkpoint with the best validation
+    metric (SR: PSNR; style: validation loss).
     """
 
     every: int = 1000
+    every_minutes: float | None = None
     keep_last: int = 3
     keep_best: bool = True
 
@@ -430,7 +432,7 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
               "log_every": (1, None), "sample_every": (1, None), "val_every": (1, None),
               "sample_images": (0, 1024), "val_images": (1, None), "grad_clip": (0, None),
               "ema": (0, 1)},
-    "checkpoint": {"every": (1, None), "keep_last": (0, None)},
+    "checkpoint": {"every": (1, None), "every_minutes": (0.1, None), "keep_last": (0, None)},
     "data": {"style_size": (1, None)},
     "optimizer": {"lr": (0, None), "eps": (0, None), "weight_decay": (0, None),
                   "momentum": (0, None)},

@@ -11,16 +11,17 @@ an uninterrupted one exactly.
 from __future__ import annotations
 
 import math
+import shlex
 import signal
-import threading
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from torch import nn
 
 from .. import distributed as D
@@ -31,6 +32,7 @@ from ..errors import CheckpointError, PercepkitError, RecipeError
 from ..recipe import Recipe
 from ..registry import DATASETS
 from .data import preview_items, resume_position, training_loader, validation_items
+from .lock import RunLock
 from .memory_check import check_training_memory
 from .report import Reporter
 from .rundir import (
@@ -41,6 +43,7 @@ from .rundir import (
     resolve_resume,
     session_entry,
 )
+from .signals import StopSignals, TrainingAborted, signal_name, stop_signals_blocked
 from .state import (
     EMA,
     init_weights,
@@ -58,11 +61,14 @@ class NonFiniteLossError(PercepkitError):
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint (``checkpoint`` attribute)."""
+    """Training stopped on SIGINT/SIGTERM/SIGHUP after saving a checkpoint (``checkpoint``);
+    ``signum`` is the signal (see :mod:`.signals` for the exit status)."""
 
-    def __init__(self, message: str, checkpoint: Path | None) -> None:
+    def __init__(self, message: str, checkpoint: Path | None,
+                 signum: int = signal.SIGINT) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
+        self.signum = signum
 
 
 @dataclass
@@ -99,7 +105,8 @@ class Trainer:
 
     ``resume`` is a :class:`ResumePoint`, a run directory or checkpoint path, or ``"latest"``.
     ``progress`` shows a rich progress bar (default: when the console is a terminal);
-    ``handle_signals`` makes SIGINT/SIGTERM stop after the current step with a checkpoint.
+    ``handle_signals`` makes SIGINT/SIGTERM/SIGHUP stop after the current step with a
+    checkpoint (:mod:`.signals`). The run directory is locked while the run trains (:mod:`.lock`).
     """
 
     def __init__(self, recipe: Recipe, out: str | Path | None = None,
@@ -125,11 +132,17 @@ class Trainer:
         self.best_checkpoint: Path | None = None
         self.last_val: dict[str, float] = {}
         self._stop = False
+        self._save_due = False
+        self._elapsed_before = 0.0  # training seconds of earlier sessions (from the checkpoint)
+        self._t_start = time.perf_counter()
+        self.clock = time.monotonic  # for checkpoint.every_minutes
+        self._t_saved = self.clock()
+        self._signals = StopSignals(self._request_stop)
+        self.lock: RunLock | None = None
         self._position: int | None = None
         self._dist_owned = False
         self.report = Reporter(self.console, self.env.is_main, self.show_progress,
                                self.settings.iterations)
-        self._old_handlers: dict[int, Any] = {}
 
     # -- setup ---------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -159,6 +172,8 @@ class Trainer:
         self.run_dir = point.run_dir if point else (self.out or D.broadcast_object(
             default_run_dir(recipe.name, self.runs_root) if self.dist.is_main else None))
         self.run = RunDir(self.run_dir)
+        if self.dist.is_main:
+            self.lock = RunLock.acquire(self.run_dir, self.console)
         if point is None and self.dist.is_main and self.run_dir.exists() \
                 and is_run_dir(self.run_dir):
             raise PercepkitError(f"--out {self.run_dir} already holds a run; continue it with "
@@ -256,10 +271,12 @@ class Trainer:
                 samples_per_rank=self._position_now(), best_metric=self.task.metric,
                 best_value=self.best, best_step=self.best_step, val=self.last_val,
                 device=str(self.device), amp=self.amp)
+            meta["elapsed_sec"] = round(self._elapsed(), 3)
             last, best_path = self.run.save(self.step, state, meta, best,
                                             self.ckpt_settings.keep_last)
             self.last_checkpoint = last
             self.best_checkpoint = best_path or self.best_checkpoint
+        self._t_saved = self.clock()
         D.barrier()
 
     def _load(self, path: Path) -> bool:
@@ -271,6 +288,7 @@ class Trainer:
         restore_training_state(ckpt, self.module, self.optimizer, self.scheduler, self.scaler,
                                self.ema, self._transform_spec())
         self.step = ckpt.step or 0
+        self._elapsed_before = float(ckpt.meta.get("elapsed_sec") or 0.0)
         self.best, self.best_step = ckpt.best
         self.best_checkpoint = self.run.best_checkpoint()
         self.last_checkpoint = path
@@ -313,11 +331,11 @@ class Trainer:
             out = self.train_model(x)
             total, parts = self.loss(out, y)
         values = torch.stack([total.detach().float(), *(p.float() for p in parts.values()),
-                              torch.tensor(float(self._stop), device=total.device)])
+                              self._flags(total.device)])
         D.all_reduce_mean(values)
         vals = values.tolist()
-        self._stop = vals[-1] > 0
-        if not all(math.isfinite(v) for v in vals[:-1]):
+        self._read_flags(vals.pop())
+        if not all(math.isfinite(v) for v in vals):
             self._diverged(vals)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -329,7 +347,31 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.module)
-        return vals[:-1]
+        return vals
+
+    def _flags(self, device: torch.device) -> torch.Tensor:
+        """This process's stop request and time-based checkpoint due, as one number to average
+        over processes (any process asking is enough; decoded by :meth:`_read_flags`)."""
+        minutes = self.ckpt_settings.every_minutes
+        due = bool(minutes) and self.clock() - self._t_saved >= 60 * float(minutes)
+        base = self.dist.world_size + 1  # more than the number of stop requests
+        return torch.tensor(float(self._stop) + base * float(due), device=device)
+
+    def _read_flags(self, mean: float) -> None:
+        world = self.dist.world_size
+        due, stops = divmod(round(mean * world), world + 1)
+        self._stop, self._save_due = stops > 0, due > 0
+
+    def _request_stop(self, signum: int) -> None:
+        """The first stop signal: stop after this step, with a checkpoint."""
+        self._stop = True
+        with suppress(OSError):  # the terminal is gone; the run directory says it all
+            self.console.print(f"\n{signal_name(signum)}: stopping after this step and saving a "
+                               f"checkpoint (send it again to abort at once)")
+
+    def _elapsed(self) -> float:
+        """Training seconds of this run so far, earlier sessions included."""
+        return self._elapsed_before + time.perf_counter() - self._t_start
 
     def _diverged(self, vals: list[float]) -> None:
         terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.loss.terms.keys(), vals[1:]))
@@ -342,12 +384,37 @@ class Trainer:
             f"saving that step, and {last}. Lower optimizer.lr or set train.grad_clip{hint}.")
 
     def run(self) -> TrainResult:
-        """Train to ``train.iterations`` (or until interrupted); returns what happened."""
+        """Train to ``train.iterations`` (or until interrupted); returns what happened.
+
+        Raises :class:`TrainingInterrupted` after a stop signal (with a checkpoint) and
+        :class:`~percepkit.train.signals.TrainingAborted` after a second one (or one during
+        set-up), when ``handle_signals``.
+        """
         try:
+            if self.handle_signals:
+                self._signals.install()
             self._setup()
             return self._loop()
+        except TrainingAborted as e:
+            raise TrainingAborted(e.signum, self._aborted(e.signum)) from None
         finally:
             self._close()
+
+    def _resume_hint(self) -> str:
+        return f"percepkit train --resume {shlex.quote(str(self.run_dir))}"
+
+    def _aborted(self, signum: int) -> str:
+        name = signal_name(signum)
+        if not self._signals.armed:
+            head = f"{name}: stopped before training started; nothing new to save"
+        else:
+            head = f"{name} again: stopped at once at step {self.step}, without saving that step"
+        if getattr(self, "run_dir", None) is None or self.lock is None:
+            return head  # this run had not taken its folder yet
+        if self.last_checkpoint is None:
+            return f"{head}; no checkpoint was saved. Start again with: {self._resume_hint()}"
+        return (f"{head}; the newest checkpoint is {self.last_checkpoint}. Continue with: "
+                f"{self._resume_hint()}")
 
     def _loop(self) -> TrainResult:
         s, ck = self.settings, self.ckpt_settings
@@ -358,15 +425,16 @@ class Trainer:
                                f"{s.iterations}; raise train.iterations (--set "
                                f"train.iterations=N) to train longer")
             return self._result(result)
-        if self.handle_signals:
-            self._install_signals()
         terms = list(self.loss.terms.keys())
         window: list[list[float]] = []
         t_log = time.perf_counter()
-        t_start = t_log
+        self._t_start = t_log
+        self._t_saved = self.clock()
         steps_at_log = self.step
         progress, task = self.report.start_progress(self.step)
-        it = iter(self.loader)
+        self._signals.arm()  # from here a stop signal gets a checkpoint
+        with stop_signals_blocked():  # workers start with them blocked, then ignore them
+            it = iter(self.loader)
         try:
             self.module.train()
             while self.step < s.iterations:
@@ -381,20 +449,23 @@ class Trainer:
                     progress.update(task, completed=self.step, losses=shown)
                 final = self.step == s.iterations
                 if self.step % max(1, s.log_every) == 0 or final or self._stop:
-                    self._log(window, now - t_log, self.step - steps_at_log, now - t_start)
+                    self._log(window, now - t_log, self.step - steps_at_log,
+                              self._elapsed_before + now - self._t_start)
                     window, t_log, steps_at_log = [], now, self.step
                 improved = False
                 if (self.step % max(1, s.val_every) == 0 or final) and self.has_val:
                     improved = D.broadcast_object(self._validate())
                 if self.step % max(1, s.sample_every) == 0 or final:
                     self._samples()
-                if self.step % max(1, ck.every) == 0 or final or self._stop or improved:
+                if self.step % max(1, ck.every) == 0 or final or self._stop or improved \
+                        or self._save_due:
                     self._save(best=improved and ck.keep_best)
                 if self._stop and not final:
+                    signum = self._signals.signum or signal.SIGTERM  # or another process's
                     raise TrainingInterrupted(
-                        f"stopped at step {self.step} of {s.iterations}; checkpoint saved to "
-                        f"{self.last_checkpoint}. Continue with: percepkit train --resume "
-                        f"{self.run_dir}", self.last_checkpoint)
+                        f"{signal_name(signum)}: stopped at step {self.step} of {s.iterations}; "
+                        f"checkpoint saved to {self.last_checkpoint}. Continue with: "
+                        f"{self._resume_hint()}", self.last_checkpoint, signum)
         finally:
             if progress is not None:
                 progress.stop()
@@ -410,27 +481,15 @@ class Trainer:
         return result
 
     def _close(self) -> None:
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._old_handlers = {}
-        self.report.close()
-        if self._dist_owned:
-            D.cleanup()
-
-    def _install_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._stop:
-                signal.signal(signum, self._old_handlers.get(signum, signal.SIG_DFL))
-                raise KeyboardInterrupt
-            self._stop = True
-            self.console.print(f"\n{signal.Signals(signum).name}: stopping after this step and "
-                               f"saving a checkpoint (send it again to abort at once)")
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old_handlers[sig] = signal.signal(sig, handler)
+        try:
+            self.report.close()
+            if self._dist_owned:
+                D.cleanup()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+            self._signals.restore()
 
     # -- reporting, validation and previews --------------------------------------------------------
     def _announce(self) -> None:
@@ -444,7 +503,8 @@ class Trainer:
             f"batch {s.batch_size}{world}, {len(self.dataset)} training images, "
             f"{n_params / 1e6:.2f}M parameters, device {self.device}, {amp}"
             f"{', channels_last' if self.channels_last else ''}"
-            f"{', compiled' if s.compile else ''}\nrun directory: {self.run_dir}", soft_wrap=True)
+            f"{', compiled' if s.compile else ''}\nrun directory: {escape(str(self.run_dir))}",
+            soft_wrap=True)
         if self.val_items and self.step == 0:
             line = self.task.baseline(self.val_items)
             if line is not None:
