@@ -20,6 +20,11 @@ Examples:
   percepkit train --resume runs/candy            # continue from its newest intact checkpoint
   percepkit train recipes/tiny_sr.yaml --resume  # continue the newest runs/tiny_sr-* run
   torchrun --nproc_per_node 4 -m percepkit.cli train recipes/sr_x4_feat.yaml --device cuda
+
+\b
+Exit status: 0 trained; 2 a user error (one paragraph), also when another run is using --out;
+128+N stopped by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP): the first signal saves a
+checkpoint and prints the resume command, a second one stops at once.
 """
 
 
