@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from cli_runner import run_cli
 from rich.console import Console
 
@@ -256,6 +257,17 @@ def test_a_lock_file_naming_a_dead_process_of_this_host_is_stale(tmp_path):
     fresh = tmp_path / "new" / "run"
     RunLock.acquire(fresh).release()  # a folder the lock created and nothing filled
     assert not fresh.exists()
+
+
+def test_stop_and_checkpoint_flags_survive_the_mean_over_processes():
+    from percepkit.train.loop import decode_flags, encode_flags
+
+    for world in (1, 2, 3, 8):
+        for stops in range(world + 1):
+            for dues in range(world + 1):
+                values = [encode_flags(r < stops, r < dues, world) for r in range(world)]
+                mean = float(torch.tensor(values, dtype=torch.float32).mean())
+                assert decode_flags(mean, world) == (stops > 0, dues > 0), (world, stops, dues)
 
 
 # -- checkpoint.every_minutes and elapsed time --------------------------------------------------

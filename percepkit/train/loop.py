@@ -91,6 +91,18 @@ class TrainResult:
         return batch * (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else float("nan")
 
 
+def encode_flags(stop: bool, due: bool, world_size: int) -> float:
+    """One process's (stop requested, time-based checkpoint due) as a number whose mean over
+    ``world_size`` processes :func:`decode_flags` reads back: either flag set on any process."""
+    return float(stop) + (world_size + 1) * float(due)  # more than world_size stop requests
+
+
+def decode_flags(mean: float, world_size: int) -> tuple[bool, bool]:
+    """``(stop, due)`` from the mean of :func:`encode_flags` over ``world_size`` processes."""
+    due, stops = divmod(round(mean * world_size), world_size + 1)
+    return stops > 0, due > 0
+
+
 def _clean_dataloader_error(e: PercepkitError) -> PercepkitError:
     """A worker's PercepkitError without DataLoader's embedded traceback."""
     text = str(e)
@@ -133,6 +145,7 @@ class Trainer:
         self.last_val: dict[str, float] = {}
         self._stop = False
         self._save_due = False
+        self._saved_step: int | None = None
         self._elapsed_before = 0.0  # training seconds of earlier sessions (from the checkpoint)
         self._t_start = time.perf_counter()
         self.clock = time.monotonic  # for checkpoint.every_minutes
@@ -277,6 +290,7 @@ class Trainer:
             self.last_checkpoint = last
             self.best_checkpoint = best_path or self.best_checkpoint
         self._t_saved = self.clock()
+        self._saved_step = self.step
         D.barrier()
 
     def _load(self, path: Path) -> bool:
@@ -351,16 +365,13 @@ class Trainer:
 
     def _flags(self, device: torch.device) -> torch.Tensor:
         """This process's stop request and time-based checkpoint due, as one number to average
-        over processes (any process asking is enough; decoded by :meth:`_read_flags`)."""
+        over processes (:func:`encode_flags`)."""
         minutes = self.ckpt_settings.every_minutes
         due = bool(minutes) and self.clock() - self._t_saved >= 60 * float(minutes)
-        base = self.dist.world_size + 1  # more than the number of stop requests
-        return torch.tensor(float(self._stop) + base * float(due), device=device)
+        return torch.tensor(encode_flags(self._stop, due, self.dist.world_size), device=device)
 
     def _read_flags(self, mean: float) -> None:
-        world = self.dist.world_size
-        due, stops = divmod(round(mean * world), world + 1)
-        self._stop, self._save_due = stops > 0, due > 0
+        self._stop, self._save_due = decode_flags(mean, self.dist.world_size)
 
     def _request_stop(self, signum: int) -> None:
         """The first stop signal: stop after this step, with a checkpoint."""
@@ -405,8 +416,11 @@ class Trainer:
 
     def _aborted(self, signum: int) -> str:
         name = signal_name(signum)
+        saved = self.last_checkpoint is not None and self._saved_step == self.step
         if not self._signals.armed:
             head = f"{name}: stopped before training started; nothing new to save"
+        elif saved:
+            head = f"{name} again: stopped at once after saving step {self.step}"
         else:
             head = f"{name} again: stopped at once at step {self.step}, without saving that step"
         if getattr(self, "run_dir", None) is None or self.lock is None:
