@@ -72,11 +72,11 @@ class RunLock:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except (NotADirectoryError, FileExistsError):
-            raise PercepkitError(f"--out {run_dir}: a file is in the way; give a folder "
-                                 f"path") from None
+            raise PercepkitError(f"run directory {run_dir}: a file is in the way of this "
+                                 f"folder; choose another --out") from None
         except PermissionError:
-            raise PercepkitError(f"--out {run_dir}: cannot create the folder (permission "
-                                 f"denied); choose a writable place") from None
+            raise PercepkitError(f"run directory {run_dir}: cannot create the folder "
+                                 f"(permission denied); choose a writable --out") from None
         try:
             lock = cls._lock(run_dir, created, console)
         except BaseException:
