@@ -134,7 +134,7 @@ def blob_image(contents: dict[str, torch.Tensor], outs: dict[tuple[str, str], to
         for name in STYLES:
             out = outs[(name, p)]
             mask = blob_mask(out[None], x[None], metric.level, metric.reference_margin,
-                             metric.min_size).to(torch.float32)[:, None]
+                             metric.min_size, metric.thickness).to(torch.float32)[:, None]
             ring = (F.max_pool2d(mask, 7, stride=1, padding=3) - mask)[0] > 0  # a 3 px outline
             tiles.append(torch.where(ring, magenta, out))
             share = float(mask.mean()) * 100

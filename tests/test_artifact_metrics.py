@@ -160,6 +160,17 @@ def test_blobs_count_dark_holes_too_and_only_large_regions():
     assert mask[0, 4:12, 4:12].all() and mask.sum() == 64
 
 
+def test_blobs_are_thick_regions_not_thin_lines():
+    """A 2-px black stroke (a mosaic lead line) is not a blob; with thickness 1 it would be."""
+    hr = torch.full((1, 3, 64, 64), 0.5)
+    out = hr.clone()
+    out[..., 10:12, 2:62] = 0.0  # 120 px, 2 px across
+    out[..., 30:40, 30:40] = 1.0  # 100 px, 10 px across
+    assert float(Blobs()(out, hr)[0]) == pytest.approx(100 * 100 / 64**2)
+    assert float(Blobs(thickness=1)(out, hr)[0]) == pytest.approx(100 * 220 / 64**2)
+    assert float(Blobs(thickness=11)(out, hr)[0]) == 0.0
+
+
 def test_blobs_ignore_saturation_the_reference_has():
     hr = torch.full((1, 3, 64, 64), 0.5)
     hr[..., :32, :] = 0.85  # a bright sky (217 levels): white output there is no artifact
@@ -185,6 +196,8 @@ def test_blobs_refuse_inconsistent_thresholds():
         METRICS.build({"name": "blobs", "level": 60})
     with pytest.raises(PercepkitError, match="min_size"):
         METRICS.build({"name": "blobs", "min_size": 0})
+    with pytest.raises(PercepkitError, match="thickness"):
+        METRICS.build({"name": "blobs", "thickness": 4})
 
 
 # -- tiling -----------------------------------------------------------------------------------

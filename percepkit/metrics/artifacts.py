@@ -8,10 +8,11 @@
   reference is not used (scoring the reference against itself gives its own value, the
   calibration; Set5 HR images: 0.04-0.42 at period 4).
 * ``blobs``: the share (%) of the image covered by saturated blobs -- connected regions
-  (8-connectivity) of at least ``min_size`` pixels where the output is near white (every channel
-  at or above ``255 - level``) or near black (every channel at or below ``level``) while the
-  reference is not near the same extreme (within ``reference_margin`` levels of it): the white
-  blobs the fast style nets paint into flat skies and walls.
+  (8-connectivity) of at least ``min_size`` pixels and ``thickness`` pixels across where the
+  output is near white (every channel at or above ``255 - level``) or near black (every channel
+  at or below ``level``) while the reference is not near the same extreme (within
+  ``reference_margin`` levels of it): the white blobs the fast style nets paint into flat skies
+  and walls, not their thin lines.
 
 Both are computed on the 8-bit values the evaluation scores, in float64, vectorised in torch
 (connected components by a parallel union-find, no SciPy), and on
@@ -27,8 +28,9 @@ from ..errors import PercepkitError
 from ..registry import METRICS
 from .base import Metric, check_size, crop
 
-__all__ = ["BLOB_LEVEL", "BLOB_MIN_SIZE", "BLOB_REFERENCE_MARGIN", "Blobs", "Grid", "blob_mask",
-           "blobs", "connected_components", "grid", "grid_phase_means", "luma_levels"]
+__all__ = ["BLOB_LEVEL", "BLOB_MIN_SIZE", "BLOB_REFERENCE_MARGIN", "BLOB_THICKNESS", "Blobs",
+           "Grid", "blob_mask", "blobs", "connected_components", "grid", "grid_phase_means",
+           "luma_levels", "opening"]
 
 #: how close to 0 or 255 (levels) every channel of an output pixel must be to count as saturated
 BLOB_LEVEL = 5
@@ -36,6 +38,9 @@ BLOB_LEVEL = 5
 BLOB_REFERENCE_MARGIN = 55
 #: the smallest connected region (pixels) counted as a blob; smaller specks are texture
 BLOB_MIN_SIZE = 64
+#: the side of the square a blob must hold at every pixel (a morphological opening): thinner
+#: structures, such as the lead lines of a mosaic style, are strokes, not blobs
+BLOB_THICKNESS = 3
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -146,9 +151,20 @@ def connected_components(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, labels, torch.zeros((), dtype=torch.int64, device=mask.device))
 
 
+def opening(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Morphological opening of a boolean (B, H, W) mask by a ``size x size`` square: the union
+    of the squares that fit inside it (outside the image counts as inside; ``size`` 1: ``mask``)."""
+    if size <= 1:
+        return mask
+    m = mask.to(torch.float32)[:, None]
+    pad = size // 2
+    eroded = -F.max_pool2d(-m, size, stride=1, padding=pad)
+    return F.max_pool2d(eroded, size, stride=1, padding=pad)[:, 0] > 0.5
+
+
 def blob_mask(output: torch.Tensor, target: torch.Tensor, level: int = BLOB_LEVEL,
-              reference_margin: int = BLOB_REFERENCE_MARGIN,
-              min_size: int = BLOB_MIN_SIZE) -> torch.Tensor:
+              reference_margin: int = BLOB_REFERENCE_MARGIN, min_size: int = BLOB_MIN_SIZE,
+              thickness: int = BLOB_THICKNESS) -> torch.Tensor:
     """The pixels of saturated blobs, a boolean (B, H, W) mask (see :class:`Blobs`)."""
     out = torch.round(output.to(torch.float64) * 255.0)
     ref = torch.round(target.to(torch.float64) * 255.0)
@@ -156,6 +172,7 @@ def blob_mask(output: torch.Tensor, target: torch.Tensor, level: int = BLOB_LEVE
     black = (out.amax(dim=1) <= level) & ~(ref.amax(dim=1) <= reference_margin)
     keep = torch.zeros_like(white)
     for candidates in (white, black):  # separate: a white and a black region never merge
+        candidates = opening(candidates, thickness)
         labels = connected_components(candidates)
         counts = torch.bincount(labels.flatten(), minlength=labels.numel() + 1)
         keep |= candidates & (counts[labels] >= int(min_size))
@@ -173,15 +190,20 @@ class Blobs(Metric):
     whole_image = True
 
     def __init__(self, level: int = BLOB_LEVEL, reference_margin: int = BLOB_REFERENCE_MARGIN,
-                 min_size: int = BLOB_MIN_SIZE, crop_border: int = 0) -> None:
+                 min_size: int = BLOB_MIN_SIZE, thickness: int = BLOB_THICKNESS,
+                 crop_border: int = 0) -> None:
         super().__init__()
         if not 0 <= int(level) < int(reference_margin) <= 127:
             raise PercepkitError(f"blobs: need 0 <= level < reference_margin <= 127, got level "
                                  f"{level} and reference_margin {reference_margin}")
         if int(min_size) < 1:
             raise PercepkitError(f"blobs: min_size must be at least 1 pixel, got {min_size}")
+        if int(thickness) < 1 or int(thickness) % 2 == 0:
+            raise PercepkitError(f"blobs: thickness must be an odd number of pixels (1: no "
+                                 f"opening), got {thickness}")
         self.level, self.reference_margin = int(level), int(reference_margin)
-        self.min_size, self.crop_border = int(min_size), int(crop_border)
+        self.min_size, self.thickness = int(min_size), int(thickness)
+        self.crop_border = int(crop_border)
         self.name = "blobs"
 
     @property
@@ -189,17 +211,19 @@ class Blobs(Metric):
         hi, ref_hi = 255 - self.level, 255 - self.reference_margin
         border = (f"{self.crop_border} px border cropped" if self.crop_border
                   else "whole image (no border cropped)")
-        return (f"blobs: % of pixels in 8-connected regions of at least {self.min_size} px "
-                f"where the output (8-bit values) is near white (every channel >= {hi}) and the "
-                f"reference is not (some channel < {ref_hi}), or near black (every channel <= "
-                f"{self.level}) and the reference is not (some channel > "
-                f"{self.reference_margin}); white and black regions labelled separately; "
-                f"{border}")
+        t = self.thickness
+        return (f"blobs: % of pixels in 8-connected regions of at least {self.min_size} px, "
+                f"after an opening by a {t}x{t} square, of the pixels where the output (8-bit "
+                f"values) is near white (every channel >= {hi}) and the reference is not (some "
+                f"channel < {ref_hi}), or near black (every channel <= {self.level}) and the "
+                f"reference is not (some channel > {self.reference_margin}); white and black "
+                f"regions separately; {border}")
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         output, target = crop(output, self.crop_border), crop(target, self.crop_border)
         check_size(output, 1, self.name, self.crop_border)
-        mask = blob_mask(output, target, self.level, self.reference_margin, self.min_size)
+        mask = blob_mask(output, target, self.level, self.reference_margin, self.min_size,
+                         self.thickness)
         return mask.flatten(1).to(torch.float64).mean(dim=1) * 100.0
 
 
@@ -212,7 +236,8 @@ def grid(period: int | str = 4, crop_border: int = 0) -> Grid:
 
 @METRICS.register("blobs")
 def blobs(level: int = BLOB_LEVEL, reference_margin: int = BLOB_REFERENCE_MARGIN,
-          min_size: int = BLOB_MIN_SIZE, crop_border: int = 0) -> Blobs:
+          min_size: int = BLOB_MIN_SIZE, thickness: int = BLOB_THICKNESS,
+          crop_border: int = 0) -> Blobs:
     """Share (%) of saturated blobs where the reference is not saturated (lower is better)."""
     return Blobs(level=level, reference_margin=reference_margin, min_size=min_size,
-                 crop_border=crop_border)
+                 thickness=thickness, crop_border=crop_border)
