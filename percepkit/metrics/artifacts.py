@@ -14,9 +14,9 @@
   ``reference_margin`` levels of it): the white blobs the fast style nets paint into flat skies
   and walls, not their thin lines.
 
-Both are computed on the 8-bit values the evaluation scores, in float64, vectorised in torch
-(connected components by a parallel union-find, no SciPy), and on
-the whole image by default (``whole_image``).
+Both are computed in float64 on the values given (``eval`` and ``score`` give the 8-bit values
+they score; ``blobs`` rounds to 8 bits itself), vectorised in torch (connected components by a
+parallel union-find, no SciPy), on the whole image by default (``whole_image``).
 """
 
 from __future__ import annotations
