@@ -1,0 +1,338 @@
+"""Adversarial training: the discriminators, the gan term, its recipe checks, the trainer's D
+step, its logs and checkpoint parts, and exact resume after SIGKILL (all on the CPU)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from cli_runner import run_cli
+from test_train import QUIET, quiet, run
+
+from percepkit.checkpoint import load_checkpoint
+from percepkit.discriminators import input_problem
+from percepkit.errors import CheckpointError, PercepkitError, RecipeError
+from percepkit.losses import GANLoss, LossInputs
+from percepkit.recipe import load_recipe
+from percepkit.registry import DISCRIMINATORS
+from percepkit.train import Trainer, find_checkpoints
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_GAN = REPO / "recipes" / "tiny_gan.yaml"
+TINY_SR = REPO / "recipes" / "tiny_sr.yaml"
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# -- discriminators --------------------------------------------------------------------------------
+def test_discriminators_have_the_parameter_counts_of_the_published_definitions_random_init():
+    # Counted by hand, layer by layer, from BasicSR basicsr/archs/discriminator_arch.py
+    # (XPixelGroup/BasicSR 8d56e3a): VGGStyleDiscriminator(num_in_ch=3, num_feat=64,
+    # input_size=128): conv0_0 3*64*9+64, conv0_1 64*64*16 + bn 128, conv1_0 64*128*9 + bn 256,
+    # conv1_1 128*128*16 + bn 256, conv2_0 128*256*9 + bn 512, conv2_1 256*256*16 + bn 512,
+    # conv3_0 256*512*9 + bn 1024, conv3_1/conv4_1 512*512*16 + bn 1024, conv4_0 512*512*9
+    # + bn 1024, linear1 8192*100+100, linear2 101.
+    assert n_params(DISCRIMINATORS.build("vgg")) == 14_499_401
+    # Same file, UNetDiscriminatorSN(num_in_ch=3, num_feat=64, skip_connection=True): conv0
+    # 3*64*9+64, conv1 64*128*16, conv2 128*256*16, conv3 256*512*16, conv4 512*256*9, conv5
+    # 256*128*9, conv6 128*64*9, conv7/conv8 64*64*9, conv9 64*9+1 (spectral norm's u/v vectors
+    # are buffers, not parameters).
+    assert n_params(DISCRIMINATORS.build("unet")) == 4_376_897
+    # junyanz/pytorch-CycleGAN-and-pix2pix models/networks.py, NLayerDiscriminator(input_nc=3,
+    # ndf=64, n_layers=3, norm_layer=BatchNorm2d): 3*64*16+64, 64*128*16 + bn 256,
+    # 128*256*16 + bn 512, 256*512*16 + bn 1024, 512*16+1 (no conv bias before BatchNorm).
+    assert n_params(DISCRIMINATORS.build("patchgan")) == 2_765_633
+    # the 256-px VGG variant adds conv5_0 512*512*9 + bn 1024 and conv5_1 512*512*16 + bn 1024
+    assert n_params(DISCRIMINATORS.build({"name": "vgg", "input_size": 256})) == \
+        14_499_401 + 512 * 512 * 25 + 2048
+
+
+def test_discriminator_outputs_and_key_layout_random_init():
+    x = torch.rand(2, 3, 128, 128)
+    assert DISCRIMINATORS.build("vgg")(x).shape == (2, 1)
+    assert DISCRIMINATORS.build("unet")(x).shape == (2, 1, 128, 128)
+    assert DISCRIMINATORS.build("patchgan")(x).shape == (2, 1, 14, 14)  # 70x70 patches
+    keys = set(DISCRIMINATORS.build("unet").state_dict())
+    # the layout of published Real-ESRGAN discriminator weights (torch's spectral_norm)
+    assert {"conv1.weight_orig", "conv1.weight_u", "conv1.weight_v", "conv9.bias"} <= keys
+    assert {"conv0_0.weight", "bn0_1.running_mean", "linear2.bias"} <= \
+        set(DISCRIMINATORS.build("vgg").state_dict())
+
+
+def test_discriminators_say_which_sizes_they_take():
+    assert "128x128" in input_problem("vgg", 96, 96)
+    assert input_problem("vgg", 128, 128) is None
+    assert input_problem({"name": "vgg", "input_size": 256}, 256, 256) is None
+    assert "multiples of 8" in input_problem("unet", 100, 96)
+    assert input_problem("unet", 32, 48) is None
+    assert "at least 24x24" in input_problem("patchgan", 16, 64)
+    assert input_problem("patchgan", 24, 24) is None
+    with pytest.raises(ValueError, match="128x128"):
+        DISCRIMINATORS.build("vgg")(torch.rand(1, 3, 64, 64))
+
+
+# -- the gan term ----------------------------------------------------------------------------------
+def _bce(x: torch.Tensor, label: float) -> torch.Tensor:
+    """Binary cross-entropy of logits, written out."""
+    p = torch.sigmoid(x.double())
+    return -(label * torch.log(p) + (1 - label) * torch.log(1 - p)).mean()
+
+
+def test_gan_term_formulas():
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(4, 1, 5, 5, generator=g), torch.randn(4, 1, 5, 5, generator=g)
+
+    def close(a, b):
+        assert torch.allclose(a.double(), b.double(), atol=1e-6), (a, b)
+
+    t = GANLoss(gan_type="vanilla")
+    close(t.generator_loss(fake), _bce(fake, 1.0))
+    close(t.discriminator_loss(real, fake), _bce(real, 1.0) + _bce(fake, 0.0))
+    t = GANLoss(gan_type="lsgan", real_label_val=0.9)  # smoothing: D's real target only
+    close(t.generator_loss(fake), ((fake - 1) ** 2).mean())
+    close(t.discriminator_loss(real, fake), ((real - 0.9) ** 2).mean() + (fake ** 2).mean())
+    t = GANLoss(gan_type="hinge")
+    close(t.generator_loss(fake), -fake.mean())
+    close(t.discriminator_loss(real, fake),
+          torch.relu(1 - real).mean() + torch.relu(1 + fake).mean())
+    # relativistic average (ESRGAN, as BasicSR's ESRGANModel computes it)
+    t = GANLoss(gan_type="vanilla", relativistic=True)
+    rt, ft = real - fake.mean(), fake - real.mean()
+    close(t.generator_loss(fake, real), (_bce(rt, 0.0) + _bce(ft, 1.0)) / 2)
+    close(t.discriminator_loss(real, fake), (_bce(rt, 1.0) + _bce(ft, 0.0)) / 2)
+    t = GANLoss(gan_type="hinge", relativistic=True)  # RaHinge
+    close(t.generator_loss(fake, real), (torch.relu(1 + rt).mean() + torch.relu(1 - ft).mean()) / 2)
+
+
+def test_gan_term_gradients_reach_only_the_generator_side():
+    real = torch.randn(3, 1, requires_grad=True)
+    fake = torch.randn(3, 1, requires_grad=True)
+    GANLoss(relativistic=True).generator_loss(fake, real).backward()
+    assert real.grad is None and fake.grad is not None and fake.grad.abs().sum() > 0
+
+
+def test_gan_term_argument_checks_and_use_without_a_discriminator():
+    with pytest.raises(ValueError, match="hinge"):
+        GANLoss(gan_type="hinge", real_label_val=0.9)
+    with pytest.raises(ValueError, match="real_label_val"):
+        GANLoss(real_label_val=0.0)
+    term = GANLoss()
+    out = torch.rand(1, 3, 8, 8)
+    with pytest.raises(PercepkitError, match="needs a discriminator"):
+        term(LossInputs(out, out))
+    net = DISCRIMINATORS.build({"name": "patchgan", "ndf": 4, "n_layers": 1})
+    term.attach(net)
+    assert torch.isfinite(term(LossInputs(torch.rand(1, 3, 8, 8), out)))
+    term.active = False  # the warm-up
+    assert term(LossInputs(out, out)).item() == 0.0
+
+
+def test_the_discriminator_runs_under_the_trainers_autocast():
+    from percepkit.train.adversarial import Adversary
+
+    rec = load_recipe(TINY_GAN)
+    loss = rec.build_loss()
+    seen = []
+
+    def bf16():
+        seen.append(1)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    adv = Adversary(rec, loss, torch.device("cpu"), bf16, scaler_enabled=False)
+    image = torch.rand(1, 3, 32, 32, requires_grad=True)
+    logits = adv.discriminate(image)
+    assert logits.dtype == torch.bfloat16
+    logits.float().sum().backward()  # the generator's side: D's parameters were constants
+    assert image.grad is not None
+    assert all(p.grad is None and p.requires_grad for p in adv.module.parameters())
+    before = seen[:]
+    values = adv.train_step(5, torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32))
+    assert len(seen) > len(before) and torch.isfinite(values).all()
+
+
+# -- recipes ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, expected", [
+    (["discriminator="], "needs a discriminator"),
+    (["discriminator=vgg"], "vgg takes 128x128 images (input_size: 128; 128 or 256), got 32x32"),
+    (["losses.1={name: tv}"], "discriminator, optimizer_d, scheduler_d, train.d_steps, "
+                              "train.gan_start: discriminator settings, but losses has no gan"),
+    (["losses.2={name: gan}"], "losses[2]: a second gan term"),
+    (["train.gan_start=8"], "train.gan_start: 8 warm-up steps leave no adversarial step"),
+    (["train.d_steps=0"], "train.d_steps: expected a value at least 1"),
+    (["optimizer_d.lr=-1"], "optimizer_d.lr: expected a value at least 0"),
+])
+def test_recipe_check_and_train_refuse_bad_adversarial_recipes(overrides, expected, tmp_path,
+                                                               capsys):
+    args = [a for o in overrides for a in ("--set", o)]
+    if overrides == ["discriminator="]:  # no discriminator block at all
+        text = TINY_GAN.read_text().replace("discriminator: {name: unet, num_feat: 8}\n", "")
+        path = tmp_path / "no_d.yaml"
+        path.write_text(text)
+        args = []
+    else:
+        path = TINY_GAN
+    for command in (["recipe", "check", "--skip-data"], ["train", "--out", str(tmp_path / "r")]):
+        assert run_cli([*command, str(path), *args]) == 2
+        err = capsys.readouterr().err
+        assert expected in " ".join(err.split()) and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_gan_term_alone_cannot_warm_up():
+    with pytest.raises(RecipeError, match="no other term"):
+        load_recipe(TINY_GAN, ["losses=[{name: gan}]"])
+    load_recipe(TINY_GAN, ["losses=[{name: gan}]", "train.gan_start=0"])
+
+
+def test_a_plugin_discriminator_is_found_checked_and_trained(tmp_path):
+    @DISCRIMINATORS.register("pk_test_disc")
+    class TinyCritic(torch.nn.Module):
+        """A plugin's discriminator: one logit per image, 32x32 inputs only (a linear head)."""
+
+        def __init__(self, width: int = 4) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, width, 3, 2, 1)
+            self.head = torch.nn.Linear(width * 16 * 16, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(F.leaky_relu(self.conv(x), 0.2).flatten(1))
+
+    try:
+        assert "pk_test_disc" in DISCRIMINATORS.list("pk_*")
+        with pytest.raises(RecipeError, match="pk_test_disc fails on 48x48 images"):
+            load_recipe(TINY_GAN, ["discriminator={name: pk_test_disc}",
+                                   "data.train.size=48"])
+        with pytest.raises(RecipeError, match="unknown key 'depth'"):
+            load_recipe(TINY_GAN, ["discriminator={name: pk_test_disc, depth: 2}"])
+        _, result = run(TINY_GAN, tmp_path / "run", "discriminator={name: pk_test_disc}",
+                        "train.iterations=2", "train.gan_start=0")
+        state = load_checkpoint(result.last_checkpoint)[0]
+        assert set(state["discriminator"]) == {"conv.weight", "conv.bias", "head.weight",
+                                               "head.bias"}
+    finally:
+        DISCRIMINATORS._remove(DISCRIMINATORS.entry("pk_test_disc"))
+
+
+# -- training --------------------------------------------------------------------------------------
+def test_tiny_gan_trains_logs_the_discriminator_and_checkpoints_it(tmp_path):
+    trainer, result = run(TINY_GAN, tmp_path / "run")
+    assert result.step == 8
+    rows = [r.split(",") for r in (tmp_path / "run" / "log.csv").read_text().splitlines()]
+    header = rows[0]
+    assert header[3:9] == ["loss", "pixel", "gan", "d_loss", "d_real", "d_fake"]
+    col = {k: header.index(k) for k in ("gan", "d_loss", "d_real", "d_fake")}
+    for row in rows[1:3]:  # the warm-up (gan_start: 2): no gan term, D not trained
+        assert float(row[col["gan"]]) == 0 and all(row[col[k]] == "" for k in col if k != "gan")
+    for row in rows[3:]:
+        assert all(math.isfinite(float(row[col[k]])) for k in col)
+        assert float(row[col["gan"]]) > 0
+    state, _ = load_checkpoint(result.last_checkpoint)
+    assert {"discriminator", "optimizer_d", "scheduler_d"} <= set(state)
+    assert "scaler_d" not in state  # no float16 AMP on the CPU
+    d = trainer.adversary.module.state_dict()
+    assert all(torch.equal(d[k], state["discriminator"][k]) for k in d)
+    assert state["scheduler_d"]["last_epoch"] == 6  # one per adversarial step: 8 - gan_start
+
+
+def test_the_generator_warm_up_leaves_the_discriminator_alone(tmp_path):
+    rec = load_recipe(TINY_GAN, [*QUIET, "train.iterations=3", "checkpoint.every=1"])
+    Trainer(rec, out=tmp_path / "run", console=quiet(), progress=False).run()
+    s1, s2, s3 = (load_checkpoint(tmp_path / "run" / "checkpoints" / f"step_0000000{i}"
+                                  ".safetensors")[0] for i in (1, 2, 3))
+    d = s1["discriminator"]
+    assert all(torch.equal(d[k], s2["discriminator"][k]) for k in d)  # gan_start: 2
+    assert not s2["optimizer_d"]["state"] and s3["optimizer_d"]["state"]
+    assert not all(torch.equal(d[k], s3["discriminator"][k]) for k in d)
+    assert not all(torch.equal(s1["model"][k], s2["model"][k]) for k in s1["model"])
+
+
+def _same_state(a: dict, b: dict) -> None:
+    for part in ("model", "discriminator"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    for key, value in a["optimizer_d"]["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(torch.as_tensor(tensor),
+                               torch.as_tensor(b["optimizer_d"]["state"][key][name])), name
+    assert a["scheduler_d"] == b["scheduler_d"]
+
+
+def test_a_gan_run_killed_with_sigkill_resumes_to_identical_g_and_d_weights(tmp_path):
+    """Killed (SIGKILL, nothing saved at exit) in step 6's discriminator update, after the
+    step-4 checkpoint: the resumed run ends with the same G and D weights, D optimiser state
+    and losses as an uninterrupted run (U-Net D: spectral-norm vectors are state too)."""
+    out = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import os, signal
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})
+        from percepkit.train import adversarial
+        real = adversarial.Adversary.train_step
+        def dying(self, step, *args):
+            if step == 5:  # 0-based: the sixth step, between the checkpoints of 4 and 8
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(self, step, *args)
+        adversarial.Adversary.train_step = dying
+        from percepkit.cli import main
+        main(["train", {str(TINY_GAN)!r}, "--out", {str(out)!r}, "--no-progress",
+              *[a for s in {QUIET!r} for a in ("--set", s)]])
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert [s for s, _ in find_checkpoints(out)] == [4]
+
+    _, full = run(TINY_GAN, tmp_path / "full")
+    _, resumed = run(TINY_GAN, None, resume=out)
+    assert resumed.start_step == 4
+    assert resumed.losses == full.losses[4:]
+    _same_state(load_checkpoint(full.last_checkpoint)[0],
+                load_checkpoint(resumed.last_checkpoint)[0])
+    def logged(run_dir: Path) -> list[list[str]]:  # step .. d_fake, without the timings
+        return [r.split(",")[:9] for r in (run_dir / "log.csv").read_text().splitlines()]
+
+    assert logged(out) == logged(tmp_path / "full")
+
+
+def test_a_batchnorm_discriminator_with_two_d_steps_and_a_schedule_resumes_exactly(tmp_path):
+    """PatchGAN (BatchNorm statistics), LSGAN, d_steps 2 and a cosine scheduler_d."""
+    common = ["discriminator={name: patchgan, ndf: 8, n_layers: 1}",
+              "losses.1={name: gan, gan_type: lsgan, real_label_val: 0.9, weight: 0.1}",
+              "train.d_steps=2", "train.gan_start=1", "checkpoint.every=3",
+              "scheduler_d={name: step, milestones: [2], gamma: 0.5}"]
+    _, full = run(TINY_GAN, tmp_path / "full", *common, "train.iterations=6")
+    _, first = run(TINY_GAN, tmp_path / "split", *common, "train.iterations=3")
+    assert first.losses == full.losses[:3]
+    _, second = run(TINY_GAN, None, *common, "train.iterations=6", resume=tmp_path / "split")
+    assert second.losses == full.losses[3:]
+    a = load_checkpoint(full.last_checkpoint)[0]
+    b = load_checkpoint(second.last_checkpoint)[0]
+    _same_state(a, b)
+    assert a["scheduler_d"]["last_epoch"] == 5  # one per adversarial step
+    assert a["optimizer_d"]["param_groups"][0]["lr"] == pytest.approx(5e-4)  # halved at 2
+    assert len(a["optimizer_d"]["state"]) and all(
+        int(v["step"]) == 10 for v in a["optimizer_d"]["state"].values())  # 5 x d_steps
+
+
+def test_resuming_a_checkpoint_without_a_discriminator_is_refused(tmp_path):
+    _, result = run(TINY_SR, tmp_path / "pixel", "train.iterations=1")
+    with pytest.raises(CheckpointError, match="holds no discriminator"):
+        run(TINY_GAN, tmp_path / "gan", resume=result.last_checkpoint)
+
+
+def test_the_memory_estimate_counts_the_discriminator():
+    from percepkit.train.memory_check import estimate_training_memory
+
+    rec = load_recipe(TINY_GAN)
+    estimate = estimate_training_memory(rec, (3, 8, 8), (3, 32, 32))
+    assert estimate is not None  # the gan term ran on the meta device with its D
+    d = DISCRIMINATORS.build({"name": "unet", "num_feat": 8})
+    assert estimate.parameters == 4 * (n_params(rec.build_transform()) + n_params(d))  # float32
