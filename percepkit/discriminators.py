@@ -32,7 +32,7 @@ def _lrelu(x: torch.Tensor) -> torch.Tensor:
 
 @DISCRIMINATORS.register("vgg", aliases=("vgg_style",))
 class VGGStyleDiscriminator(nn.Module):
-    """SRGAN/ESRGAN VGG-style discriminator: ten conv+BN layers, two linear; 128 or 256 px in.
+    """SRGAN/ESRGAN VGG-style discriminator: ten convolutions, two linear layers; 128 or 256 px.
 
     BasicSR's ``VGGStyleDiscriminator(num_in_ch, num_feat, input_size)`` (Ledig et al. 2017,
     Wang et al. 2018): five stages of a 3x3 and a strided 4x4 convolution with BatchNorm and
