@@ -336,3 +336,16 @@ def test_the_memory_estimate_counts_the_discriminator():
     assert estimate is not None  # the gan term ran on the meta device with its D
     d = DISCRIMINATORS.build({"name": "unet", "num_feat": 8})
     assert estimate.parameters == 4 * (n_params(rec.build_transform()) + n_params(d))  # float32
+
+
+def test_the_esrgan_recipe_has_esrgans_terms_weights_and_discriminator():
+    rec = load_recipe(REPO / "recipes" / "esrgan_x4.yaml")
+    terms = {t["name"]: t for t in rec.raw["losses"]}
+    assert terms["pixel"] == {"name": "pixel", "kind": "l1", "weight": 1e-2}
+    assert terms["feature"]["layers"] == ["conv5_3"] and terms["feature"]["weight"] == 1.0
+    assert terms["feature"]["criterion"] == "l1"  # BasicSR's PerceptualLoss criterion
+    assert terms["gan"] == {"name": "gan", "gan_type": "vanilla", "relativistic": True,
+                            "weight": 5e-3}
+    assert rec.raw["discriminator"]["name"] == "vgg"
+    assert rec.raw["data"]["train"]["patch_size"] == 128  # the VGG-style D's input
+    assert rec.raw["transform"]["name"] == "spandrel:ESRGAN"
