@@ -349,3 +349,58 @@ def test_the_esrgan_recipe_has_esrgans_terms_weights_and_discriminator():
     assert rec.raw["discriminator"]["name"] == "vgg"
     assert rec.raw["data"]["train"]["patch_size"] == 128  # the VGG-style D's input
     assert rec.raw["transform"]["name"] == "spandrel:ESRGAN"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available()
+                    or not torch.distributed.is_gloo_available(), reason="needs gloo")
+def test_two_gloo_processes_train_g_and_d_as_one_process(tmp_path):
+    """2 processes x batch 1 == 1 x batch 2: D's gradients are averaged like G's. Standard
+    (not relativistic) form and no BatchNorm: both would couple the images of a batch."""
+    from test_ddp import torchrun
+
+    common = ["transform.norm=none", "losses.1={name: gan, weight: 0.1}", "train.iterations=4",
+              "train.gan_start=1", "train.val_every=1000", "checkpoint.every=4"]
+    out = tmp_path / "ddp"
+    proc = torchrun(str(TINY_GAN), "--out", str(out),
+                    *[a for s in [*common, "train.batch_size=1"] for a in ("--set", s)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ddp = load_checkpoint(out / "checkpoints" / "step_00000004.safetensors")[0]
+    _, single = run(TINY_GAN, tmp_path / "single", *common, "train.batch_size=2")
+    one = load_checkpoint(single.last_checkpoint)[0]
+    for part in ("model", "discriminator"):
+        for key, value in one[part].items():
+            torch.testing.assert_close(ddp[part][key], value, rtol=1e-4, atol=1e-5)
+    rows = [r.split(",") for r in (out / "log.csv").read_text().splitlines()]
+    d_loss = [float(r[rows[0].index("d_loss")]) for r in rows[2:]]
+    single_rows = [r.split(",") for r in (tmp_path / "single" / "log.csv").read_text()
+                   .splitlines()]
+    assert d_loss == pytest.approx([float(r[single_rows[0].index("d_loss")])
+                                    for r in single_rows[2:]], rel=1e-4)
+
+
+def test_the_discriminators_float16_scaler_is_checkpointed_and_restored(tmp_path):
+    """float16 autocast with D's own GradScaler (on the CPU here; on CUDA in real runs)."""
+    from percepkit.checkpoint import Checkpoint, save_checkpoint
+    from percepkit.train.adversarial import Adversary
+
+    rec = load_recipe(TINY_GAN)
+
+    def fp16():
+        return torch.autocast("cpu", dtype=torch.float16)
+
+    adv = Adversary(rec, rec.build_loss(), torch.device("cpu"), fp16, scaler_enabled=True)
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.rand(2, 3, 32, 32, generator=g), torch.rand(2, 3, 32, 32, generator=g)
+    for step in (2, 3, 4):  # after tiny_gan's warm-up (gan_start: 2)
+        assert torch.isfinite(adv.train_step(step, real, fake)).all()
+    state = adv.state()
+    assert state["scaler_d"]["scale"] == adv.scaler.get_scale()
+    path = save_checkpoint(tmp_path / "d.safetensors", state, {})
+    other = Adversary(rec, rec.build_loss(), torch.device("cpu"), fp16, scaler_enabled=True)
+    other.load(Checkpoint.read(path))
+    assert other.scaler.get_scale() == adv.scaler.get_scale()
+    assert other.scaler.state_dict()["_growth_tracker"] == 3  # three updates without overflow
+    for key, value in adv.module.state_dict().items():
+        assert torch.equal(other.module.state_dict()[key], value), key
+    assert adv.train_step(5, real, fake).tolist() == other.train_step(5, real, fake).tolist()
