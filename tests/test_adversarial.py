@@ -404,3 +404,16 @@ def test_the_discriminators_float16_scaler_is_checkpointed_and_restored(tmp_path
     for key, value in adv.module.state_dict().items():
         assert torch.equal(other.module.state_dict()[key], value), key
     assert adv.train_step(5, real, fake).tolist() == other.train_step(5, real, fake).tolist()
+
+
+def test_train_checks_the_first_target_when_the_recipe_does_not_state_the_crop(tmp_path,
+                                                                              monkeypatch):
+    """A dataset whose crop size recipe check cannot read (a plugin's): the trainer checks D
+    against the first training target before it writes anything."""
+    import percepkit.recipe_checks as checks
+
+    monkeypatch.setattr(checks, "training_crop", lambda raw: None)
+    rec = load_recipe(TINY_GAN, [*QUIET, "discriminator=vgg"])  # passes: size unknown
+    with pytest.raises(RecipeError, match=r"vgg takes 128x128 .* training targets are 32x32"):
+        Trainer(rec, out=tmp_path / "run", console=quiet(), progress=False).run()
+    assert not (tmp_path / "run").exists()

@@ -89,7 +89,6 @@ class Adversary:
         self.d_steps, self.start = int(s.d_steps), int(s.gan_start)
         self.spec = raw["discriminator"]
         self.name = DISCRIMINATORS.resolve(self.spec)[0]
-        self._checked = False
         self.module = build_discriminator(recipe).to(device)
         if channels_last:
             self.module.to(memory_format=torch.channels_last)
@@ -118,21 +117,21 @@ class Adversary:
         """Whether step ``step`` (0-based) is adversarial (after the warm-up)."""
         return step >= self.start
 
-    def prepare(self, step: int, target: torch.Tensor) -> None:
-        """Before the generator's step ``step``: the gan term is on after the warm-up. The
-        first call checks that D takes the targets' size (a dataset whose crop size the
-        recipe check could not read)."""
+    def prepare(self, step: int) -> None:
+        """Before the generator's step ``step``: the gan term is on after the warm-up."""
         self.term.active = self.active(step)
-        if not self._checked:
-            self._checked = True
-            from ..discriminators import input_problem
 
-            h, w = target.shape[-2:]
-            why = input_problem(self.spec, h, w)
-            if why is not None:
-                raise RecipeError(f"discriminator: {self.name} {why}: the training targets are "
-                                  f"{h}x{w}; change data.train's crop size or choose a "
-                                  f"discriminator that takes that size")
+    def check_target(self, target: torch.Tensor) -> None:
+        """Raise :class:`RecipeError` unless D takes training targets of ``target``'s size
+        (for datasets whose crop size ``recipe check`` cannot read from the recipe)."""
+        from ..discriminators import input_problem
+
+        h, w = target.shape[-2:]
+        why = input_problem(self.spec, h, w)
+        if why is not None:
+            raise RecipeError(f"discriminator: {self.name} {why}: the training targets are "
+                              f"{h}x{w}; change data.train's crop size or choose a "
+                              f"discriminator that takes that size")
 
     def discriminate(self, images: torch.Tensor) -> torch.Tensor:
         """D's logits for the generator's loss: training precision, D's parameters frozen."""

@@ -192,6 +192,8 @@ class Trainer:
 
         self.task.check_train_item(self.dataset[(0, 0)], recipe.data.train.get("name"),
                                    self.module)
+        if self.adversary is not None:  # D takes the training targets' size
+            self.adversary.check_target(self.task.unpack(self.dataset[(0, 0)])[1])
         self.task.setup(self.module, self.loss)
         self.preview = preview_items(self.dataset, max(1, s.sample_images))
         self.has_val = bool(recipe.data.val) or self.task.validates_on_previews  # on every rank
@@ -324,7 +326,7 @@ class Trainer:
         """One optimisation step; returns [total, *terms] averaged over processes."""
         x, y = self._batch(it)
         if self.adversary is not None:
-            self.adversary.prepare(self.step, y)
+            self.adversary.prepare(self.step)
         with self._autocast():
             out = self.train_model(x)
             total, parts = self.loss(out, y)
