@@ -417,3 +417,14 @@ def test_train_checks_the_first_target_when_the_recipe_does_not_state_the_crop(t
     with pytest.raises(RecipeError, match=r"vgg takes 128x128 .* training targets are 32x32"):
         Trainer(rec, out=tmp_path / "run", console=quiet(), progress=False).run()
     assert not (tmp_path / "run").exists()
+
+
+def test_an_attached_discriminator_is_not_part_of_the_loss():
+    rec = load_recipe(TINY_GAN)
+    loss = rec.build_loss()
+    before = set(loss.state_dict())
+    loss.terms["gan"].attach(DISCRIMINATORS.build({"name": "unet", "num_feat": 4}))
+    assert set(loss.state_dict()) == before and not list(loss.parameters())
+    out = torch.rand(1, 3, 16, 16)
+    total, parts = loss(out, out)
+    assert torch.isfinite(total) and parts["gan"] > 0

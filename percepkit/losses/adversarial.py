@@ -76,8 +76,11 @@ class GANLoss(LossTerm):
         self._discriminate: Discriminate | None = None  # not a submodule: D is the trainer's
 
     def attach(self, discriminate: Discriminate | None) -> None:
-        """Give the term the function computing the discriminator's logits (None: detach)."""
-        self._discriminate = discriminate
+        """Give the term the function computing the discriminator's logits (None: detach).
+
+        A discriminator module itself may be given; it is not made a submodule of the term
+        (the loss's state dict and ``.to()`` never include D: the trainer owns it)."""
+        object.__setattr__(self, "_discriminate", discriminate)
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         if not self.active:  # the warm-up (train.gan_start): the generator trains without it
