@@ -428,3 +428,31 @@ def test_an_attached_discriminator_is_not_part_of_the_loss():
     out = torch.rand(1, 3, 16, 16)
     total, parts = loss(out, out)
     assert torch.isfinite(total) and parts["gan"] > 0
+
+
+@pytest.mark.filterwarnings("ignore:.*bf16")
+def test_bf16_training_runs_d_in_bf16_and_resumes_exactly(tmp_path, monkeypatch):
+    """train.precision bf16 (forced on this CPU): D's passes, in G's step and in its own, run
+    under the same autocast; a split run still resumes exactly."""
+    from percepkit.discriminators import UNetDiscriminatorSN
+
+    dtypes = []
+    real_forward = UNetDiscriminatorSN.forward
+
+    def recording(self, x):
+        out = real_forward(self, x)
+        if out.device.type != "meta":  # not the memory estimate's pass
+            dtypes.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(UNetDiscriminatorSN, "forward", recording)
+    common = ["train.precision=bf16", "train.gan_start=1", "checkpoint.every=2"]
+    _, full = run(TINY_GAN, tmp_path / "full", *common, "train.iterations=4")
+    # 3 adversarial steps: G's gan term (relativistic: outputs and targets), D's step (both)
+    assert dtypes == [torch.bfloat16] * 12
+    _, first = run(TINY_GAN, tmp_path / "split", *common, "train.iterations=2")
+    _, second = run(TINY_GAN, None, *common, "train.iterations=4", resume=tmp_path / "split")
+    assert first.losses + second.losses == full.losses
+    _same_state(load_checkpoint(full.last_checkpoint)[0],
+                load_checkpoint(second.last_checkpoint)[0])
+    assert load_checkpoint(full.last_checkpoint)[1]["precision"] == "bf16"
