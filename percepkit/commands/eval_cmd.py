@@ -120,8 +120,9 @@ def _datasets(sets: list[str], scale: int, data_dir: Path | None, hr_dir: Path |
     if lr_dir is not None:
         if hr_dir is None:
             raise PercepkitError("--lr-dir needs --hr-dir (the matching HR images)")
-        out.append(DATASETS.build({"name": "paired_folder", "lr_root": str(lr_dir),
-                                   "hr_root": str(hr_dir), "scale": scale}))
+        from ..benchmark_sets import paired_folder
+
+        out.append(paired_folder(str(lr_dir), str(hr_dir), scale))
     elif hr_dir is not None:
         out.append(DATASETS.build({"name": "hr_folder", "root": str(hr_dir), "scale": scale,
                                    "mod": mod}))
