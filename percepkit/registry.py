@@ -302,19 +302,24 @@ LOSS_NETWORKS = Registry("loss network", ["percepkit.lossnets"])
 #: the loss network of a recipe (or an optimisation) that names none: the paper's VGG16
 DEFAULT_LOSS_NETWORK: dict[str, str] = {"name": "vgg16", "weights": "imagenet"}
 LOSSES = Registry("loss", ["percepkit.losses", "percepkit.metric_losses"])
-DATASETS = Registry("dataset", ["percepkit.datasets", "percepkit.benchmark_sets"])
+DATASETS = Registry("dataset", ["percepkit.datasets", "percepkit.benchmark_sets",
+                                "percepkit.paired"])
+DEGRADATIONS = Registry("degradation", ["percepkit.degradations"])
 METRICS = Registry("metric", ["percepkit.metrics"])
 OPTIMIZERS = Registry("optimizer", ["percepkit.optimizers"])
 SCHEDULERS = Registry("scheduler", ["percepkit.optimizers"])
 MODELS = Registry("model", ["percepkit.zoo"])
+DISCRIMINATORS = Registry("discriminator", ["percepkit.discriminators"])
 
 REGISTRIES: dict[str, Registry] = {
     "transforms": TRANSFORMS,
     "lossnets": LOSS_NETWORKS,
     "losses": LOSSES,
     "datasets": DATASETS,
+    "degradations": DEGRADATIONS,
     "metrics": METRICS,
     "optimizers": OPTIMIZERS,
     "schedulers": SCHEDULERS,
     "models": MODELS,
+    "discriminators": DISCRIMINATORS,
 }

@@ -120,8 +120,9 @@ def _datasets(sets: list[str], scale: int, data_dir: Path | None, hr_dir: Path |
     if lr_dir is not None:
         if hr_dir is None:
             raise PercepkitError("--lr-dir needs --hr-dir (the matching HR images)")
-        out.append(DATASETS.build({"name": "paired_folder", "lr_root": str(lr_dir),
-                                   "hr_root": str(hr_dir), "scale": scale}))
+        from ..benchmark_sets import paired_folder
+
+        out.append(paired_folder(str(lr_dir), str(hr_dir), scale))
     elif hr_dir is not None:
         out.append(DATASETS.build({"name": "hr_folder", "root": str(hr_dir), "scale": scale,
                                    "mod": mod}))
@@ -267,7 +268,8 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     datasets = _datasets(sets, scale, data_dir, hr_dir, lr_dir, download=not no_download,
                          mod=mod)
     built, infos = build_metrics(metric_names(metrics, channel, lpips_net), crop_border=scale,
-                                 crop_whole_image=crop_lpips, device=dev, precision=precision)
+                                 crop_whole_image=crop_lpips, device=dev, precision=precision,
+                                 extra={"grid": {"period": scale}} if scale > 1 else None)
     total = sum(len(d) for d in datasets)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:

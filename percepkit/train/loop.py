@@ -32,6 +32,7 @@ from ..errors import CheckpointError, PercepkitError, RecipeError
 from ..precision import resolve_precision
 from ..recipe import Recipe
 from ..registry import DATASETS
+from .adversarial import make_adversary
 from .data import preview_items, resume_position, training_loader, validation_items
 from .lock import RunLock
 from .memory_check import check_training_memory
@@ -215,9 +216,13 @@ class Trainer:
         self.scheduler = recipe.build_scheduler(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         self.ema = EMA(self.module, s.ema) if s.ema else None
+        self.adversary = make_adversary(recipe, self.loss, self.device, self._autocast,
+                                        self.scaler.is_enabled(), self.channels_last)
 
         self.task.check_train_item(self.dataset[(0, 0)], recipe.data.train.get("name"),
                                    self.module)
+        if self.adversary is not None:  # D takes the training targets' size
+            self.adversary.check_target(self.task.unpack(self.dataset[(0, 0)])[1])
         self.task.setup(self.module, self.loss)
         self.preview = preview_items(self.dataset, max(1, s.sample_images))
         self.has_val = bool(recipe.data.val) or self.task.validates_on_previews  # on every rank
@@ -238,6 +243,8 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.cuda else None
             self.train_model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+            if self.adversary is not None:
+                self.adversary.distribute(ids)
         if s.compile:
             self.train_model = torch.compile(self.train_model)
 
@@ -251,8 +258,13 @@ class Trainer:
             self.run.prepare(self.step, point is not None, recipe.to_yaml(), session,
                              self.console)
             terms = list(self.loss.terms.keys())
-            self.report.open(self.run, terms, self.task.val_columns(terms))
+            self.report.open(self.run, self._columns(), self.task.val_columns(terms))
         D.barrier()
+
+    def _columns(self) -> list[str]:
+        """The logged values after the total: each loss term, then the discriminator's."""
+        extra = list(self.adversary.columns) if self.adversary is not None else []
+        return [*self.loss.terms.keys(), *extra]
 
     def _resume_point(self) -> ResumePoint | None:
         if self.resume is None:
@@ -275,6 +287,8 @@ class Trainer:
         """Write the step checkpoint (and best.safetensors); prune old ones. All ranks call."""
         state = training_state(self.module, self.optimizer, self.scheduler, self.scaler,
                                self.ema, D.gather_objects(rng_state()))
+        if self.adversary is not None:
+            state.update(self.adversary.state())
         if self.dist.is_main:
             s = self.settings
             meta = training_metadata(
@@ -302,6 +316,8 @@ class Trainer:
                                   f"a {self.recipe.task!r} recipe")
         restore_training_state(ckpt, self.module, self.optimizer, self.scheduler, self.scaler,
                                self.ema, self._transform_spec())
+        if self.adversary is not None:
+            self.adversary.load(ckpt)
         self.step = ckpt.step or 0
         self._elapsed_before = float(ckpt.meta.get("elapsed_sec") or 0.0)
         self.best, self.best_step = ckpt.best
@@ -340,6 +356,8 @@ class Trainer:
     def _train_step(self, it: Any) -> list[float]:
         """One optimisation step; returns [total, *terms] averaged over processes."""
         x, y = self._batch(it)
+        if self.adversary is not None:
+            self.adversary.prepare(self.step)
         with self._autocast():
             out = self.train_model(x)
             total, parts = self.loss(out, y)
@@ -360,6 +378,8 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.module)
+        if self.adversary is not None:
+            return vals + self._discriminator_step(y, out, vals)
         return vals
 
     def _flags(self, device: torch.device) -> torch.Tensor:
@@ -383,8 +403,18 @@ class Trainer:
         """Training seconds of this run so far, earlier sessions included."""
         return self._elapsed_before + time.perf_counter() - self._t_start
 
+    def _discriminator_step(self, real: torch.Tensor, fake: torch.Tensor,
+                            vals: list[float]) -> list[float]:
+        """D's updates after the generator's (see :mod:`.adversarial`); its logged values."""
+        d_vals = self.adversary.train_step(self.step, real, fake)
+        D.all_reduce_mean(d_vals)
+        out = d_vals.tolist()
+        if self.adversary.active(self.step) and not all(math.isfinite(v) for v in out):
+            self._diverged(vals + out)
+        return out
+
     def _diverged(self, vals: list[float]) -> None:
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.loss.terms.keys(), vals[1:]))
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(self._columns(), vals[1:]))
         last = (f"the last good checkpoint is {self.last_checkpoint} (resume with --resume "
                 f"{self.run_dir})" if self.last_checkpoint else "no checkpoint had been saved yet")
         kind = "NaN" if any(math.isnan(v) for v in vals) else "infinite"
@@ -439,7 +469,7 @@ class Trainer:
                                f"{s.iterations}; raise train.iterations (--set "
                                f"train.iterations=N) to train longer")
             return self._result(result)
-        terms = list(self.loss.terms.keys())
+        terms = self._columns()
         window: list[list[float]] = []
         t_log = time.perf_counter()
         self._t_start = t_log
@@ -519,6 +549,8 @@ class Trainer:
             f"{', channels_last' if self.channels_last else ''}"
             f"{', compiled' if s.compile else ''}\nrun directory: {escape(str(self.run_dir))}",
             soft_wrap=True)
+        if self.adversary is not None:
+            self.console.print(self.adversary.describe(), soft_wrap=True)
         if self.val_items and self.step == 0:
             line = self.task.baseline(self.val_items)
             if line is not None:
