@@ -122,9 +122,22 @@ def test_perceptual_metric_as_loss_is_the_metric(name, real_weights_dir, monkeyp
     assert not any(p.requires_grad for p in loss.parameters())
 
 
-def test_psnr_as_loss_is_refused_with_what_to_use():
+def test_psnr_and_blobs_as_losses_are_refused_with_what_to_use():
     with pytest.raises(PercepkitError, match=r"no loss form.*create_loss\('pixel'\)"):
         percepkit.create_metric("psnr", as_loss=True)
+    with pytest.raises(PercepkitError, match="blobs.*no gradient"):
+        percepkit.create_metric("blobs", as_loss=True)
+
+
+def test_grid_as_loss_is_the_metric_with_a_gradient():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.rand(1, 3, 32, 32, generator=gen)
+    out = x.clone().requires_grad_()
+    loss = percepkit.create_metric("grid", as_loss=True)
+    value = loss(out, x)
+    assert value.item() == pytest.approx(percepkit.create_metric("grid")(x, x).item(), rel=1e-5)
+    value.backward()
+    assert torch.isfinite(out.grad).all() and out.grad.abs().sum() > 0
 
 
 # -- list_* --------------------------------------------------------------------------------------

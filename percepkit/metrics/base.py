@@ -42,7 +42,8 @@ class Metric(nn.Module):
     #: How :func:`~percepkit.metrics.create.create_metric` with ``as_loss=True`` turns the
     #: metric into a loss (lower is better): ``"value"`` (the metric itself), ``"one_minus"``
     #: (1 - the metric: a similarity of at most 1), or None: ``"value"`` for a lower-is-better
-    #: metric, no loss form otherwise (:attr:`loss_instead` then says what to minimise).
+    #: metric, no loss form otherwise. :attr:`loss_instead`, when set, refuses a loss form
+    #: (a metric without a useful gradient) and says what to minimise instead.
     loss_form: Literal["value", "one_minus"] | None = None
     loss_instead: str = ""
     #: whether the metric runs a network (LPIPS, DISTS) that may run in bf16/fp16 autocast;

@@ -26,7 +26,7 @@ class MetricLoss(nn.Module):
     def __init__(self, metric: Metric) -> None:
         super().__init__()
         form = metric.loss_form or ("value" if not metric.higher_is_better else None)
-        if form is None:
+        if form is None or metric.loss_instead:
             why = metric.loss_instead or ("it is higher-is-better and its class declares no "
                                           "loss_form ('value' or 'one_minus')")
             raise PercepkitError(f"metric {metric.name!r} cannot be used as a loss: {why}")
