@@ -66,7 +66,7 @@ def _reference(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 def _onnx_runner(path: Path):
     try:
         import onnxruntime as ort
-    except ImportError:
+    except Exception:  # not installed (or broken): the file is written but not verified
         return None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -76,14 +76,13 @@ def _onnx_runner(path: Path):
 
 
 def _require_onnx() -> None:
-    """One paragraph instead of torch's traceback when the onnx package is missing."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise PercepkitError(
-            "ONNX export needs the onnx package, which is not installed: pip install "
-            "'percepkit[export]' (onnx, plus onnxruntime to verify the file); or use "
-            "--format torchscript, which works with the base install.") from None
+    """One paragraph instead of torch's traceback when the onnx package is missing or broken."""
+    from .extras import import_optional
+
+    import_optional("onnx", "ONNX export", missing=(
+        "ONNX export needs the onnx package, which is not installed: pip install "
+        "'percepkit[export]' (onnx, plus onnxruntime to verify the file); or use "
+        "--format torchscript, which works with the base install."))
 
 
 def _export_onnx(model: nn.Module, path: Path, x: torch.Tensor, dynamic: bool, opset: int,

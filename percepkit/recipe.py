@@ -40,7 +40,7 @@ from typing import Any, Literal
 import yaml
 
 from .arguments import check_arguments, close_matches
-from .errors import PercepkitError, RecipeError
+from .errors import MissingExtraError, PercepkitError, RecipeError
 from .recipe_checks import check_parts, missing_files, term_layers
 from .registry import (
     DATASETS,
@@ -70,7 +70,8 @@ class TrainSettings:
     grid. ``val_images``: cap on validation images (None: all). ``deterministic``: deterministic
     CUDA kernels (slower; CPU runs are deterministic anyway). ``init``: start from the weights of
     a model name (``percepkit list models``) or checkpoint file, with a fresh optimiser (None:
-    random initialisation).
+    random initialisation). ``tensorboard``: also write TensorBoard logs (true: required, the
+    optional extra ``percepkit[tensorboard]``; None: when that package is installed; false: off).
     """
 
     iterations: int = 1000
@@ -91,6 +92,7 @@ class TrainSettings:
     val_images: int | None = None
     deterministic: bool = False
     init: str | None = None
+    tensorboard: bool | None = None
 
 
 @dataclass
@@ -319,7 +321,10 @@ def recipe_from_mapping(raw: Any, source: str = "<recipe>", overrides: Sequence[
     for item in overrides:
         apply_override(raw, item, source)
     normalise(raw)  # an override may name a part alone too: --set transform=bicubic
-    problems = validate(raw)
+    try:
+        problems = validate(raw)
+    except MissingExtraError as e:  # e.g. a spandrel:* transform without spandrel installed
+        raise MissingExtraError(f"{source}: {e}") from None
     if check_files and not problems:
         problems = missing_files(raw)
     if problems:

@@ -14,9 +14,11 @@ from percepkit.registry import TRANSFORMS
 from percepkit.transforms import JohnsonSR, johnson_style_fast
 
 
+@pytest.mark.extra("export")
 def test_onnx_matches_pytorch_at_two_sizes(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    onnx = pytest.importorskip("onnx")
+    import onnx
+    import onnxruntime as ort
+
     torch.manual_seed(0)
     model = johnson_style_fast().eval()
     report = export(model, tmp_path / "m.onnx", "onnx")
@@ -47,10 +49,9 @@ def test_torchscript_matches_pytorch(tmp_path):
         assert (loaded(x) - model(x)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=pytest.mark.extra("export")),
+                                 "torchscript"])
 def test_size_dependent_transforms_need_a_fixed_size(tmp_path, fmt):
-    if fmt == "onnx":
-        pytest.importorskip("onnxruntime")
     model = TRANSFORMS.build({"name": "bicubic", "scale": 2})
     with pytest.raises(PercepkitError, match="--size"):
         export(model, tmp_path / "b.out", fmt)
@@ -64,8 +65,8 @@ def test_style_sizes_must_be_multiples_of_the_stride(tmp_path):
         export(johnson_style_fast().eval(), tmp_path / "m.pt", "torchscript", size=(30, 32))
 
 
+@pytest.mark.extra("export")
 def test_export_command(tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
     ckpt = save_checkpoint(tmp_path / "s.safetensors",
                            {"model": johnson_style_fast().state_dict()},
                            {"transform": {"name": "johnson_style_fast"}, "task": "style"})

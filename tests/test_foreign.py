@@ -155,6 +155,7 @@ def test_a_pickle_with_code_is_refused_without_running_it(tmp_path, capsys):
     assert "never runs pickled code" in captured.err.replace("\n", " ")
 
 
+@pytest.mark.extra("models")
 def test_convert_of_an_unknown_architecture_names_the_file_and_what_is_supported(tmp_path,
                                                                                 capsys):
     torch.save({"body.0.weight": torch.zeros(3)}, tmp_path / "x.pth")
@@ -187,8 +188,9 @@ def _save(net, path, layout):
                    else {"params": state} if layout == "params" else state, path)
 
 
+@pytest.mark.extra("models")
 def test_random_init_spandrel_sr_models_eval_and_upscale_like_spandrel(tmp_path):
-    spandrel = pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
+    import spandrel
     image = torch.rand(3, 23, 30)
     write_image(tmp_path / "lr.png", image)
     image = read_image(tmp_path / "lr.png")
@@ -216,8 +218,8 @@ def test_random_init_spandrel_sr_models_eval_and_upscale_like_spandrel(tmp_path)
         assert "bicubic" in record["model_info"]["degradation"]
 
 
+@pytest.mark.extra("models")
 def test_spandrel_refuses_a_scale_mismatch_and_unknown_files(tmp_path, capsys):
-    pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
     _save(_spandrel_nets()["compact"], tmp_path / "c.pth", "plain")
     assert run_cli(["eval", "--set5", "--checkpoint", str(tmp_path / "c.pth"),
                     "--scale", "2"]) == 2
@@ -239,8 +241,10 @@ def test_without_spandrel_a_foreign_sr_file_says_how_to_install_it(tmp_path, cap
 
 
 # -- convert: third-party SR files become spandrel:ARCH checkpoints ------------------------------
+@pytest.mark.extra("models")
 def test_convert_spandrel_sr_files_gives_their_output_and_trains_from_it_random_init(tmp_path):
-    spandrel = pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
+    import spandrel
+
     from percepkit.checkpoint import load_checkpoint
 
     image = torch.rand(3, 19, 22)
@@ -285,9 +289,10 @@ def test_convert_spandrel_sr_files_gives_their_output_and_trains_from_it_random_
     assert trainer._loop().step == 1
 
 
+@pytest.mark.extra("models")
 def test_y_only_sr_model_gets_the_srcnn_protocol_random_init(tmp_path):
     """A one-channel model runs on MATLAB Y; Cb/Cr are bicubic (scikit-image's conversions)."""
-    spandrel = pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
+    import spandrel
     from skimage.color import rgb2ycbcr, ycbcr2rgb
     from spandrel.architectures.Compact import Compact
 

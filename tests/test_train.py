@@ -358,3 +358,26 @@ def test_log_line_carries_elapsed_time_and_eta():
     line = log_line(10, 40, 0.5, "pixel 0.5", 1e-3, 20.0, 0.2, 192.0)
     assert line.startswith("step 10/40  loss 0.5  (pixel 0.5)  lr 0.001")
     assert line.endswith("elapsed 3m12s, ETA 10m00s")
+
+
+# -- TensorBoard: the optional extra percepkit[tensorboard] ----------------------------------------
+def test_tensorboard_true_without_the_package_is_one_line_before_anything_is_written(
+        tmp_path, fail_import, capsys):
+    fail_import("tensorboard")
+    out = tmp_path / "run"
+    assert run_cli(["train", str(TINY_SR), "--out", str(out), "--no-progress",
+                    "--set", "train.iterations=1", "--set", "train.tensorboard=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'percepkit[tensorboard]'" in err and err.count("\n") == 0
+    assert not out.exists()
+    # by default TensorBoard is used when installed: here it is not, and training goes on
+    run(TINY_SR, out, "train.iterations=1")
+    assert not (out / "tensorboard").exists() and (out / "log.csv").is_file()
+
+
+@pytest.mark.extra("tensorboard")
+def test_tensorboard_logs_are_written_when_asked_and_not_when_off(tmp_path):
+    run(TINY_SR, tmp_path / "on", "train.iterations=2", "train.tensorboard=true")
+    assert any((tmp_path / "on" / "tensorboard").iterdir())
+    run(TINY_SR, tmp_path / "off", "train.iterations=2", "train.tensorboard=false")
+    assert not (tmp_path / "off" / "tensorboard").exists()

@@ -38,6 +38,7 @@ from .rundir import (
     RunDir,
     default_run_dir,
     is_run_dir,
+    require_tensorboard,
     resolve_resume,
     session_entry,
 )
@@ -139,6 +140,8 @@ class Trainer:
         if not recipe.data.train:
             raise RecipeError("data.train: a training dataset is needed to train (e.g. "
                               "{name: sr_patches, root: DIR} or {name: image_folder, root: DIR})")
+        if s.tensorboard:  # before anything is built or written
+            require_tensorboard()
         self.device = resolve_device(s.device, self.env.local_rank)
         self._dist_owned = self.env.enabled and not torch.distributed.is_initialized()
         self.dist = D.setup(self.device.type)
@@ -222,7 +225,7 @@ class Trainer:
             self.run.prepare(self.step, point is not None, recipe.to_yaml(), session,
                              self.console)
             terms = list(self.loss.terms.keys())
-            self.report.open(self.run, terms, self.task.val_columns(terms))
+            self.report.open(self.run, terms, self.task.val_columns(terms), s.tensorboard)
         D.barrier()
 
     def _resume_point(self) -> ResumePoint | None:

@@ -9,7 +9,7 @@
       val.csv            validation metrics (every val_every)
       samples/           step_XXXXXXXX.png preview grids (every sample_every)
       checkpoints/       step_XXXXXXXX.safetensors (the last keep_last) and best.safetensors
-      tensorboard/       if the tensorboard package is installed
+      tensorboard/       train.tensorboard (default: if the tensorboard package is installed)
 """
 
 from __future__ import annotations
@@ -228,13 +228,27 @@ def _truncate_csv(path: Path, step: int) -> None:
         os.replace(tmp, path)
 
 
-def open_tensorboard(folder: Path) -> Any:
-    """A TensorBoard SummaryWriter if the tensorboard package is installed, else None."""
+def open_tensorboard(folder: Path, wanted: bool | None = None) -> Any:
+    """A TensorBoard SummaryWriter, or None. ``wanted``: True requires the tensorboard package
+    (the optional extra ``percepkit[tensorboard]``; one paragraph if it is missing), None uses
+    it when it is installed, False never."""
+    if wanted is False:
+        return None
+    if wanted:
+        require_tensorboard()
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed (it is optional)
+    except Exception:  # not installed (it is optional)
         return None
     return SummaryWriter(str(folder))
+
+
+def require_tensorboard() -> None:
+    """Raise :class:`~percepkit.errors.MissingExtraError` unless TensorBoard can be written."""
+    from ..extras import import_optional
+
+    import_optional("tensorboard", "train.tensorboard: true (TensorBoard logs)")
+    import_optional("torch.utils.tensorboard", "train.tensorboard: true (TensorBoard logs)")
 
 
 # -- one run directory --------------------------------------------------------------------------
@@ -282,12 +296,12 @@ class RunDir:
         info["sessions"].append(dict(session))
         info_path.write_text(json.dumps(info, indent=2))
 
-    def open_logs(self, log_header: list[str], val_header: list[str]
-                  ) -> tuple[CSVLog, CSVLog, Any]:
-        """``(log.csv, val.csv, TensorBoard writer or None)``."""
+    def open_logs(self, log_header: list[str], val_header: list[str],
+                  tensorboard: bool | None = None) -> tuple[CSVLog, CSVLog, Any]:
+        """``(log.csv, val.csv, TensorBoard writer or None)`` (see :func:`open_tensorboard`)."""
         return (CSVLog(self.path / "log.csv", log_header),
                 CSVLog(self.path / "val.csv", val_header),
-                open_tensorboard(self.path / "tensorboard"))
+                open_tensorboard(self.path / "tensorboard", tensorboard))
 
     def save(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any], best: bool,
              keep_last: int) -> tuple[Path, Path | None]:
