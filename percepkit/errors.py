@@ -33,4 +33,9 @@ class MissingExtraError(PercepkitError):
 
 class WriteError(PercepkitError):
     """A file or folder cannot be written (disk full, quota, read-only, permission, a file in
-    the way); the message names the path. Nothing half-written is left behind."""
+    the way); the message names the path. Nothing half-written is left behind. ``errno`` is
+    the OSError's."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno

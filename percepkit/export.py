@@ -18,13 +18,14 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import PercepkitError
+from .files import atomic_path
 from .inference import geometry
 
 Format = Literal["onnx", "torchscript"]
@@ -143,7 +144,6 @@ def export(
         p.requires_grad_(False)
     align, _ = geometry(model)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = size is None
     h, w = _example_size(align, size)
     gen = torch.Generator().manual_seed(0)
@@ -153,18 +153,30 @@ def export(
             "input": "float32 RGB in [0, 1], (B, 3, H, W)", **(metadata or {})}
     if format == "onnx":
         _require_onnx()
-        _export_onnx(model, path, example, dynamic, opset, meta)
-        runner = _onnx_runner(path)
-        verified_with = "onnxruntime" if runner else ""
-    elif format == "torchscript":
-        _export_torchscript(model, path, example, meta)
-        runner = _load_torchscript(path)
-        verified_with = "torch.jit.load"
-    else:
+    elif format != "torchscript":
         raise PercepkitError(f"unknown export format {format!r}; use onnx or torchscript")
-    report = ExportReport(path, format, dynamic, verified_with=verified_with)
-    if runner is None:
-        return report
+    # written beside ``path`` and renamed into place once verified: a failed export or write
+    # (disk full, no permission) leaves no file behind
+    with atomic_path(path) as tmp:
+        if format == "onnx":
+            _export_onnx(model, tmp, example, dynamic, opset, meta)
+            runner = _onnx_runner(tmp)
+            verified_with = "onnxruntime" if runner else ""
+        else:
+            _export_torchscript(model, tmp, example, meta)
+            runner = _load_torchscript(tmp)
+            verified_with = "torch.jit.load"
+        report = ExportReport(path, format, dynamic, verified_with=verified_with)
+        if runner is not None:
+            _verify(model, runner, example, dynamic, align, gen, format, atol, report)
+    return report
+
+
+def _verify(model: nn.Module, runner: Any, example: torch.Tensor, dynamic: bool, align: int,
+            gen: torch.Generator, format: str, atol: float, report: ExportReport) -> None:
+    """Run the exported file at the example size (and a second size when dynamic) and compare
+    with PyTorch; raise when it fails or differs by more than ``atol``."""
+    h, w = example.shape[-2:]
     checks = [example]
     if dynamic:
         checks.append(torch.rand(2, 3, h + 3 * align, w - align, generator=gen))
@@ -175,7 +187,6 @@ def export(
             got, err = None, e
         ref = _reference(model, x)
         if got is None or got.shape != ref.shape:
-            path.unlink(missing_ok=True)
             why = f"({type(err).__name__})" if got is None else f"(shape {got.shape})"
             if i > 0:
                 raise PercepkitError(
@@ -187,9 +198,7 @@ def export(
         report.max_abs_diff = max(report.max_abs_diff, diff)
         report.input_sizes.append((int(x.shape[-2]), int(x.shape[-1])))
         if diff > atol:
-            path.unlink(missing_ok=True)
             hint = (" at a second input size: this transform resamples with size-dependent "
                     "constants; export it for one input size with --size HxW") if i else ""
             raise PercepkitError(f"the {format} export differs from PyTorch by {diff:.2e} "
                                  f"(> {atol:g}){hint}")
-    return report

@@ -128,3 +128,66 @@ def fail_import(monkeypatch):
         monkeypatch.setattr(sys, "meta_path", [_FailingImport(name, err), *sys.meta_path])
 
     return fail
+
+
+# -- a full disk -----------------------------------------------------------------------------------
+class _FullDiskFile:
+    """A file whose writes stop half-way with ENOSPC, as on a full disk (half is written)."""
+
+    def __init__(self, f) -> None:  # noqa: ANN001
+        self._f = f
+
+    def write(self, data) -> int:  # noqa: ANN001
+        import errno
+
+        self._f.write(bytes(data[: len(data) // 2]))
+        self._f.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._f, name)
+
+    def __enter__(self) -> _FullDiskFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk("step_00000004")``: from now on, writes through percepkit.files (atomic
+    writes and appends) of files whose name contains that text fail half-way with ENOSPC;
+    ``full_disk(None)`` frees the space again."""
+    import tempfile
+
+    from percepkit import files
+
+    state: dict[str, object] = {"match": None, "fds": set()}
+    real_mkstemp, real_fdopen, real_open = tempfile.mkstemp, os.fdopen, open
+
+    def mkstemp(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        fd, name = real_mkstemp(*args, **kwargs)
+        if state["match"] and state["match"] in name:
+            state["fds"].add(fd)
+        return fd, name
+
+    def fdopen(fd, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        f = real_fdopen(fd, *args, **kwargs)
+        if fd not in state["fds"]:
+            return f
+        state["fds"].discard(fd)  # the number is reused by later files
+        return _FullDiskFile(f)
+
+    def open_(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        f = real_open(path, *args, **kwargs)
+        return _FullDiskFile(f) if state["match"] and state["match"] in str(path) else f
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    monkeypatch.setattr(files, "open", open_, raising=False)
+
+    def set_match(match: str | None) -> None:
+        state["match"] = match
+
+    return set_match

@@ -22,6 +22,7 @@ from .memory import (
     default_memory_budget,
     fits,
     keep_freed_memory,
+    require_memory,
     tile_side,
 )
 from .normstats import NormStats, StopForward, frozen_norm_stats, probing, record_norm_stats
@@ -172,6 +173,11 @@ class Predictor:
             raise PercepkitError(f"expected an RGB image (3, H, W) or a batch (B, 3, H, W), got "
                                  f"shape {tuple(image.shape)}")
         padded, h, w = pad_to_multiple(batch, self.info.align, max(16, 4 * self.info.align))
+        hs, ws = padded.shape[-2] * self.scale, padded.shape[-1] * self.scale
+        # the whole output is held on the CPU (float32, plus its 8-bit copy when written)
+        require_memory(padded.shape[0] * 3 * hs * ws * 5, torch.device("cpu"),
+                       f"the {hs}x{ws} output of this {h}x{w} image (x{self.scale})",
+                       "use a smaller image or scale")
         core = self.tile_size(*padded.shape[-2:])
         if core == 0:
             out = self.forward(padded).cpu()

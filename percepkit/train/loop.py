@@ -27,11 +27,12 @@ from .. import distributed as D
 from ..checkpoint import Checkpoint, training_metadata
 from ..console import user_console
 from ..devices import resolve_device
-from ..errors import CheckpointError, PercepkitError, RecipeError
+from ..errors import CheckpointError, PercepkitError, RecipeError, WriteError
+from ..files import is_write_error, write_error
 from ..recipe import Recipe
 from ..registry import DATASETS
 from .data import preview_items, resume_position, training_loader, validation_items
-from .memory_check import check_training_memory
+from .memory_check import check_item_memory, check_training_memory
 from .report import Reporter
 from .rundir import (
     ResumePoint,
@@ -156,6 +157,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.task = make_task(recipe, self.device)
         self.dataset = DATASETS.build(recipe.data.train, where="data.train")
+        check_item_memory(self.dataset)  # before an item of data.train's size is made
         check_training_memory(recipe, self.dataset[(0, 0)], self.task, self.device)
 
         point = self._resume_point()
@@ -349,8 +351,25 @@ class Trainer:
         try:
             self._setup()
             return self._loop()
+        except OSError as e:  # a write the files module did not see (TensorBoard, ...)
+            if not is_write_error(e):
+                raise
+            raise self._write_stopped(write_error(e.filename or self.out or ".", e)) from None
+        except WriteError as e:
+            raise self._write_stopped(e) from None
         finally:
             self._close()
+
+    def _write_stopped(self, error: WriteError) -> WriteError:
+        """``error`` (a failed write: disk full, quota, ...) with where the run stands."""
+        run_dir = getattr(self, "run_dir", None)
+        if self.last_checkpoint is not None:
+            where = (f"Training stopped at step {self.step}; the checkpoints written before are "
+                     f"intact (the newest: {self.last_checkpoint}). Once it can be written, "
+                     f"continue with: percepkit train --resume {run_dir}")
+        else:
+            where = f"Training stopped at step {self.step}, before its first checkpoint."
+        return WriteError(f"{error} {where}", error.errno)
 
     def _loop(self) -> TrainResult:
         s, ck = self.settings, self.ckpt_settings

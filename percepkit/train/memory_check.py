@@ -19,8 +19,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ..errors import RecipeError
-from ..inference.memory import GiB, available_memory
+from ..errors import PercepkitError, RecipeError
+from ..inference.memory import available_memory, format_bytes, require_memory
 from ..recipe import Recipe
 
 PARAM_COPIES = 4  # parameter, gradient and the optimiser's two moments (Adam)
@@ -98,7 +98,28 @@ def estimate_training_memory(recipe: Recipe, input_shape: tuple[int, ...],
 
 
 def _size(n: float) -> str:
-    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{n / 1024**2:.0f} MiB"
+    return format_bytes(n)
+
+
+#: float32 copies of one image that making a training item holds at once (the image, its
+#: resized/cropped and degraded versions, the synthetic images' coordinate grids and masks)
+ITEM_COPIES = 6
+
+
+def check_item_memory(dataset: Any, where: str = "data.train") -> None:
+    """Raise :class:`RecipeError` when making one training item of ``dataset`` (its ``size`` or
+    ``patch_size``, in pixels per side) cannot fit the available RAM, before it is made."""
+    side = max((int(v) for k in ("size", "patch_size")
+                if isinstance(v := getattr(dataset, k, None), (int, float))), default=0)
+    if side <= 0:
+        return
+    need = ITEM_COPIES * 3 * side * side * 4
+    try:
+        require_memory(need, torch.device("cpu"), f"{where}: one {side}x{side} training image "
+                       f"(about {ITEM_COPIES} float32 copies while it is made)",
+                       f"lower {where}.size or {where}.patch_size")
+    except PercepkitError as e:
+        raise RecipeError(str(e)) from None
 
 
 def check_training_memory(recipe: Recipe, item: dict[str, Any], task: Any,

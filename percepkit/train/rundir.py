@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
-import os
 import platform
 import re
 import sys
@@ -34,6 +34,7 @@ from rich.console import Console
 from .. import __version__
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..errors import CheckpointError, PercepkitError
+from ..files import append_text, atomic_write, make_folder
 
 CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
@@ -199,13 +200,18 @@ class CSVLog:
             if old != header:  # e.g. a resumed run with other loss terms: keep the old log
                 path.rename(path.with_name(f"{path.stem}.old{int(time.time())}{path.suffix}"))
         if not path.is_file() or not path.stat().st_size:
-            with path.open("w", newline="") as f:
-                csv.writer(f).writerow(header)
+            atomic_write(path, lambda f: f.write(_csv_line(header).encode("utf-8")))
 
     def write(self, row: Mapping[str, Any]) -> None:
-        """Append one row (missing columns empty, floats to 6 significant digits)."""
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row.get(k, "")) for k in self.header])
+        """Append one row (missing columns empty, floats to 6 significant digits), whole or
+        not at all (:func:`~percepkit.files.append_text`)."""
+        append_text(self.path, _csv_line([_fmt(row.get(k, "")) for k in self.header]))
+
+
+def _csv_line(values: list[Any]) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(values)
+    return out.getvalue()
 
 
 def _fmt(v: Any) -> Any:
@@ -222,10 +228,8 @@ def _truncate_csv(path: Path, step: int) -> None:
         return
     kept = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
     if len(kept) != len(rows):
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            csv.writer(f).writerows(kept)
-        os.replace(tmp, path)
+        text = "".join(_csv_line(r) for r in kept)
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def open_tensorboard(folder: Path, wanted: bool | None = None) -> Any:
@@ -275,8 +279,8 @@ class RunDir:
         Writes ``recipe.yaml`` and appends ``session`` to ``run.json``.
         """
         run = self.path
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        (run / SAMPLES).mkdir(exist_ok=True)
+        make_folder(self.checkpoints)
+        make_folder(run / SAMPLES)
         for tmp in self.checkpoints.glob(".*.tmp"):  # left by a save that was killed
             tmp.unlink(missing_ok=True)
         if resumed:
@@ -290,11 +294,12 @@ class RunDir:
                               f"{step} to {aside}")
             _truncate_csv(run / "log.csv", step)
             _truncate_csv(run / "val.csv", step)
-        (run / "recipe.yaml").write_text(recipe_yaml)
+        atomic_write(run / "recipe.yaml", lambda f: f.write(recipe_yaml.encode("utf-8")))
         info_path = run / "run.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {"sessions": []}
         info["sessions"].append(dict(session))
-        info_path.write_text(json.dumps(info, indent=2))
+        text = json.dumps(info, indent=2)
+        atomic_write(info_path, lambda f: f.write(text.encode("utf-8")))
 
     def open_logs(self, log_header: list[str], val_header: list[str],
                   tensorboard: bool | None = None) -> tuple[CSVLog, CSVLog, Any]:
