@@ -106,3 +106,43 @@ def test_export_output_under_a_file_or_onto_a_folder_is_one_paragraph(tmp_path, 
             main(["export", "candy", "--format", "torchscript", "-o", str(target)])
         err = capsys.readouterr().err
         assert e.value.code == 2 and says in err and "Traceback" not in err
+
+
+def test_export_into_an_unwritable_folder_or_a_full_disk_is_one_paragraph_and_leaves_nothing(
+        tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from percepkit import files
+
+    out = tmp_path / "ro" / "c.pt"
+    real_access = os.access
+    monkeypatch.setattr(files.os, "access",  # faked: the tests may run as root
+                        lambda path, mode: mode != os.W_OK and real_access(path, mode))
+    assert run_cli(["export", "candy", "--format", "torchscript", "-o", str(out)]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    monkeypatch.setattr(files.os, "access", real_access)
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 (what a read-only folder says)
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    assert run_cli(["export", "candy", "--format", "torchscript", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "permission denied" in err and "c.pt" in err and "Traceback" not in err
+    monkeypatch.undo()
+    # torch.jit.save writes by file name; the disk fills up half-way: no partial file is left
+    monkeypatch.setattr(torch.jit, "save", _full_disk_save)
+    assert run_cli(["export", "candy", "--format", "torchscript", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "disk is full" in err and "Traceback" not in err
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+def _full_disk_save(module, path, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    import errno
+    import os
+
+    with open(path, "wb") as f:
+        f.write(b"partial")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

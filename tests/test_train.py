@@ -381,3 +381,67 @@ def test_tensorboard_logs_are_written_when_asked_and_not_when_off(tmp_path):
     assert any((tmp_path / "on" / "tensorboard").iterdir())
     run(TINY_SR, tmp_path / "off", "train.iterations=2", "train.tensorboard=false")
     assert not (tmp_path / "off" / "tensorboard").exists()
+
+
+# -- full disks, files in the way, no permission ---------------------------------------------------
+def test_a_full_disk_during_a_checkpoint_save_exits_2_keeps_the_last_and_resume_works(
+        tmp_path, full_disk, capsys):
+    out = tmp_path / "run"
+    args = ["train", str(TINY_SR), "--out", str(out), "--no-progress", "--set",
+            "train.iterations=4", "--set", "checkpoint.every=2", "--set", "train.val_every=1000"]
+    full_disk("step_00000004.safetensors")  # the disk fills up after the step-2 checkpoint
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "step_00000004.safetensors" in err and "disk is full" in err
+    assert f"--resume {out}" in err and "Traceback" not in err
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step_00000002.safetensors"]  # no partial file, the last one intact
+    assert load_checkpoint(out / "checkpoints" / names[0])[1]["step"] == 2
+    full_disk(None)  # space freed
+    assert run_cli(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert "resuming at step 2" in capsys.readouterr().out
+    assert [s for s, _ in find_checkpoints(out)] == [4, 2]
+
+
+def test_a_full_disk_while_logging_or_writing_samples_is_one_paragraph(tmp_path, full_disk,
+                                                                      capsys):
+    for match, what in (("log.csv", "log.csv"), ("step_00000001.png", "samples")):
+        out = tmp_path / match
+        full_disk(match)
+        assert run_cli(["train", str(TINY_SR), "--out", str(out), "--no-progress", "--set",
+                        "train.iterations=1", "--set", "train.log_every=1", "--set",
+                        "train.sample_every=1"]) == 2
+        err = capsys.readouterr().err.replace("\n", " ")
+        assert what in err and "disk is full" in err and "Traceback" not in err
+        full_disk(None)
+        if match == "log.csv":
+            assert (out / "log.csv").read_text().count("\n") == 1  # the header, no half row
+
+
+def test_train_out_under_a_file_or_in_an_unwritable_folder_is_one_paragraph(
+        tmp_path, capsys, monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    args = ["--no-progress", "--set", "train.iterations=1"]
+    assert run_cli(["train", str(TINY_SR), "--out", str(tmp_path / "a_file" / "run"),
+                    *args]) == 2
+    err = capsys.readouterr().err
+    assert "a_file is a file, not a folder" in err and "Traceback" not in err
+    # an unwritable folder (faked: the tests may run as root, who may write anywhere)
+    import errno
+
+    from percepkit import files
+
+    real_access = os.access
+    monkeypatch.setattr(files.os, "access",
+                        lambda path, mode: mode != os.W_OK and real_access(path, mode))
+    assert run_cli(["train", str(TINY_SR), "--out", str(tmp_path / "ro" / "run"), *args]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    def refuse(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro2"))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert run_cli(["train", str(TINY_SR), "--out", str(tmp_path / "ro2" / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "permission denied" in err and "ro2" in err and "Traceback" not in err
