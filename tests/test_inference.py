@@ -483,3 +483,18 @@ def test_a_full_disk_stops_the_batch_with_exit_2_and_keeps_the_written_images(tm
     err = capsys.readouterr().err.replace("\n", " ")
     assert "b.png" in err and "disk is full" in err and "Traceback" not in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]  # c: not tried
+
+
+def test_a_tile_or_budget_beyond_the_memory_is_refused_with_the_estimate_random_init(
+        monkeypatch):
+    from percepkit.inference import memory
+
+    torch.manual_seed(0)
+    predictor = Predictor(JohnsonSR(scale=4, channels=16).eval(), device="cpu", tile=0)
+    x = torch.rand(3, 64, 64)
+    need = 64 * 64 * predictor.info.bytes_per_pixel
+    monkeypatch.setattr(memory, "available_memory", lambda device: int(need / 2))
+    with pytest.raises(PercepkitError, match=r"one untiled pass over 64x64 input pixels"):
+        predictor(x)
+    monkeypatch.setattr(memory, "available_memory", lambda device: int(need * 2))
+    assert predictor(x).shape == (3, 256, 256)

@@ -179,6 +179,13 @@ class Predictor:
                        f"the {hs}x{ws} output of this {h}x{w} image (x{self.scale})",
                        "use a smaller image or scale")
         core = self.tile_size(*padded.shape[-2:])
+        # a --tile or --memory beyond the device: the activations of one pass, estimated
+        side_h, side_w = (padded.shape[-2], padded.shape[-1]) if core == 0 else \
+            (core + 2 * self.info.margin,) * 2
+        require_memory(padded.shape[0] * side_h * side_w * self.info.bytes_per_pixel,
+                       self.device, f"one {'untiled' if core == 0 else 'tiled'} pass over "
+                       f"{side_h}x{side_w} input pixels", "lower --tile or --memory (or leave "
+                       "them to percepkit)")
         if core == 0:
             out = self.forward(padded).cpu()
         else:
