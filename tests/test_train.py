@@ -362,8 +362,10 @@ def test_log_line_carries_elapsed_time_and_eta():
 
 # -- TensorBoard: the optional extra percepkit[tensorboard] ----------------------------------------
 def test_tensorboard_true_without_the_package_is_one_line_before_anything_is_written(
-        tmp_path, fail_import, capsys):
+        tmp_path, fail_import, capsys, monkeypatch):
     fail_import("tensorboard")
+    for name in [k for k in sys.modules if k.startswith("torch.utils.tensorboard")]:
+        monkeypatch.delitem(sys.modules, name)  # imported by an earlier test: import it anew
     out = tmp_path / "run"
     assert run_cli(["train", str(TINY_SR), "--out", str(out), "--no-progress",
                     "--set", "train.iterations=1", "--set", "train.tensorboard=true"]) == 2
@@ -405,8 +407,9 @@ def test_a_full_disk_during_a_checkpoint_save_exits_2_keeps_the_last_and_resume_
 
 def test_a_full_disk_while_logging_or_writing_samples_is_one_paragraph(tmp_path, full_disk,
                                                                       capsys):
-    for match, what in (("log.csv", "log.csv"), ("step_00000001.png", "samples")):
-        out = tmp_path / match
+    # "/log.csv" hits the appended rows, not the header (written through a temporary file)
+    for i, (match, what) in enumerate((("/log.csv", "log.csv"), ("step_00000001.png", "samples"))):
+        out = tmp_path / f"run{i}"
         full_disk(match)
         assert run_cli(["train", str(TINY_SR), "--out", str(out), "--no-progress", "--set",
                         "train.iterations=1", "--set", "train.log_every=1", "--set",
@@ -414,7 +417,7 @@ def test_a_full_disk_while_logging_or_writing_samples_is_one_paragraph(tmp_path,
         err = capsys.readouterr().err.replace("\n", " ")
         assert what in err and "disk is full" in err and "Traceback" not in err
         full_disk(None)
-        if match == "log.csv":
+        if match == "/log.csv":
             assert (out / "log.csv").read_text().count("\n") == 1  # the header, no half row
 
 

@@ -354,7 +354,8 @@ class Trainer:
         except OSError as e:  # a write the files module did not see (TensorBoard, ...)
             if not is_write_error(e):
                 raise
-            raise self._write_stopped(write_error(e.filename or self.out or ".", e)) from None
+            raise self._write_stopped(write_error(e.filename or self.out or ".", e,
+                                                  cleaned=False)) from None
         except WriteError as e:
             raise self._write_stopped(e) from None
         finally:
@@ -363,13 +364,14 @@ class Trainer:
     def _write_stopped(self, error: WriteError) -> WriteError:
         """``error`` (a failed write: disk full, quota, ...) with where the run stands."""
         run_dir = getattr(self, "run_dir", None)
-        if self.last_checkpoint is not None:
-            where = (f"Training stopped at step {self.step}; the checkpoints written before are "
-                     f"intact (the newest: {self.last_checkpoint}). Once it can be written, "
-                     f"continue with: percepkit train --resume {run_dir}")
-        else:
-            where = f"Training stopped at step {self.step}, before its first checkpoint."
-        return WriteError(f"{error} {where}", error.errno)
+        if run_dir is None or not is_run_dir(run_dir):
+            return error
+        saved = (f"the checkpoints written before are intact (the newest: "
+                 f"{self.last_checkpoint})" if self.last_checkpoint is not None
+                 else "no checkpoint had been written yet")
+        return WriteError(f"{error} Training stopped at step {self.step}; {saved}. Once it can "
+                          f"be written, continue with: percepkit train --resume {run_dir}",
+                          error.errno)
 
     def _loop(self) -> TrainResult:
         s, ck = self.settings, self.ckpt_settings
