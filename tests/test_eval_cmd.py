@@ -237,3 +237,17 @@ def test_eval_bad_scale_for_a_model_and_save_images_under_a_file_are_one_paragra
         err = capsys.readouterr().err
         assert "a_file" in err and "Traceback" not in err
     assert (tmp_path / "a_file").read_text() == "x"
+
+
+def test_a_full_disk_while_saving_grids_or_results_is_one_paragraph(tmp_path, full_disk,
+                                                                    capsys):
+    from cli_runner import run_cli
+
+    for match, args in (("grids", ["--save-images", str(tmp_path / "grids")]),
+                        ("r.json", ["--json", str(tmp_path / "r.json")])):
+        full_disk(match)
+        assert run_cli(["eval", "--set5", "--metrics", "psnr", *args]) == 2
+        err = capsys.readouterr().err.replace("\n", " ")
+        assert match in err and "disk is full" in err and "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
