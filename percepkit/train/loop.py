@@ -32,7 +32,7 @@ from ..files import is_write_error, write_error
 from ..recipe import Recipe
 from ..registry import DATASETS
 from .data import preview_items, resume_position, training_loader, validation_items
-from .memory_check import check_item_memory, check_training_memory
+from .memory_check import check_data_memory, check_training_memory
 from .report import Reporter
 from .rundir import (
     ResumePoint,
@@ -157,7 +157,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.task = make_task(recipe, self.device)
         self.dataset = DATASETS.build(recipe.data.train, where="data.train")
-        check_item_memory(self.dataset)  # before an item of data.train's size is made
+        check_data_memory(recipe, self.dataset)  # before images of the recipe's sizes are made
         check_training_memory(recipe, self.dataset[(0, 0)], self.task, self.device)
 
         point = self._resume_point()

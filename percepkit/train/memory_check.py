@@ -106,20 +106,34 @@ def _size(n: float) -> str:
 ITEM_COPIES = 6
 
 
-def check_item_memory(dataset: Any, where: str = "data.train") -> None:
-    """Raise :class:`RecipeError` when making one training item of ``dataset`` (its ``size`` or
-    ``patch_size``, in pixels per side) cannot fit the available RAM, before it is made."""
-    side = max((int(v) for k in ("size", "patch_size")
-                if isinstance(v := getattr(dataset, k, None), (int, float))), default=0)
+def _side(values: Any) -> int:
+    """The largest ``size`` / ``patch_size`` among an object's attributes or a dict's keys."""
+    get = values.get if isinstance(values, dict) else (lambda k: getattr(values, k, None))
+    sides = [get(k) for k in ("size", "patch_size")]
+    return max((int(v) for v in sides if isinstance(v, (int, float))
+                and not isinstance(v, bool)), default=0)
+
+
+def check_item_memory(side: int, where: str) -> None:
+    """Raise :class:`RecipeError` when one ``side`` x ``side`` RGB image (``where``: the recipe
+    key that sets it) cannot be made in the available RAM, before it is made."""
     if side <= 0:
         return
     need = ITEM_COPIES * 3 * side * side * 4
     try:
-        require_memory(need, torch.device("cpu"), f"{where}: one {side}x{side} training image "
-                       f"(about {ITEM_COPIES} float32 copies while it is made)",
-                       f"lower {where}.size or {where}.patch_size")
+        require_memory(need, torch.device("cpu"), f"{where}: one {side}x{side} image (about "
+                       f"{ITEM_COPIES} float32 copies while it is made)", f"lower {where}")
     except PercepkitError as e:
         raise RecipeError(str(e)) from None
+
+
+def check_data_memory(recipe: Recipe, dataset: Any) -> None:
+    """:func:`check_item_memory` for the images a run makes before its first step: a training
+    item of ``dataset`` (``data.train``), the validation items and the style image."""
+    check_item_memory(_side(dataset), "data.train.size/patch_size")
+    check_item_memory(_side(recipe.data.val or {}), "data.val.size/patch_size")
+    if recipe.task == "style" and recipe.data.style_size:
+        check_item_memory(int(recipe.data.style_size), "data.style_size")
 
 
 def check_training_memory(recipe: Recipe, item: dict[str, Any], task: Any,
