@@ -7,9 +7,10 @@ Usage (see docs/training.md for our numbers)::
 
 For each recipe (default: ``recipes/style_johnson2016.yaml`` and ``recipes/sr_x4_feat.yaml``)
 both loops train the recipe's transform with the recipe's CompositeLoss, optimiser, batch size,
-AMP and channels_last settings on the same in-memory data (procedurally generated images of the
-recipe's training size, so disk speed and JPEG decoding do not enter), with the same number of
-DataLoader workers. The loss network uses random weights (speed does not depend on the values).
+precision and channels_last settings on the same in-memory data (procedurally generated images
+of the recipe's training size, so disk speed and JPEG decoding do not enter), with the same
+number of DataLoader workers. The loss network uses random weights (speed does not depend on
+the values).
 
 * **percepkit**: ``Trainer.run()`` as ``percepkit train`` runs it (per-step NaN check and
   all-reduce of the loss terms, per-term logging every step, LR schedule, run directory);
@@ -24,7 +25,7 @@ DataLoader workers. The loss network uses random weights (speed does not depend 
   stops each VGG pass at the deepest layer it needs): the Trainer's own overhead.
 
 Both bare loops are ``for x, y in loader: loss(model(x), y).backward(); opt.step()`` with the
-same autocast and GradScaler and no logging.
+same precision (autocast, GradScaler) as the Trainer and no logging.
 
 Images/s is measured from the end of step ``warmup`` to the end of the last step. Rounds
 alternate (percepkit, plain, percepkit, plain, ...) and the best round of each is reported, which
@@ -36,7 +37,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from percepkit.lossnets import IMAGENET_MEAN, IMAGENET_STD
+from percepkit.precision import resolve_precision
 from percepkit.speed_table import PeakMemory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +190,9 @@ def time_plain(recipe, examples: bool) -> float:
     if examples:
         check_same_objective(recipe, loss, ours.to(device), model, device)
     cuda = device.type == "cuda"
-    fmt = torch.channels_last if s.channels_last and cuda else torch.contiguous_format
+    precision = resolve_precision(s.precision, device)  # as the Trainer decides
+    nhwc = s.channels_last and (cuda or precision.reduced)
+    fmt = torch.channels_last if nhwc else torch.contiguous_format
     if fmt == torch.channels_last:
         model.to(memory_format=fmt)
         loss.to(memory_format=fmt)
@@ -197,13 +200,12 @@ def time_plain(recipe, examples: bool) -> float:
         loss.set_style(load_style_image(recipe.data.style_image, recipe.data.style_size)
                        .to(device))
     opt = recipe.build_optimizer(model.parameters())
-    amp = s.amp and cuda
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scaled)
     times = []
     batches = _batches(recipe, device, fmt)
     for _ in range(s.iterations):
         x, y = next(batches)
-        with torch.autocast(device.type) if amp else nullcontext():
+        with precision.autocast():
             total = loss(model(x), y)
             total = total[0] if isinstance(total, tuple) else total
         opt.zero_grad(set_to_none=True)

@@ -347,31 +347,23 @@ def hr_folder(root: str, scale: int = 4, name: str | None = None,
 
 def _pair_key(stem: str, scale: int) -> str:
     """File stem without the usual LR suffixes (``baby_x4``, ``babyx4``, ``baby_LR``...)."""
-    key = stem.lower()
-    for pattern in (rf"[_\-.]?x{scale}$", r"[_\-.]?(lr|lq|hr|gt)(bicx\d)?$", rf"[_\-.]?{scale}x$"):
-        key = re.sub(pattern, "", key)
+    key, previous = stem.lower(), None
+    while key != previous:  # suffixes may combine in either order: _LR_x4, _LRBICx4
+        previous = key
+        for pattern in (rf"[_\-.]?x{scale}$", r"[_\-.]?(lr|lq|hr|gt)(bic(x\d+)?)?$",
+                        rf"[_\-.]?{scale}x$"):
+            key = re.sub(pattern, "", key) or key
     return key
 
 
-@DATASETS.register("paired_folder")
 def paired_folder(lr_root: str, hr_root: str, scale: int = 4,
                   name: str | None = None) -> SRBenchmark:
-    """Paired LR/HR folders, matched by file name (``_x4``/``_LR``-style suffixes ignored)."""
+    """Paired LR/HR folders as an evaluation set (``percepkit eval --lr-dir --hr-dir``): matched
+    by file name and size-checked by :func:`percepkit.paired.match_pairs` (``_x4``/``_LR``-style
+    suffixes ignored); for training and ``data.val``, the registered ``paired_folder``."""
+    from .paired import match_pairs
+
+    pairs = match_pairs(lr_root, hr_root, scale, lr_key="--lr-dir", hr_key="--hr-dir")
     lr_dir, hr_dir = Path(lr_root).expanduser(), Path(hr_root).expanduser()
-    for d, what in ((lr_dir, "LR images"), (hr_dir, "HR images")):
-        _require_folder(d, what)
-    hr_paths = list_images(hr_dir)
-    lr_by_key: dict[str, Path] = {}
-    for p in list_images(lr_dir):
-        lr_by_key.setdefault(_pair_key(p.stem, scale), p)
-    pairs = [(hr, lr_by_key.get(_pair_key(hr.stem, scale))) for hr in hr_paths]
-    missing = [hr.name for hr, lr in pairs if lr is None]
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
-                                          else "")
-        raise PercepkitError(f"--lr-dir {lr_dir} has no LR image for {len(missing)} HR image(s) "
-                             f"in {hr_dir} ({shown}); LR files must share the HR file's name "
-                             f"(suffixes like _x{scale} or _LR are ignored)")
-    return SRBenchmark(name or hr_dir.name or "paired", [hr for hr, _ in pairs], scale,
-                       lr_paths=[lr for _, lr in pairs if lr is not None],
-                       source=f"{lr_dir} + {hr_dir}")
+    return SRBenchmark(name or hr_dir.name or "paired", [hr for _, hr in pairs], scale,
+                       lr_paths=[lr for lr, _ in pairs], source=f"{lr_dir} + {hr_dir}")

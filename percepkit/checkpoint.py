@@ -161,7 +161,7 @@ def training_metadata(*, task: str, transform: Mapping[str, Any], recipe: str, r
                       step: int, iterations: int, batch_size: int, world_size: int, seed: int,
                       samples_per_rank: int, best_metric: str, best_value: float | None,
                       best_step: int | None, val: Mapping[str, float], device: str,
-                      amp: bool) -> dict[str, Any]:
+                      precision: str) -> dict[str, Any]:
     """The metadata of a training checkpoint (what :class:`Checkpoint` reads back)."""
     from . import __version__
 
@@ -172,7 +172,7 @@ def training_metadata(*, task: str, transform: Mapping[str, Any], recipe: str, r
         "best": {"metric": best_metric, "value": best_value, "step": best_step},
         "val": dict(val), "percepkit_version": __version__,
         "torch_version": torch.__version__, "python_version": platform.python_version(),
-        "device": device, "amp": amp,
+        "device": device, "precision": precision,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
     }
 

@@ -19,6 +19,7 @@ COMMANDS = {
     "train": "Train a transform network from a recipe.",
     "eval": "Evaluate on Set5 / Set14 / BSD100 with PSNR, SSIM and LPIPS.",
     "score": "Score images you already have against their ground truth (PSNR, SSIM, LPIPS).",
+    "degrade": "Show what a model is trained on: targets beside their degraded inputs.",
     "upscale": "Super-resolve images with a checkpoint or a named transform.",
     "stylize": "Stylize images with a trained style checkpoint.",
     "optimize": "The Gatys et al. optimisation baseline (optimise the image itself).",

@@ -3,7 +3,8 @@
 * ``image_folder``: photos resized (shorter side) and cropped to ``size`` -> ``{"image"}``
   (style transfer content images).
 * ``sr_patches``: random HR patches and their LR inputs made on the fly by Gaussian blur and
-  MATLAB-bicubic downsampling -> ``{"lr", "hr"}`` (super-resolution).
+  MATLAB-bicubic downsampling, or by a ``degradations`` list (:mod:`percepkit.degradations`)
+  -> ``{"lr", "hr"}`` (super-resolution).
 * ``synthetic``: procedurally generated images (gradients, shapes, stripes, checks, noise) for
   tests and tiny recipes that need no files.
 
@@ -24,7 +25,7 @@ import math
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -137,6 +138,44 @@ def degrade(hr: torch.Tensor, scale: int, blur_sigma: float = 1.0,
     return quantize_8bit(lr) if quantize else lr.clamp(0, 1)
 
 
+DegradationList = list[dict[str, Any] | str]
+
+
+def _pipeline(dataset: str, specs: DegradationList | None, patch_size: int, scale: int,
+              blur_sigma: float) -> Any:
+    """The degradation pipeline of ``specs`` (None: the built-in blur + bicubic), checked to
+    turn ``patch_size`` targets into ``patch_size/scale`` inputs."""
+    if specs is None:
+        return None
+    from .degradations import build_pipeline, size_problem
+
+    where = f"{dataset}.degradations"
+    if blur_sigma != 1.0:
+        raise PercepkitError(f"{dataset}: blur_sigma sets the built-in blur, which a "
+                             f"degradations list replaces; add a {{name: gaussian_blur, sigma: "
+                             f"{blur_sigma}}} step instead")
+    pipeline = build_pipeline(specs, where)
+    problem = size_problem(pipeline, patch_size, scale, where)
+    if problem:
+        raise PercepkitError(problem)
+    return pipeline
+
+
+def _make_lr(hr: torch.Tensor, pipeline: Any, gen: torch.Generator, scale: int,
+             blur_sigma: float, quantize: bool) -> torch.Tensor:
+    """The LR input of ``hr``: ``pipeline(hr, gen)`` (rounded to 8 bits if ``quantize``), or the
+    built-in blur + bicubic when there is no pipeline."""
+    if pipeline is None:
+        return degrade(hr, scale, blur_sigma, quantize)
+    lr = pipeline(hr, gen)
+    want = (hr.shape[-2] // scale, hr.shape[-1] // scale)
+    if tuple(lr.shape[-2:]) != want:
+        raise PercepkitError(f"degradations: made a {lr.shape[-1]}x{lr.shape[-2]} input for a "
+                             f"{hr.shape[-1]}x{hr.shape[-2]} target; scale {scale} needs "
+                             f"{want[1]}x{want[0]}")
+    return quantize_8bit(lr) if quantize else lr.clamp(0, 1)
+
+
 def _crop(img: torch.Tensor, size: int, random: bool, gen: torch.Generator | None
           ) -> torch.Tensor:
     h, w = img.shape[-2:]
@@ -214,11 +253,13 @@ def _image_size(path: Path) -> tuple[int, int] | None:
 
 
 class SRPatches(_FileDataset):
-    """Random ``patch_size`` HR crops and their LR inputs (blur σ, bicubic 1/scale, 8-bit)."""
+    """Random ``patch_size`` HR crops and their LR inputs (blur σ, bicubic 1/scale, 8-bit; or a
+    degradation pipeline drawn from the sample's generator)."""
 
     def __init__(self, paths: Sequence[Path], scale: int = 4, patch_size: int = 288,
                  blur_sigma: float = 1.0, flip: bool = True, quantize: bool = True,
-                 small: Literal["skip", "upscale"] = "skip") -> None:
+                 small: Literal["skip", "upscale"] = "skip",
+                 degradations: DegradationList | None = None) -> None:
         if scale < 1 or patch_size % scale:
             raise PercepkitError(f"sr_patches: patch_size ({patch_size}) must be a multiple of "
                                  f"scale ({scale})")
@@ -226,6 +267,8 @@ class SRPatches(_FileDataset):
             raise PercepkitError(f"sr_patches: blur_sigma must be >= 0, got {blur_sigma}")
         self.scale, self.patch_size = int(scale), int(patch_size)
         self.blur_sigma, self.flip, self.quantize, self.small = blur_sigma, flip, quantize, small
+        self.pipeline = _pipeline("sr_patches", degradations, self.patch_size, self.scale,
+                                  blur_sigma)
         self.paths = [str(p) for p in paths]
         if small == "skip":
             self._drop_small()
@@ -254,21 +297,26 @@ class SRPatches(_FileDataset):
         if self.flip and bool(torch.rand((), generator=gen) < 0.5):
             hr = hr.flip(-1)
         hr = hr.contiguous()
-        return {"lr": degrade(hr, self.scale, self.blur_sigma, self.quantize), "hr": hr}
+        lr = _make_lr(hr, self.pipeline, gen, self.scale, self.blur_sigma, self.quantize)
+        return {"lr": lr, "hr": hr}
 
 
 @DATASETS.register("sr_patches")
 def sr_patches(root: str, scale: int = 4, patch_size: int = 288, blur_sigma: float = 1.0,
                flip: bool = True, list_file: str | None = None, quantize: bool = True,
-               small: Literal["skip", "upscale"] = "skip") -> SRPatches:
+               small: Literal["skip", "upscale"] = "skip",
+               degradations: DegradationList | None = None) -> SRPatches:
     """Random HR patches with LR made on the fly: Gaussian blur σ, then MATLAB bicubic 1/scale.
 
     Images smaller than the patch are skipped with a warning naming them (``small: skip``), or
     upscaled to fit (``small: upscale``, which blurs their HR targets). LR is rounded to 8 bits
-    (``quantize``), as saved LR images and the evaluation benchmarks are.
+    (``quantize``), as saved LR images and the evaluation benchmarks are. ``degradations``, a
+    list of steps (``percepkit list degradations``), replaces the blur and bicubic, e.g.
+    ``[{name: realesrgan, scale: 4}]``; its random choices are seeded by the sample's key.
     """
     return SRPatches(collect_images(root, list_file), scale=scale, patch_size=patch_size,
-                     blur_sigma=blur_sigma, flip=flip, quantize=quantize, small=small)
+                     blur_sigma=blur_sigma, flip=flip, quantize=quantize, small=small,
+                     degradations=degradations)
 
 
 # -- synthetic ------------------------------------------------------------------------------------
@@ -315,32 +363,43 @@ class Synthetic(Dataset):
     """``count`` fixed procedural images (no files); with ``scale``, LR/HR pairs."""
 
     def __init__(self, count: int = 64, size: int = 96, seed: int = 0, scale: int | None = None,
-                 blur_sigma: float = 1.0) -> None:
+                 blur_sigma: float = 1.0, degradations: DegradationList | None = None) -> None:
         if count < 1 or size < 4:
             raise PercepkitError(f"synthetic: need count >= 1 and size >= 4, got {count}, {size}")
         if scale is not None and (scale < 1 or size % scale):
             raise PercepkitError(f"synthetic: size ({size}) must be a multiple of scale ({scale})")
+        if degradations is not None and scale is None:
+            raise PercepkitError("synthetic: degradations make LR inputs, so they need scale "
+                                 "(the transform's)")
         self.count, self.size, self.seed = int(count), int(size), int(seed)
         self.scale, self.blur_sigma = scale, blur_sigma
+        self.pipeline = None if scale is None else \
+            _pipeline("synthetic", degradations, self.size, scale, blur_sigma)
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, key: Key) -> dict[str, torch.Tensor]:
-        index, _ = _split_key(key)  # the images are fixed: the sample seed is not used
+        index, seed = _split_key(key)  # the images are fixed: the seed only draws degradations
         if not 0 <= index < self.count:
             raise IndexError(index)
         img = synthetic_image(self.size, sample_seed(self.seed, 0x5EED, index))
         if self.scale is None:
             return {"image": img}
-        return {"lr": degrade(img, self.scale, self.blur_sigma), "hr": img}
+        lr = _make_lr(img, self.pipeline, _generator(seed), self.scale, self.blur_sigma, True)
+        return {"lr": lr, "hr": img}
 
 
 @DATASETS.register("synthetic")
 def synthetic(count: int = 64, size: int = 96, seed: int = 0, scale: int | None = None,
-              blur_sigma: float = 1.0) -> Synthetic:
-    """Procedural images (gradients, shapes, textures) for tests; {"lr","hr"} if scale is set."""
-    return Synthetic(count=count, size=size, seed=seed, scale=scale, blur_sigma=blur_sigma)
+              blur_sigma: float = 1.0, degradations: DegradationList | None = None
+              ) -> Synthetic:
+    """Procedural images (gradients, shapes, textures) for tests; {"lr","hr"} if scale is set.
+
+    The LR is blur + bicubic, or made by ``degradations`` (as ``sr_patches``'), seeded by the
+    sample's key."""
+    return Synthetic(count=count, size=size, seed=seed, scale=scale, blur_sigma=blur_sigma,
+                     degradations=degradations)
 
 
 # -- sampling -------------------------------------------------------------------------------------

@@ -34,14 +34,15 @@ from .images import image_grid, stack_rows, write_image
 from .imresize import imresize
 from .metrics import Metric, PlaneMetric
 from .metrics.base import check_pair
+from .precision import Precision, resolve_precision
 from .registry import METRICS
 
 __all__ = [
     "DATA_CONVENTION", "LR_GIVEN", "LR_MADE", "EvalResult", "ImageRow", "MetricInfo",
     "SetResult", "build_metrics", "data_convention",
     "comparison_grid", "conventions_path", "csv_number", "evaluate", "json_number",
-    "result_to_dict", "run_transform", "score_image", "score_pair", "write_conventions",
-    "write_csv", "write_json", "write_text",
+    "metric_entries", "result_to_dict", "run_transform", "score_image", "score_pair",
+    "write_conventions", "write_csv", "write_json", "write_text",
 ]
 
 #: how the LR inputs were made: from the HR (benchmarks, --hr-dir), or given (--lr-dir)
@@ -65,6 +66,8 @@ class MetricInfo:
     convention: str = ""
     fmt: str = ".4f"
     unavailable: str | None = None
+    #: the precision the metric's network ran in (``None``: no network; float64/float32)
+    precision: str | None = None
 
 
 @dataclass
@@ -132,9 +135,13 @@ def data_convention(sets: Sequence[SetResult]) -> str:
 
 def build_metrics(names: Sequence[str], crop_border: int = 0,
                   extra: dict[str, dict[str, Any]] | None = None,
-                  device: str | torch.device = "cpu", crop_whole_image: bool = False
+                  device: str | torch.device = "cpu", crop_whole_image: bool = False,
+                  precision: str | Precision = "fp32"
                   ) -> tuple[dict[str, Metric], list[MetricInfo]]:
     """Build registered metrics by name, passing ``crop_border`` to those that take it.
+
+    ``precision`` (see :mod:`percepkit.precision`) applies to the metrics that run a network
+    (``runs_network``: LPIPS, DISTS); their convention then says so. PSNR/SSIM stay float64.
 
     Metrics that declare ``whole_image = True`` (LPIPS: published SR tables score it on the
     whole image) get ``crop_border`` only with ``crop_whole_image``. A metric whose weights are
@@ -142,6 +149,7 @@ def build_metrics(names: Sequence[str], crop_border: int = 0,
     """
     built: dict[str, Metric] = {}
     infos: list[MetricInfo] = []
+    reduced = resolve_precision(precision, torch.device(device))
     for name in names:
         kwargs = dict((extra or {}).get(name, {}))
         obj = METRICS.get(name)
@@ -156,10 +164,15 @@ def build_metrics(names: Sequence[str], crop_border: int = 0,
             continue
         if isinstance(metric, nn.Module):
             metric = metric.to(device).eval()
+        convention, used = str(getattr(metric, "convention", name)), None
+        if getattr(metric, "runs_network", False):
+            used = reduced.describe()
+            if reduced.reduced:
+                metric.precision = reduced
+                convention += f"; network in {used} (published values: fp32)"
         built[name] = metric
         infos.append(MetricInfo(name, bool(getattr(metric, "higher_is_better", True)),
-                                str(getattr(metric, "convention", name)),
-                                str(getattr(metric, "fmt", ".4f"))))
+                                convention, str(getattr(metric, "fmt", ".4f")), precision=used))
     return built, infos
 
 
@@ -352,6 +365,15 @@ def json_number(value: float | None) -> float | str | None:
     return value if math.isfinite(value) else ("inf" if value > 0 else "-inf")
 
 
+def metric_entries(infos: Sequence[MetricInfo]) -> list[dict[str, Any]]:
+    """The ``metrics`` list of a results file (eval and score): name, direction, availability
+    and the precision of metric networks."""
+    return [{"name": m.name, "higher_is_better": m.higher_is_better,
+             "available": m.unavailable is None,
+             **({"precision": m.precision} if m.precision else {}),
+             **({"unavailable": m.unavailable} if m.unavailable else {})} for m in infos]
+
+
 def result_to_dict(result: EvalResult) -> dict[str, Any]:
     """A JSON-ready dict: conventions, means, per-image values, skipped files, timings."""
     from . import __version__
@@ -363,10 +385,7 @@ def result_to_dict(result: EvalResult) -> dict[str, Any]:
         "scale": result.scale,
         "device": result.device,
         "convention": result.convention,
-        "metrics": [{"name": m.name, "higher_is_better": m.higher_is_better,
-                     "available": m.unavailable is None,
-                     **({"unavailable": m.unavailable} if m.unavailable else {})}
-                    for m in result.metrics],
+        "metrics": metric_entries(result.metrics),
         "sets": [{
             "name": s.name, "scale": s.scale, "mod_crop": s.mod_crop, "source": s.source,
             "checksums": s.checksum_note,

@@ -29,6 +29,7 @@ import torch
 
 from .errors import PercepkitError
 from .losses import CompositeLoss, build_loss
+from .precision import Precision, autocast
 
 Task = Literal["style", "sr"]
 Method = Literal["lbfgs", "adam"]
@@ -114,6 +115,7 @@ def optimize_image(
     setup_seconds: float = 0.0,
     max_seconds: float | None = None,
     min_iterations: int = 1,
+    precision: Precision | None = None,
 ) -> OptimizeResult:
     """Minimise ``loss(view(ŷ), target)`` over the pixels of ``ŷ`` starting from ``init``.
 
@@ -121,6 +123,8 @@ def optimize_image(
     search, as Gatys et al.). ``view`` maps ŷ to what the loss sees (identity by default).
     ``callback(iteration, loss)`` is called after every iteration. With ``max_seconds``, it
     stops after the iteration that exceeds that time (but not before ``min_iterations``).
+    ``precision``: the loss network's forward passes in that autocast (the pixels, the loss
+    terms and L-BFGS stay fp32).
     """
     if iterations < 1:
         raise PercepkitError(f"iterations must be at least 1, got {iterations}")
@@ -140,7 +144,8 @@ def optimize_image(
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        total, _parts = loss(view(image) if view else image, target)
+        with autocast(precision):
+            total, _parts = loss(view(image) if view else image, target)
         total.backward()
         last[0] = float(total.detach())
         return total
@@ -181,6 +186,7 @@ def stylize(
     init: Literal["content", "noise"] = "content",
     seed: int = 0,
     callback: Callback | None = None,
+    precision: Precision | None = None,
 ) -> OptimizeResult:
     """Gatys et al. style transfer of ``content`` (3, H, W) towards ``style`` (3, h, w)."""
     device = loss_device(loss)
@@ -189,7 +195,8 @@ def stylize(
     x = _as_batch(content, device)
     if not loss.style_layers:
         raise PercepkitError("the losses have no style term; add {name: style, ...}")
-    loss.set_style(_as_batch(style, device))
+    with autocast(precision):
+        loss.set_style(_as_batch(style, device))
     if init == "noise":
         gen = torch.Generator().manual_seed(seed)
         start = torch.rand(x.shape, generator=gen).to(device)
@@ -199,7 +206,8 @@ def stylize(
         raise PercepkitError(f"unknown init {init!r}; use content or noise")
     _sync(device)
     return optimize_image(loss, start, x, iterations=iterations, method=method, lr=lr,
-                          callback=callback, setup_seconds=time.perf_counter() - t0)
+                          callback=callback, setup_seconds=time.perf_counter() - t0,
+                          precision=precision)
 
 
 def upscale(
@@ -212,6 +220,7 @@ def upscale(
     method: Method = "lbfgs",
     lr: float | None = None,
     callback: Callback | None = None,
+    precision: Precision | None = None,
 ) -> OptimizeResult:
     """Super-resolve ``image`` (3, h, w) ``scale`` times by optimisation (see module docs)."""
     from .imresize import imresize
@@ -234,4 +243,5 @@ def upscale(
             return imresize(z, size=(h, w))
 
     return optimize_image(loss, start, y, iterations=iterations, method=method, lr=lr,
-                          view=view, callback=callback, setup_seconds=time.perf_counter() - t0)
+                          view=view, callback=callback, setup_seconds=time.perf_counter() - t0,
+                          precision=precision)

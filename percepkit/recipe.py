@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -61,8 +62,12 @@ class TrainSettings:
     ``iterations``: optimisation steps. ``batch_size``: images per step *per process* (with
     torchrun the global batch is ``batch_size x WORLD_SIZE``). ``seed``: model init, data order
     and augmentation. ``device``: ``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:N``.
-    ``amp``: automatic mixed precision on CUDA (ignored on CPU) in ``amp_dtype``.
-    ``channels_last``: NHWC memory format on CUDA. ``compile``: ``torch.compile`` the transform.
+    ``precision``: ``auto`` (bf16 autocast on bf16-capable GPUs and on CPUs with bf16 matrix
+    units, else fp32), ``fp32``, ``bf16`` or ``fp16`` (CUDA only, with a gradient scaler); the
+    transform and the loss network run in it, loss terms and the optimiser state stay fp32.
+    ``amp``/``amp_dtype`` are its deprecated predecessors (read as ``precision``).
+    ``channels_last``: NHWC memory format on CUDA, and on the CPU in bf16. ``compile``:
+    ``torch.compile`` the transform.
     ``grad_clip``: max gradient norm (None: off). ``ema``: decay of an exponential moving
     average of the weights (e.g. 0.999; None: off), used for validation and by ``load_transform``.
     ``workers``: DataLoader worker processes. ``log_every`` / ``sample_every`` / ``val_every``:
@@ -78,8 +83,9 @@ class TrainSettings:
     batch_size: int = 4
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
-    amp_dtype: Literal["float16", "bfloat16"] = "float16"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    amp: bool | None = None
+    amp_dtype: Literal["float16", "bfloat16"] | None = None
     channels_last: bool = True
     compile: bool = False
     grad_clip: float | None = None
@@ -145,6 +151,8 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
     for key in ("train", "checkpoint", "data"):
         if key in raw and raw[key] is None:
             raw[key] = {}
+    if isinstance(raw.get("train"), dict):
+        _read_deprecated_amp(raw["train"])
     for key in PART_BLOCKS:
         if isinstance(raw.get(key), str):
             raw[key] = {"name": raw[key]}
@@ -156,6 +164,24 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
             if isinstance(data.get(split), str):
                 data[split] = {"name": data[split]}
     return raw
+
+
+def _read_deprecated_amp(train: dict[str, Any]) -> None:
+    """``train.amp`` / ``train.amp_dtype`` (before 0.3) become ``train.precision``, with a
+    one-line notice: ``amp: false`` is fp32; ``amp: true`` is the dtype given (bf16 or fp16)
+    or ``auto``; they replace a ``precision`` beside them (so ``--set train.amp=false``
+    works on a recipe that names a precision). Values of the wrong type are left for
+    validation to report."""
+    if "amp" not in train and "amp_dtype" not in train:
+        return
+    amp, dtype = train.pop("amp", True), train.pop("amp_dtype", None)
+    if not isinstance(amp, bool) or dtype not in (None, "float16", "bfloat16"):
+        train["amp"], train["amp_dtype"] = amp, dtype  # invalid: validate() names the key
+        return
+    name = "fp32" if not amp else {"float16": "fp16", "bfloat16": "bf16"}.get(dtype, "auto")
+    train["precision"] = name
+    warnings.warn(f"train.amp/train.amp_dtype are deprecated: read as train.precision: {name} "
+                  f"(auto, fp32, bf16 or fp16)", FutureWarning, stacklevel=2)
 
 
 class _Loader(yaml.SafeLoader):

@@ -9,8 +9,9 @@ are already valid (invalid blocks are reported once, by the key checks):
 * layer names of VGG loss networks (known without weights: ``vgg_layer_names``), ranked so that
   ``relu1_3`` suggests ``relu1_2`` first, and ``layer_weights`` lengths;
 * ``timm:<model>`` names against timm's list of models;
-* datasets: an evaluation set (Set5, ...) is not a training set, and SR datasets' scale is the
-  transform's.
+* datasets: an evaluation set (Set5, ...) is not a training set, SR datasets' scale is the
+  transform's, and a ``degradations`` list names known steps with valid arguments and makes
+  inputs of the size the scale needs.
 
 :func:`missing_files` (``percepkit recipe check`` unless ``--skip-data``) checks that data folders,
 list files and the style image exist.
@@ -58,7 +59,7 @@ def missing_files(raw: Mapping[str, Any]) -> list[str]:
         if part is None:
             continue
         for key, value in part[1].items():
-            is_path = key in ("root", "list_file") or key.endswith("_root")
+            is_path = key in ("root", "list_file", "meta_info") or key.endswith("_root")
             if is_path and isinstance(value, str) and not expand_path(value).exists():
                 problems.append(f"data.{split}.{key}: {value}: no such folder, image or list "
                                 f"file ({where})")
@@ -211,6 +212,7 @@ def _check_data(raw: Mapping[str, Any], transform: Any) -> list[str]:
                             f"percepkit eval), not a training dataset; train on one of "
                             f"{', '.join(training)}")
             continue
+        problems += _check_degradations(split, entry, kwargs)
         arg = next((a for a in arguments(entry.obj) if a.name == "scale"), None)
         if not isinstance(scale, int) or arg is None:
             continue
@@ -221,3 +223,23 @@ def _check_data(raw: Mapping[str, Any], transform: Any) -> list[str]:
         elif value != scale:
             problems.append(f"data.{split}.scale: {value} is not the transform's scale {scale}")
     return problems
+
+
+def _check_degradations(split: str, entry: Entry, kwargs: Mapping[str, Any]) -> list[str]:
+    """A dataset's ``degradations`` list: known steps, valid arguments, the right output size."""
+    from .degradations import check_pipeline
+
+    specs = kwargs.get("degradations")
+    if specs is None:
+        return []
+    where = f"data.{split}.degradations"
+    defaults = {a.name: a.default for a in arguments(entry.obj)}
+    scale = kwargs.get("scale", defaults.get("scale"))
+    size = kwargs.get("patch_size", defaults.get("patch_size", kwargs.get("size",
+                                                                           defaults.get("size"))))
+    problems = []
+    if "blur_sigma" in kwargs:
+        problems.append(f"data.{split}.blur_sigma: sets the built-in blur, which degradations "
+                        f"replaces; add a {{name: gaussian_blur, sigma: ...}} step instead")
+    ok = isinstance(scale, int) and isinstance(size, int) and scale >= 1 and size % scale == 0
+    return problems + check_pipeline(specs, where, size if ok else None, scale if ok else None)

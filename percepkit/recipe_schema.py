@@ -27,6 +27,7 @@ from typing import Any
 from .arguments import Argument, accepts_any_key, arguments
 from .registry import (
     DATASETS,
+    DEGRADATIONS,
     LOSSES,
     Registry,
 )
@@ -140,6 +141,13 @@ def recipe_schema() -> dict[str, Any]:
             for key, (registry, supplied) in PART_BLOCKS.items()}
     defs["loss"] = part_schema(LOSSES)
     defs["dataset"] = part_schema(DATASETS)
+    defs["degradation"] = part_schema(DEGRADATIONS)
+    steps = {"type": "array", "minItems": 1, "items": {"$ref": "#/definitions/degradation"},
+             "description": "degradation steps that make the input from the target, in order"}
+    for branch in defs["dataset"]["oneOf"]:  # a `degradations` list holds degradation parts
+        props = branch.get("properties", {})
+        if "degradations" in props:
+            props["degradations"] = {"anyOf": [steps, {"type": "null"}]}
     empty = {"type": "object", "maxProperties": 0}
     data_ranges = RANGES.get("data", {})
     data = {

@@ -302,7 +302,9 @@ LOSS_NETWORKS = Registry("loss network", ["percepkit.lossnets"])
 #: the loss network of a recipe (or an optimisation) that names none: the paper's VGG16
 DEFAULT_LOSS_NETWORK: dict[str, str] = {"name": "vgg16", "weights": "imagenet"}
 LOSSES = Registry("loss", ["percepkit.losses", "percepkit.metric_losses"])
-DATASETS = Registry("dataset", ["percepkit.datasets", "percepkit.benchmark_sets"])
+DATASETS = Registry("dataset", ["percepkit.datasets", "percepkit.benchmark_sets",
+                                "percepkit.paired"])
+DEGRADATIONS = Registry("degradation", ["percepkit.degradations"])
 METRICS = Registry("metric", ["percepkit.metrics"])
 OPTIMIZERS = Registry("optimizer", ["percepkit.optimizers"])
 SCHEDULERS = Registry("scheduler", ["percepkit.optimizers"])
@@ -313,6 +315,7 @@ REGISTRIES: dict[str, Registry] = {
     "lossnets": LOSS_NETWORKS,
     "losses": LOSSES,
     "datasets": DATASETS,
+    "degradations": DEGRADATIONS,
     "metrics": METRICS,
     "optimizers": OPTIMIZERS,
     "schedulers": SCHEDULERS,

@@ -33,6 +33,7 @@ from torch import nn
 
 from .devices import resolve_device
 from .inference import Predictor
+from .precision import native_bf16, resolve_precision
 
 #: Johnson et al. 2016, Table 3: seconds on a GTX Titan X (cuDNN), Gatys et al. at 100/300/500
 #: L-BFGS iterations, and the style net's forward pass.
@@ -246,6 +247,10 @@ class SizeResult:
     optimization: dict[int, float] = field(default_factory=dict)
     projected: dict[int, bool] = field(default_factory=dict)
     speedup: dict[int, float] = field(default_factory=dict)
+    #: the feed-forward pass again in the reduced precision (bf16/fp16), when one was asked for
+    reduced_feedforward: float | None = None
+    reduced_achieved_gflops: float | None = None
+    reduced_fraction_of_matmul: float | None = None
 
 
 @dataclass
@@ -260,6 +265,9 @@ class BenchResult:
     loss_layers: list[str]
     rows: list[SizeResult]
     notes: list[str] = field(default_factory=list)
+    #: the reduced precision timed beside fp32 (``bf16``/``fp16``), and its matmul peak
+    reduced_precision: str | None = None
+    reduced_matmul_gflops: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -314,7 +322,7 @@ def run_bench(
     device: str | torch.device = "auto",
     model: nn.Module | None = None,
     transform_name: str = "johnson_style",
-    half: bool | None = None,
+    precision: str = "auto",
     compile: bool = False,
     max_seconds: float = 20.0,
     min_iters: int = 2,
@@ -324,7 +332,11 @@ def run_bench(
 ) -> BenchResult:
     """Measure the speed table; see the module docs. ``model`` defaults to a randomly
     initialised ``transform_name`` (speed does not depend on weights); ``matmul_size`` is the
-    side of the square matrices whose product measures the device's peak."""
+    side of the square matrices whose product measures the device's peak.
+
+    The paper's comparison is always timed in fp32. ``precision`` ``bf16``/``fp16``, or ``auto``
+    on a device with fast bf16, also times the feed-forward pass in that autocast precision,
+    against the matmul peak of the same dtype."""
     from .registry import TRANSFORMS
 
     dev = resolve_device(device)
@@ -333,13 +345,20 @@ def run_bench(
         torch.manual_seed(0)
         model = TRANSFORMS.build({"name": transform_name}, where="--transform")
     model = model.eval()
-    predictor = Predictor(model, dev, half=half, compile=compile, tile=0, keep_memory=True)
-    precision = "fp16 autocast" if predictor.half else "fp32"
+    predictor = Predictor(model, dev, precision="fp32", compile=compile, tile=0,
+                          keep_memory=True)
+    reduced = resolve_precision(precision, dev)
     notes = busy_notes(dev)
     say("measuring matrix-multiply throughput")
-    peak = matmul_throughput(dev, torch.float16 if predictor.half else torch.float32,
-                             n=matmul_size)
-    notes += matmul_notes(device_name(dev), precision, peak)
+    peak = matmul_throughput(dev, torch.float32, n=matmul_size)
+    notes += matmul_notes(device_name(dev), "fp32", peak)
+    reduced_peak = None
+    if reduced.reduced:
+        fast = native_bf16(dev) or reduced.name == "fp16"  # emulated bf16: a small probe
+        reduced_peak = matmul_throughput(dev, reduced.dtype, n=matmul_size if fast else 512)
+        notes += matmul_notes(device_name(dev), reduced.name, reduced_peak)
+        reduced_predictor = Predictor(model, dev, precision=reduced, compile=compile,
+                                      tile=0, keep_memory=True)
     rows = []
     for size in sizes:
         say(f"{size}x{size}: feed-forward")
@@ -364,6 +383,13 @@ def run_bench(
             optimization_setup=setup, seconds_per_iteration=per_it, iterations_timed=timed,
             optimization=opt, projected={n: n > timed for n in iterations},
             speedup={n: opt[n] / ff for n in iterations})
+        if reduced_peak is not None:
+            say(f"{size}x{size}: feed-forward in {reduced.name}")
+            rt = time_call(lambda x=x: reduced_predictor(x), dev, repeats=repeats,
+                           warmup=2 if compile else 1).median
+            row.reduced_feedforward = rt
+            row.reduced_achieved_gflops = flops / rt / 1e9
+            row.reduced_fraction_of_matmul = flops / rt / reduced_peak
         rows.append(row)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -371,9 +397,10 @@ def run_bench(
         notes.append("projected: fewer L-BFGS iterations were timed (see 'timed') and the rest "
                      "extrapolated at the measured seconds per iteration")
     return BenchResult(device=device_name(dev), threads=torch.get_num_threads(),
-                       transform=transform_name, precision=precision, matmul_gflops=peak / 1e9,
+                       transform=transform_name, precision="fp32", matmul_gflops=peak / 1e9,
                        loss_layers=["relu1_2", "relu2_2", "relu3_3", "relu4_3"], rows=rows,
-                       notes=notes)
+                       notes=notes, reduced_precision=reduced.name if reduced.reduced else None,
+                       reduced_matmul_gflops=reduced_peak / 1e9 if reduced_peak else None)
 
 
 @dataclass
@@ -387,6 +414,7 @@ class TrainSpeed:
     warmup: int
     step_seconds: list[float]
     notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"
 
     @property
     def timing(self) -> Timing:
@@ -421,8 +449,9 @@ def train_speed(path: str, overrides: Sequence[str] = (), *, steps: int = 10,
     dev = resolve_device(recipe.train.device)
     notes = busy_notes(dev)
     with tempfile.TemporaryDirectory() as tmp:
-        result = Trainer(recipe, out=Path(tmp) / "run", console=Console(file=io.StringIO()),
-                         progress=False).run()
+        trainer = Trainer(recipe, out=Path(tmp) / "run", console=Console(file=io.StringIO()),
+                          progress=False)
+        result = trainer.run()
     stamps = result.step_times[warmup - 1:] if warmup else result.step_times
     seconds = [b - a for a, b in zip(stamps, stamps[1:])]
     timing = Timing(seconds)
@@ -430,4 +459,4 @@ def train_speed(path: str, overrides: Sequence[str] = (), *, steps: int = 10,
         notes.append(f"busy: step times spread by {100 * timing.spread:.0f}% (median over best)")
     return TrainSpeed(recipe=recipe.name, device=device_name(dev), threads=torch.get_num_threads(),
                       batch_size=recipe.train.batch_size, warmup=warmup, step_seconds=seconds,
-                      notes=notes)
+                      notes=notes, precision=trainer.precision.describe())

@@ -243,13 +243,16 @@ def test_paired_folders(tmp_path):
             hr_dir / f"{name}.png")
     Image.fromarray(rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)).save(lr_dir / "x_x4.png")
     Image.fromarray(rng.integers(0, 256, (8, 11, 3), dtype=np.uint8)).save(lr_dir / "yx4.png")
+    # the sizes are checked before anything is scored: 11*4 = 44 > 42, a wrong pair
+    with pytest.raises(PercepkitError, match=r"--lr-dir .*1 pair\(s\) where the target is not 4 "
+                                             r"x the input.*yx4\.png 11x8 vs y\.png 42x33"):
+        bm.paired_folder(str(lr_dir), str(hr_dir), scale=4)
+    Image.fromarray(rng.integers(0, 256, (8, 10, 3), dtype=np.uint8)).save(lr_dir / "yx4.png")
     ds = bm.paired_folder(str(lr_dir), str(hr_dir), scale=4)
     x = ds.sample(0)
-    assert x.hr.shape == (3, 32, 40) and x.lr.shape == (3, 8, 10)
-    with pytest.raises(ImageError, match=r"yx4\.png"):  # 11*4 = 44 > 40: wrong pair
-        ds.sample(1)
+    assert x.hr.shape == (3, 32, 40) and x.lr.shape == (3, 8, 10)  # HR mod-cropped
     (lr_dir / "yx4.png").unlink()
-    with pytest.raises(PercepkitError, match=r"no LR image for 1 HR image\(s\).*y\.png"):
+    with pytest.raises(PercepkitError, match=r"1 target\(s\) in .* have no input in .*y\.png"):
         bm.paired_folder(str(lr_dir), str(hr_dir), scale=4)
 
 

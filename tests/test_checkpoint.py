@@ -130,7 +130,7 @@ def test_checkpoint_readers_name_what_a_checkpoint_holds(tmp_path):
         task="sr", transform={"name": "bicubic", "scale": 2}, recipe="name: r\n",
         recipe_name="r", step=12, iterations=20, batch_size=4, world_size=1, seed=0,
         samples_per_rank=48, best_metric="psnr", best_value=30.5, best_step=10,
-        val={"psnr": 30.5}, device="cpu", amp=False)
+        val={"psnr": 30.5}, device="cpu", precision="fp32")
     path = save_checkpoint(tmp_path / "c.safetensors",
                            {MODEL: model, EMA_MODEL: ema, RNG: {"rank0": {"seed": 3}}}, meta)
     ckpt = Checkpoint.read(path)

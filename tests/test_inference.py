@@ -289,7 +289,7 @@ def test_x4_upscale_of_1024_image_is_planned_within_a_few_gigabytes():
 
 
 def test_half_precision_and_devices_are_checked():
-    with pytest.raises(PercepkitError, match="only used on CUDA"):
+    with pytest.raises(PercepkitError, match="fp16 autocast is CUDA-only"):
         Predictor(JohnsonSR(scale=2).eval(), "cpu", half=True)
     with pytest.raises(PercepkitError, match="unknown device"):
         resolve_device("tpu9")

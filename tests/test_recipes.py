@@ -198,7 +198,7 @@ SR = {"transform": {"name": "johnson_sr", "scale": 4}, "losses": ["pixel"]}
      "loss_network: timm has no model 'resnet5'; did you mean 'resnet50'"),
     ({"data": {"train": {"name": "set5"}}},
      "data.train: 'set5' is an evaluation set (for data.val or percepkit eval), not a training "
-     "dataset; train on one of image_folder, sr_patches, synthetic"),
+     "dataset; train on one of image_folder, paired_folder, sr_patches, synthetic"),
     ({"data": {"train": {"name": "synthetic"}}},
      "data.train.scale: the sr task needs LR/HR pairs; set scale: 4"),
     ({"transform": {"name": "johnson_sr", "scale": 8}, "data": {"val": "set5"}},

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import PercepkitError
+from . import precision_option
 
 #: write errors that stop a batch (exit 2) instead of failing one file: the disk is full, the
 #: quota exceeded or the file system read-only, so every later file would fail the same way
@@ -49,8 +50,12 @@ def inference_options(f: Callable) -> Callable:
                      help="Instance-norm statistics when an image must be tiled: exact (extra "
                           "passes over the tiles; output = untiled output) or approx (from a "
                           "downscaled copy: faster, seamless, slightly different)."),
-        click.option("--half/--no-half", default=None,
-                     help="fp16 autocast (CUDA only; default on CUDA)."),
+        precision_option("auto", "auto: bf16 (fp16 on CUDA GPUs without bf16) when the "
+                         "network's output stays within 0.5 level (mean) / 4 levels (99.9th "
+                         "percentile) of fp32 on a calibration image, measured once and cached, "
+                         "where the device runs it natively; else fp32."),
+        click.option("--half/--no-half", default=None, hidden=True,
+                     help="Deprecated: --precision fp16 / fp32."),
         click.option("--compile", "compile_", is_flag=True,
                      help="torch.compile the network (pays off for many images of one size)."),
         click.option("--threads", type=click.IntRange(1, 1024), default=None,
@@ -70,7 +75,10 @@ def make_predictor(model: nn.Module, options: dict) -> Predictor:
 
     use_cpu_threads(options["threads"])
     budget = parse_memory(options["memory"]) if options["memory"] else None
-    return Predictor(model, options["device"], half=options["half"], compile=options["compile_"],
+    precision = options["precision"]
+    if options.get("half") is not None:
+        precision = "fp16" if options["half"] else "fp32"
+    return Predictor(model, options["device"], precision=precision, compile=options["compile_"],
                      tile=options["tile"], memory_budget=budget,
                      norm_stats=options["norm_stats"], keep_memory=True)
 
@@ -91,6 +99,8 @@ def run_predictor(inputs: tuple[str, ...], model: nn.Module, options: dict,
         raise PercepkitError("no input images given")
     items = plan_batch(inputs, options["output"], options["ext"])
     predictor = make_predictor(model, options)
+    if not options["quiet"]:
+        console.print(f"[dim]precision: {predictor.precision.describe()}[/]")
 
     def process(image: torch.Tensor, cb: TileCallback | None) -> torch.Tensor:
         output = predictor(image, progress=cb)

@@ -94,6 +94,10 @@ def convention_lines(metrics: list, data: str, short: str, verbose: bool) -> lis
         lines += [f"[dim]{escape(m.convention)}[/]" for m in metrics if not m.unavailable]
     else:
         lines = [f"[dim]convention:[/] {escape(short)}"]
+    reduced = [m for m in metrics if m.precision and m.precision != "fp32"]
+    if reduced:
+        lines.append(f"[yellow]precision:[/] {', '.join(m.name for m in reduced)} networks in "
+                     f"{reduced[0].precision} (published values are fp32)")
     return lines + [f"[yellow]{m.name.upper()} n/a:[/] {escape(m.unavailable)}"
                     for m in metrics if m.unavailable]
 

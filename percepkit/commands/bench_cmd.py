@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import PercepkitError
+from . import precision_option
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -58,13 +59,24 @@ def render(result, console) -> None:
     else:
         console.print(f"[dim]all iterations timed ({timed} each). paper: GTX Titan X "
                       "speedups.[/]")
-    t2 = Table(title=f"Feed-forward throughput (matmul measured at {result.matmul_gflops:,.0f} "
-                     f"GFLOP/s)", title_justify="left")
-    for col in ("image", "images/s", "GFLOP", "GFLOP/s", "of matmul"):
+    low = result.reduced_precision
+    peaks = f"fp32 matmul {result.matmul_gflops:,.0f} GFLOP/s"
+    if low:
+        peaks += f", {low} matmul {result.reduced_matmul_gflops:,.1f} GFLOP/s"
+    t2 = Table(title=f"Feed-forward throughput ({peaks})", title_justify="left")
+    columns = ["image", "images/s", "GFLOP", "GFLOP/s", "of matmul"]
+    if low:
+        columns += [f"{low} images/s", f"{low} GFLOP/s", f"of {low} matmul", f"{low} speedup"]
+    for col in columns:
         t2.add_column(col, justify="right" if col != "image" else "left")
     for r in result.rows:
-        t2.add_row(f"{r.size}²", f"{r.images_per_second:.2f}", f"{r.gflop:.1f}",
-                   f"{r.achieved_gflops:,.0f}", f"{100 * r.fraction_of_matmul:.0f}%")
+        cells = [f"{r.size}²", f"{r.images_per_second:.2f}", f"{r.gflop:.1f}",
+                 f"{r.achieved_gflops:,.0f}", f"{100 * r.fraction_of_matmul:.0f}%"]
+        if low and r.reduced_feedforward:
+            cells += [f"{1 / r.reduced_feedforward:.2f}", f"{r.reduced_achieved_gflops:,.1f}",
+                      f"{100 * r.reduced_fraction_of_matmul:.0f}%",
+                      f"{r.feedforward / r.reduced_feedforward:.2f}x"]
+        t2.add_row(*cells)
     console.print(t2)
     console.print("[dim]feed-fwd: median of the timed passes (speedups use it); best: the "
                   "fastest pass.[/]")
@@ -96,7 +108,10 @@ def render(result, console) -> None:
 @click.option("--matmul-size", type=int, default=None,
               help="Side of the square matrix product that measures peak throughput (default "
                    "2048 on CPU, 8192 on CUDA).")
-@click.option("--half/--no-half", default=None, help="fp16 autocast (CUDA only).")
+@precision_option("auto",
+                  "The paper's table is fp32; bf16/fp16 (or auto on a device with fast bf16) "
+                  "also times the feed-forward pass in it. --train: the recipe's precision.")
+@click.option("--half/--no-half", default=None, hidden=True, help="Deprecated: --precision fp16.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the style net.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="CPU threads.")
 @click.option("--train", "train_recipe", type=click.Path(path_type=Path), default=None,
@@ -110,7 +125,7 @@ def render(result, console) -> None:
               help="--train: override a recipe key, e.g. --set train.batch_size=8.")
 def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path | None,
             transform_name: str, max_seconds: float | None, repeats: int,
-            matmul_size: int | None, half: bool | None, compile_: bool,
+            matmul_size: int | None, precision: str, half: bool | None, compile_: bool,
             threads: int | None, train_recipe: Path | None, steps: int, warmup: int,
             overrides: tuple[str, ...]) -> None:
     """Reproduce the paper's speed table on this device.
@@ -128,8 +143,11 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
 
     if threads:
         torch.set_num_threads(threads)
+    if half is not None:
+        precision = "fp16" if half else "fp32"
     if train_recipe is not None:
-        _bench_training(train_recipe, overrides, device, steps, warmup, as_json)
+        sets = (*overrides, *([f"train.precision={precision}"] if precision != "auto" else []))
+        _bench_training(train_recipe, sets, device, steps, warmup, as_json)
         return
     size_list = _ints(sizes, "--sizes")
     iter_list = _ints(iters, "--iters")
@@ -146,7 +164,7 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
     console = user_console(stderr=True)
     with console.status("benchmarking") as status:
         result = run_bench(size_list, iter_list, device=dev, model=model,
-                           transform_name=transform_name, half=half, compile=compile_,
+                           transform_name=transform_name, precision=precision, compile=compile_,
                            max_seconds=max_seconds if max_seconds is not None else
                            (600.0 if dev.type == "cuda" else 20.0),
                            repeats=repeats, matmul_size=matmul_size,
@@ -175,7 +193,7 @@ def _bench_training(recipe: Path, overrides: tuple[str, ...], device: str, steps
         return
     t = result.timing
     table = Table(title=f"Training speed: {escape(result.recipe)} — {escape(result.device)}, "
-                        f"batch {result.batch_size}", title_justify="left")
+                        f"batch {result.batch_size}, {result.precision}", title_justify="left")
     for col in ("steps timed", "s/step best", "s/step median", "steps/s", "images/s"):
         table.add_column(col, justify="right")
     table.add_row(str(len(result.step_seconds)), f"{t.min:.3f}", f"{t.median:.3f}",

@@ -11,6 +11,7 @@ import torch
 from ..devices import resolve_device, use_cpu_threads
 from ..errors import PercepkitError
 from ..files import check_output, check_output_folder
+from . import precision_option
 from ._scoring import (
     convention_lines,
     format_value,
@@ -122,8 +123,9 @@ def _datasets(sets: list[str], scale: int, data_dir: Path | None, hr_dir: Path |
     if lr_dir is not None:
         if hr_dir is None:
             raise PercepkitError("--lr-dir needs --hr-dir (the matching HR images)")
-        out.append(DATASETS.build({"name": "paired_folder", "lr_root": str(lr_dir),
-                                   "hr_root": str(hr_dir), "scale": scale}))
+        from ..benchmark_sets import paired_folder
+
+        out.append(paired_folder(str(lr_dir), str(hr_dir), scale))
     elif hr_dir is not None:
         out.append(DATASETS.build({"name": "hr_folder", "root": str(hr_dir), "scale": scale,
                                    "mod": mod}))
@@ -233,13 +235,16 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
               help="Crop HR to a multiple of this (default: the scale; 12 = BasicSR GTmod12).")
 @click.option("--no-download", is_flag=True, help="Never download Set14/BSD100.")
 @click.option("--overwrite", is_flag=True, help="Replace existing --json / --csv files.")
+@precision_option("fp32", "Precision of the metric networks (LPIPS, DISTS): fp32 gives the "
+                          "published values; bf16 (or auto, bf16 where the device has it) is "
+                          "faster where the device runs bf16 natively. PSNR/SSIM stay float64.")
 def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
             hr_dir: Path | None, lr_dir: Path | None, data_dir: Path | None, scale: int | None,
             model: str | None, checkpoint: str | None, match_histogram: bool, metrics: str,
             channel: str, lpips_net: str, crop_lpips: bool, device: str, threads: int | None,
             per_image: bool, verbose: bool, json_path: Path | None, csv_path: Path | None,
             save_images: Path | None,
-            mod: int | None, no_download: bool, overwrite: bool) -> None:
+            mod: int | None, no_download: bool, overwrite: bool, precision: str) -> None:
     """Evaluate an SR model (or bicubic) with PSNR, SSIM and LPIPS, comparable to published tables.
 
     \b
@@ -271,7 +276,7 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     datasets = _datasets(sets, scale, data_dir, hr_dir, lr_dir, download=not no_download,
                          mod=mod)
     built, infos = build_metrics(metric_names(metrics, channel, lpips_net), crop_border=scale,
-                                 crop_whole_image=crop_lpips, device=dev)
+                                 crop_whole_image=crop_lpips, device=dev, precision=precision)
     total = sum(len(d) for d in datasets)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:

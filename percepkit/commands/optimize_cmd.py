@@ -8,6 +8,7 @@ import click
 
 from ..errors import PercepkitError
 from ..registry import DEFAULT_LOSS_NETWORK
+from . import precision_option
 from ._batch import plan_batch, run_batch
 
 
@@ -57,11 +58,13 @@ def _losses(task: str, recipe: Path | None, overrides: tuple[str, ...]):
 @click.option("--overwrite", is_flag=True, help="Replace outputs that already exist.")
 @click.option("--skip-existing", is_flag=True, help="Leave outputs that already exist.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@precision_option("auto", "The loss network's passes: auto (bf16 where the device runs it "
+                          "natively, else fp32), fp32, bf16, fp16 (CUDA).")
 def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scale: int | None,
             target: Path | None, recipe: Path | None, overrides: tuple[str, ...],
             iters: int | None, method: str, lr: float | None, init: str, size: int | None,
             style_size: int | None, device: str, seed: int, ext: str, overwrite: bool,
-            skip_existing: bool, quiet: bool) -> int:
+            skip_existing: bool, quiet: bool, precision: str) -> int:
     """Optimise each output image directly under the registered losses (Gatys et al. 2015).
 
     With --style STYLE: style transfer starting from the content image. With --scale N:
@@ -75,6 +78,7 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
     from ..devices import resolve_device
     from ..gatys import build_objective, stylize, upscale
     from ..images import read_image, resize_longer_side
+    from ..precision import resolve_precision
 
     console = user_console(stderr=True)
     if (style_path is None) == (scale is None) and recipe is None:
@@ -97,6 +101,7 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
         if value is not None and value < 16:
             raise PercepkitError(f"{name} must be at least 16 pixels, got {value}")
     dev = resolve_device(device)
+    reduced = resolve_precision(precision, dev)
     items = plan_batch(inputs, output, ext)
     loss = build_objective(task, specs, net_spec, dev)
     style = None
@@ -112,10 +117,10 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
 
         if task == "style":
             result = stylize(image, style, loss, iterations=iterations, method=method, lr=lr,
-                             init=init, seed=seed, callback=step)
+                             init=init, seed=seed, callback=step, precision=reduced)
         else:
             result = upscale(image, scale, loss, target=hr, iterations=iterations,
-                             method=method, lr=lr, callback=step)
+                             method=method, lr=lr, callback=step, precision=reduced)
         return result.image
 
     prepare = (lambda im: resize_longer_side(im, size)) if size else None
@@ -123,4 +128,5 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
                         console=console, show_progress=not quiet, prepare=prepare,
                         step_label="iterations")
     return summary.report(console, f"[green]{len(summary.written)}[/] optimised images written "
-                                   f"to {output} ({iterations} {method} iterations each)")
+                                   f"to {output} ({iterations} {method} iterations each, "
+                                   f"{reduced.describe()})")

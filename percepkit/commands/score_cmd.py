@@ -9,6 +9,7 @@ import click
 
 from ..errors import PercepkitError
 from ..files import check_output
+from . import precision_option
 from ._scoring import (
     convention_lines,
     format_value,
@@ -84,9 +85,11 @@ def _footer(console: Any, result: Any, verbose: bool) -> None:
               help="Write a plain CSV table ('-' for stdout); the convention goes to "
                    "NAME.conventions.json beside it.")
 @click.option("--overwrite", is_flag=True, help="Replace existing --json / --csv files.")
+@precision_option("fp32", "Precision of the metric networks (LPIPS, DISTS), as in eval.")
 def command(sr: Path, hr: Path, crop_border: int, mod: int | None, metrics: str, channel: str,
             lpips_net: str, crop_lpips: bool, device: str, verbose: bool,
-            json_path: Path | None, csv_path: Path | None, overwrite: bool) -> None:
+            json_path: Path | None, csv_path: Path | None, overwrite: bool,
+            precision: str) -> None:
     """Score SR images against their ground truth HR, with eval's metrics and conventions.
 
     SR and HR are two folders, matched by file stem (baby.png, or BasicSR's baby_x4_SR.png,
@@ -115,7 +118,8 @@ def command(sr: Path, hr: Path, crop_border: int, mod: int | None, metrics: str,
     dev = resolve_device(device)
     use_cpu_threads(None)
     built, infos = build_metrics(metric_names(metrics, channel, lpips_net),
-                                 crop_border=crop_border, crop_whole_image=crop_lpips, device=dev)
+                                 crop_border=crop_border, crop_whole_image=crop_lpips, device=dev,
+                                 precision=precision)
     name = sr.name if sr.is_dir() else sr.stem
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   console=console, transient=True) as progress:

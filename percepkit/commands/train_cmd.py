@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from . import precision_option
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -38,14 +40,17 @@ Examples:
 @click.option("--init", default=None, metavar="MODEL|CKPT",
               help="Start from these weights (a model name or checkpoint) with a fresh "
                    "optimiser; shorthand for --set train.init=...")
-@click.option("--amp/--no-amp", default=None,
-              help="Automatic mixed precision on CUDA (default: the recipe's train.amp).")
+@precision_option(None, "auto (bf16 on bf16-capable GPUs and CPUs with bf16 units, else "
+                        "fp32), fp32, bf16, fp16 (CUDA); default: the recipe's train.precision.")
+@click.option("--amp/--no-amp", default=None, hidden=True,
+              help="Deprecated: --precision auto / --precision fp32.")
 @click.option("--compile", "compile_", is_flag=True, default=None,
               help="torch.compile the transform network.")
 @click.option("--progress/--no-progress", default=None,
               help="Show the progress bar (default: when the output is a terminal).")
 def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
-            out: str | None, resume: str | None, init: str | None, amp: bool | None,
+            out: str | None, resume: str | None, init: str | None, precision: str | None,
+            amp: bool | None,
             compile_: bool | None, progress: bool | None) -> None:
     """Train a transform network from RECIPE (a YAML file), or resume a run with --resume."""
     from rich.markup import escape
@@ -65,6 +70,8 @@ def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
         extra.append(f"train.device={device}")
     if amp is not None:
         extra.append(f"train.amp={'true' if amp else 'false'}")
+    if precision is not None:
+        extra.append(f"train.precision={precision}")
     if compile_:
         extra.append("train.compile=true")
     if init is not None:

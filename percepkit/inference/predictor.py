@@ -14,6 +14,8 @@ from torch import nn
 
 from ..devices import resolve_device
 from ..errors import PercepkitError
+from ..precision import Precision, check_precision, native_bf16, resolve_precision
+from .calibration import reduced_precision_allowed
 from .fastpath import FastTransform, fast_model
 from .geometry import analyze
 from .memory import (
@@ -56,7 +58,11 @@ class Predictor:
 
     ``tile``: ``None`` chooses tiles from ``memory_budget`` (bytes; default
     :func:`~percepkit.inference.memory.default_memory_budget`), ``0`` never tiles, ``N`` uses
-    tiles of N input pixels. ``half`` (default: on CUDA) runs in fp16 autocast on CUDA only;
+    tiles of N input pixels. ``precision``: ``fp32``, ``bf16`` or ``fp16`` (CUDA) autocast as
+    asked, or ``auto``: the device's fast reduced precision (bf16 on bf16-capable GPUs and CPUs
+    with bf16 units, else fp16 on CUDA) when the net's output stays within
+    :mod:`~percepkit.inference.calibration`'s budget of its fp32 output, else fp32 (``half``:
+    the deprecated ``True`` = fp16, ``False`` = fp32);
     ``compile`` wraps the net in ``torch.compile`` (the plain network: inductor does its own
     fusion; worth it on CUDA for many images of one size); ``fast`` uses
     :func:`~percepkit.inference.fastpath.fast_model`; ``keep_memory`` (CPU) calls
@@ -77,6 +83,7 @@ class Predictor:
         model: nn.Module,
         device: str | torch.device = "auto",
         *,
+        precision: str | Precision = "auto",
         half: bool | None = None,
         channels_last: bool = True,
         compile: bool = False,
@@ -89,10 +96,11 @@ class Predictor:
     ) -> None:
         self.device = resolve_device(device)
         self.keep_memory = keep_memory and self.device.type == "cpu" and keep_freed_memory()
-        self.half = (self.device.type == "cuda") if half is None else bool(half)
-        if self.half and self.device.type != "cuda":
-            raise PercepkitError("fp16 inference is only used on CUDA (CPUs here have no fast "
-                                 "half-precision convolutions); drop --half")
+        if half is not None:
+            precision = "fp16" if half else "fp32"
+        requested = check_precision(precision)
+        if requested != "auto":  # before building anything: fp16 off CUDA is refused here
+            self.precision = resolve_precision(precision, self.device)
         self.channels_last = channels_last
         model = model.eval()
         for p in model.parameters():
@@ -103,7 +111,11 @@ class Predictor:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.info = analyze(model, self.device, dtype_bytes=2 if self.half else 4)
+        self.info = analyze(model, self.device)
+        if requested == "auto":
+            self.precision = self._auto_precision()
+        if self.precision.reduced:
+            self.info = analyze(model, self.device, dtype_bytes=2)
         self.scale = self.info.scale
         self.net = torch.compile(model) if compile else model
         # nets whose own hint says tiling changes their output run whole unless asked to tile
@@ -120,9 +132,33 @@ class Predictor:
 
     # -- the network itself --------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.half:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
+        return self.precision.autocast()
+
+    @property
+    def half(self) -> bool:
+        """Whether the net runs in a 16-bit autocast (bf16 or fp16)."""
+        return self.precision.reduced
+
+    def _auto_precision(self) -> Precision:
+        """``auto``: the device's fast reduced precision if this net stays within the budget
+        (measured once on a calibration image and cached), else fp32."""
+        fp32 = Precision("fp32", self.device.type)
+        if native_bf16(self.device):
+            candidate = Precision("bf16", self.device.type)
+        elif self.device.type == "cuda":
+            candidate = Precision("fp16", "cuda")
+        else:
+            return fp32
+        align = self.info.align
+
+        def run(image: torch.Tensor, precision: Precision) -> torch.Tensor:
+            h, w = (-(-side // align) * align for side in image.shape[-2:])
+            image = F.pad(image, (0, w - image.shape[-1], 0, h - image.shape[-2]), "reflect")
+            with torch.inference_mode(), precision.autocast():
+                return self.model(self._prep(image)).float().cpu()
+
+        allowed = reduced_precision_allowed(self.model, candidate, self.device, run)
+        return candidate if allowed else fp32
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, torch.float32, non_blocking=True)

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..devices import threads
 from ..errors import PercepkitError
+from ..precision import Precision, autocast
 
 __all__ = ["RGB_CONVENTION", "Y_CONVENTION", "Channel", "Metric", "PlaneMetric", "check_channel",
            "check_pair", "check_size", "crop", "rgb_to_y", "to_scored"]
@@ -38,6 +39,10 @@ class Metric(nn.Module):
     higher_is_better: bool = True
     unit: str = ""
     fmt: str = ".4f"
+    #: whether the metric runs a network (LPIPS, DISTS) that may run in bf16/fp16 autocast;
+    #: ``precision`` is set by :func:`percepkit.evaluate.build_metrics` (``None``: fp32)
+    runs_network: bool = False
+    precision: Precision | None = None
 
     @property
     def convention(self) -> str:
@@ -49,7 +54,8 @@ class Metric(nn.Module):
 
     def __call__(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_pair(output, target, self.name)
-        return super().__call__(output, target)
+        with autocast(self.precision):
+            return super().__call__(output, target)
 
 
 class PlaneMetric(Metric):

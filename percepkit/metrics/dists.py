@@ -138,6 +138,7 @@ class DISTS(Metric):
 
     higher_is_better = False
     fmt = ".4f"
+    runs_network = True
     #: like LPIPS, perceptual metrics are scored on the whole image by default
     whole_image = True
 

@@ -134,6 +134,7 @@ class LPIPS(Metric):
 
     higher_is_better = False
     fmt = ".4f"
+    runs_network = True
     #: published SR tables (SPSR, ESRGAN, ...) score perceptual metrics on the whole image
     whole_image = True
 

@@ -14,7 +14,6 @@ import math
 import signal
 import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from ..console import user_console
 from ..devices import resolve_device
 from ..errors import CheckpointError, PercepkitError, RecipeError, WriteError
 from ..files import is_write_error, write_error
+from ..precision import resolve_precision
 from ..recipe import Recipe
 from ..registry import DATASETS
 from .data import preview_items, resume_position, training_loader, validation_items
@@ -149,8 +149,7 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.cuda = self.device.type == "cuda"
-        self.amp = bool(s.amp) and self.cuda
-        self.amp_dtype = torch.bfloat16 if s.amp_dtype == "bfloat16" else torch.float16
+        self.precision = resolve_precision(s.precision, self.device, "train.precision")
         if self.cuda:
             torch.backends.cudnn.benchmark = not s.deterministic
         if s.deterministic:
@@ -182,14 +181,15 @@ class Trainer:
             init_weights(model, s.init)
         self.loss = recipe.build_loss().to(self.device)
         self.module = model.to(self.device)
-        self.channels_last = bool(s.channels_last) and self.cuda
+        # NHWC pays on CUDA and with the CPU's bf16 units (oneDNN's blocked bf16 kernels); fp32
+        # on the CPU stays NCHW
+        self.channels_last = bool(s.channels_last) and (self.cuda or self.precision.reduced)
         if self.channels_last:
             self.module.to(memory_format=torch.channels_last)
             self.loss.to(memory_format=torch.channels_last)
         self.optimizer = recipe.build_optimizer(self.module.parameters())
         self.scheduler = recipe.build_scheduler(self.optimizer)
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.amp and self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         self.ema = EMA(self.module, s.ema) if s.ema else None
 
         self.task.check_train_item(self.dataset[(0, 0)], recipe.data.train.get("name"),
@@ -223,7 +223,7 @@ class Trainer:
         if self.dist.is_main:
             session = session_entry(
                 self.step, s.iterations, point.checkpoint if point else None, str(self.device),
-                self.dist.world_size, self.amp)
+                self.dist.world_size, self.precision.name)
             self.run.prepare(self.step, point is not None, recipe.to_yaml(), session,
                              self.console)
             terms = list(self.loss.terms.keys())
@@ -260,7 +260,7 @@ class Trainer:
                 world_size=self.dist.world_size, seed=s.seed,
                 samples_per_rank=self._position_now(), best_metric=self.task.metric,
                 best_value=self.best, best_step=self.best_step, val=self.last_val,
-                device=str(self.device), amp=self.amp)
+                device=str(self.device), precision=self.precision.name)
             last, best_path = self.run.save(self.step, state, meta, best,
                                             self.ckpt_settings.keep_last)
             self.last_checkpoint = last
@@ -307,9 +307,7 @@ class Trainer:
         return x_dev, y.to(self.device, non_blocking=True, memory_format=fmt)
 
     def _autocast(self) -> Any:
-        if not self.amp:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.precision.autocast()
 
     def _train_step(self, it: Any) -> list[float]:
         """One optimisation step; returns [total, *terms] averaged over processes."""
@@ -341,7 +339,8 @@ class Trainer:
         last = (f"the last good checkpoint is {self.last_checkpoint} (resume with --resume "
                 f"{self.run_dir})" if self.last_checkpoint else "no checkpoint had been saved yet")
         kind = "NaN" if any(math.isnan(v) for v in vals) else "infinite"
-        hint = "; with AMP, also try --no-amp" if self.amp else ""
+        hint = "; in reduced precision, also try --precision fp32" \
+            if self.precision.reduced else ""
         raise NonFiniteLossError(
             f"the loss became {kind} at step {self.step + 1} ({terms}); training stopped without "
             f"saving that step, and {last}. Lower optimizer.lr or set train.grad_clip{hint}.")
@@ -460,13 +459,13 @@ class Trainer:
     def _announce(self) -> None:
         s = self.settings
         n_params = sum(p.numel() for p in self.module.parameters())
-        amp = f"AMP {s.amp_dtype}" if self.amp else ("AMP off (CUDA only)" if s.amp else "AMP off")
         where = f"resuming at step {self.step}" if self.step else "starting"
         world = f" x {self.dist.world_size} processes" if self.dist.enabled else ""
         self.console.print(
             f"[bold]{self.recipe.name}[/] ({self.recipe.task}): {where}, {s.iterations} steps, "
             f"batch {s.batch_size}{world}, {len(self.dataset)} training images, "
-            f"{n_params / 1e6:.2f}M parameters, device {self.device}, {amp}"
+            f"{n_params / 1e6:.2f}M parameters, device {self.device}, "
+            f"{self.precision.describe()}"
             f"{', channels_last' if self.channels_last else ''}"
             f"{', compiled' if s.compile else ''}\nrun directory: {self.run_dir}", soft_wrap=True)
         if self.val_items and self.step == 0:

@@ -176,13 +176,13 @@ def recipe_text_for_resume(point: ResumePoint) -> tuple[str, str]:
 
 
 def session_entry(step: int, iterations: int, resumed_from: Path | None, device: str,
-                  world_size: int, amp: bool) -> dict[str, Any]:
+                  world_size: int, precision: str) -> dict[str, Any]:
     """One training session's entry in ``run.json``."""
     return {
         "started": _dt.datetime.now().isoformat(timespec="seconds"),
         "argv": sys.argv, "start_step": step, "iterations": iterations,
         "resumed_from": str(resumed_from) if resumed_from else None,
-        "device": device, "world_size": world_size, "amp": amp,
+        "device": device, "world_size": world_size, "precision": precision,
         "percepkit": __version__, "torch": torch.__version__,
         "python": platform.python_version(), "host": platform.node(),
     }
