@@ -349,3 +349,22 @@ def test_y_only_sr_model_gets_the_srcnn_protocol_random_init(tmp_path):
                                          read_image(tmp_path / "hr" / "a.png")[None]))
         assert record["sets"][0]["mean"]["psnr"] == pytest.approx(want, abs=1e-6), ckpt
         assert "SRCNN protocol" in record["model_info"]["protocol"]
+
+
+@pytest.mark.extra("models")
+def test_a_third_party_model_scored_on_given_lr_files_does_not_claim_matlab_bicubic(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    _save(_spandrel_nets()["compact"], tmp_path / "c.pth", "plain")
+    (tmp_path / "hr").mkdir()
+    (tmp_path / "lr").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "hr/a.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "lr/a.png")
+    assert run_cli(["eval", "--checkpoint", str(tmp_path / "c.pth"), "--hr-dir",
+                    str(tmp_path / "hr"), "--lr-dir", str(tmp_path / "lr"), "--metrics", "psnr",
+                    "--json", str(tmp_path / "r.json")]) == 0
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert "--lr-dir" in record["model_info"]["degradation"]
+    assert "MATLAB" not in record["convention"]["data"].split("LR = ")[1].split(";")[0]

@@ -266,6 +266,10 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     console = user_console(stderr=to_stdout)
     dev = resolve_device(device)
     transform, name, scale, notes, model_info = _load_model(model, checkpoint, scale, dev)
+    if lr_dir is not None and "degradation" in model_info:  # the LR inputs are given files
+        given = "LR = the given files (--lr-dir)"
+        notes = [n.replace(model_info["degradation"], given) for n in notes]
+        model_info["degradation"] = given
     if match_histogram:
         transform, name = _with_histogram_matching(transform, dev), f"{name}+histmatch"
 
