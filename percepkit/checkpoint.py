@@ -1,7 +1,8 @@
 """Checkpoints as safetensors files (never pickle), written atomically, and what they hold.
 
 A checkpoint holds a nested *state* (model weights, optimiser/scheduler/scaler state, EMA
-weights, RNG states: any mix of dicts, lists, tensors and JSON scalars) and JSON *metadata*
+weights, RNG states, and in adversarial runs the discriminator's weights, optimiser, scheduler
+and scaler: any mix of dicts, lists, tensors and JSON scalars) and JSON *metadata*
 (recipe text, the transform spec, step, versions). Tensors are stored flat under dotted keys;
 the structure and the metadata go into the safetensors header.
 
@@ -155,6 +156,11 @@ OPTIMIZER = "optimizer"
 SCHEDULER = "scheduler"
 SCALER = "scaler"        # the AMP GradScaler, when float16 AMP was on
 RNG = "rng"              # {"rank0": rng state, ...}, one per training process
+# adversarial training (a gan term): the discriminator and what trains it
+DISCRIMINATOR = "discriminator"  # its state dict (BatchNorm statistics, spectral-norm vectors)
+OPTIMIZER_D = "optimizer_d"
+SCHEDULER_D = "scheduler_d"
+SCALER_D = "scaler_d"    # its own AMP GradScaler, when float16 AMP was on
 
 
 def training_metadata(*, task: str, transform: Mapping[str, Any], recipe: str, recipe_name: str,

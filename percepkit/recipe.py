@@ -46,6 +46,7 @@ from .recipe_checks import check_parts, missing_files, term_layers
 from .registry import (
     DATASETS,
     DEFAULT_LOSS_NETWORK,
+    DISCRIMINATORS,
     LOSS_NETWORKS,
     LOSSES,
     OPTIMIZERS,
@@ -75,8 +76,11 @@ class TrainSettings:
     grid. ``val_images``: cap on validation images (None: all). ``deterministic``: deterministic
     CUDA kernels (slower; CPU runs are deterministic anyway). ``init``: start from the weights of
     a model name (``percepkit list models``) or checkpoint file, with a fresh optimiser (None:
-    random initialisation). ``tensorboard``: also write TensorBoard logs (true: required, the
-    optional extra ``percepkit[tensorboard]``; None: when that package is installed; false: off).
+    random initialisation). ``d_steps``: discriminator updates per generator step, on the same
+    batch (recipes with a ``gan`` term). ``gan_start``: warm-up steps that train the generator
+    without the ``gan`` term and leave the discriminator alone. ``tensorboard``: also write
+    TensorBoard logs (true: required, the optional extra ``percepkit[tensorboard]``; None: when
+    that package is installed; false: off).
     """
 
     iterations: int = 1000
@@ -98,6 +102,8 @@ class TrainSettings:
     val_images: int | None = None
     deterministic: bool = False
     init: str | None = None
+    d_steps: int = 1
+    gan_start: int = 0
     tensorboard: bool | None = None
 
 
@@ -105,13 +111,15 @@ class TrainSettings:
 class CheckpointSettings:
     """The ``checkpoint:`` block: how often to save and what to keep.
 
-    ``every``: steps between checkpoints (one is also written at the end, on SIGINT/SIGTERM and
-    when validation improves). ``keep_last``: step checkpoints kept (0: all). ``keep_best``: also
-    keep ``best.safetensors``, the checkpoint with the best validation metric (SR: PSNR; style:
-    validation loss).
+    ``every``: steps between checkpoints (one is also written at the end, on SIGINT/SIGTERM/
+    SIGHUP and when validation improves). ``every_minutes``: also save when this many minutes
+    have passed since the last checkpoint (None: off). ``keep_last``: step checkpoints kept (0:
+    all). ``keep_best``: also keep ``best.safetensors``, the checkpoint with the best validation
+    metric (SR: PSNR; style: validation loss).
     """
 
     every: int = 1000
+    every_minutes: float | None = None
     keep_last: int = 3
     keep_best: bool = True
 
@@ -127,7 +135,7 @@ class DataSettings:
 
 
 TOP_LEVEL = ("name", "task", "transform", "loss_network", "losses", "data", "optimizer",
-             "scheduler", "train", "checkpoint")
+             "scheduler", "train", "checkpoint", "discriminator", "optimizer_d", "scheduler_d")
 TASKS = ("sr", "style")
 
 #: Top-level keys that name one registered part, with the arguments percepkit supplies itself.
@@ -137,6 +145,10 @@ PART_BLOCKS: dict[str, tuple[Registry, tuple[str, ...]]] = {
     "loss_network": (LOSS_NETWORKS, ()),
     "optimizer": (OPTIMIZERS, ("params",)),
     "scheduler": (SCHEDULERS, ("optimizer", "iterations")),
+    # adversarial training (a `gan` term): the discriminator, its optimiser and schedule
+    "discriminator": (DISCRIMINATORS, ()),
+    "optimizer_d": (OPTIMIZERS, ("params",)),
+    "scheduler_d": (SCHEDULERS, ("optimizer", "iterations")),
 }
 DATA_SPLITS = ("train", "val")
 
@@ -460,13 +472,14 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
     "train": {"iterations": (1, None), "batch_size": (1, 65536), "workers": (0, 1024),
               "log_every": (1, None), "sample_every": (1, None), "val_every": (1, None),
               "sample_images": (0, 1024), "val_images": (1, None), "grad_clip": (0, None),
-              "ema": (0, 1)},
-    "checkpoint": {"every": (1, None), "keep_last": (0, None)},
+              "ema": (0, 1), "d_steps": (1, None), "gan_start": (0, None)},
+    "checkpoint": {"every": (1, None), "every_minutes": (0.1, None), "keep_last": (0, None)},
     "data": {"style_size": (1, None)},
     "optimizer": {"lr": (0, None), "eps": (0, None), "weight_decay": (0, None),
                   "momentum": (0, None)},
     "scheduler": {"warmup": (0, None), "gamma": (0, None), "min_factor": (0, 1)},
 }
+RANGES["optimizer_d"], RANGES["scheduler_d"] = RANGES["optimizer"], RANGES["scheduler"]
 
 
 def _check_ranges(block: Any, where: str, ranges: Mapping[str, tuple]) -> list[str]:

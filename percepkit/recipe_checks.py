@@ -13,6 +13,13 @@ are already valid (invalid blocks are reported once, by the key checks):
   transform's, and a ``degradations`` list names known steps with valid arguments and makes
   inputs of the size the scale needs.
 
+
+* datasets: an evaluation set (Set5, ...) is not a training set, and SR datasets' scale is the
+  transform's;
+* adversarial training: a ``gan`` term has a ``discriminator`` that takes the training crops
+  (``data.train``'s ``patch_size`` or ``size``), and discriminator settings come with a ``gan``
+  term.
+
 :func:`missing_files` (``percepkit recipe check`` unless ``--skip-data``) checks that data folders,
 list files and the style image exist.
 """
@@ -28,6 +35,7 @@ from .errors import MissingExtraError, PercepkitError
 from .registry import (
     DATASETS,
     DEFAULT_LOSS_NETWORK,
+    DISCRIMINATORS,
     LOSS_NETWORKS,
     LOSSES,
     TRANSFORMS,
@@ -41,7 +49,8 @@ _VGG = ("vgg16", "vgg19")
 def check_parts(raw: Mapping[str, Any]) -> list[str]:
     """Problems training would meet with the parts of a recipe (see the module docstring)."""
     problems, transform = _check_transform(raw)
-    return problems + _check_layers(raw) + _check_timm(raw) + _check_data(raw, transform)
+    return (problems + _check_layers(raw) + _check_timm(raw) + _check_data(raw, transform)
+            + _check_adversarial(raw))
 
 
 def missing_files(raw: Mapping[str, Any]) -> list[str]:
@@ -243,3 +252,83 @@ def _check_degradations(split: str, entry: Entry, kwargs: Mapping[str, Any]) -> 
                         f"replaces; add a {{name: gaussian_blur, sigma: ...}} step instead")
     ok = isinstance(scale, int) and isinstance(size, int) and scale >= 1 and size % scale == 0
     return problems + check_pipeline(specs, where, size if ok else None, scale if ok else None)
+
+
+#: recipe blocks and train keys that only mean something with a ``gan`` term
+ADVERSARIAL_BLOCKS = ("discriminator", "optimizer_d", "scheduler_d")
+ADVERSARIAL_TRAIN = ("d_steps", "gan_start")
+
+
+def gan_terms(losses: Any) -> list[int]:
+    """Indices of the adversarial (``gan``) terms among a recipe's valid loss entries."""
+    from .losses.adversarial import GANLoss
+
+    found = []
+    for i, spec in enumerate(losses if isinstance(losses, list) else []):
+        part = _resolved(LOSSES, spec)
+        if part is not None and isinstance(part[0].obj, type) \
+                and issubclass(part[0].obj, GANLoss):
+            found.append(i)
+    return found
+
+
+def training_crop(raw: Mapping[str, Any]) -> tuple[str, int] | None:
+    """``(key path, side)`` of the square training targets, from ``data.train``'s
+    ``patch_size`` or ``size`` (given or default); None when the dataset has neither."""
+    data = raw.get("data")
+    part = _resolved(DATASETS, data.get("train")) if isinstance(data, Mapping) else None
+    if part is None:
+        return None
+    entry, kwargs = part
+    args = {a.name: a for a in arguments(entry.obj)}
+    for key in ("patch_size", "size"):
+        if key in args:
+            value = kwargs.get(key, None if args[key].required else args[key].default)
+            return (f"data.train.{key}", value) if isinstance(value, int) else None
+    return None
+
+
+def _check_adversarial(raw: Mapping[str, Any]) -> list[str]:
+    """A ``gan`` term needs a discriminator that takes the training crops; discriminator
+    settings need a ``gan`` term."""
+    from .discriminators import input_problem
+
+    losses = raw.get("losses")
+    terms = gan_terms(losses)
+    train = raw.get("train") if isinstance(raw.get("train"), Mapping) else {}
+    extra = [k for k in ADVERSARIAL_BLOCKS if k in raw] + \
+        [f"train.{k}" for k in ADVERSARIAL_TRAIN if k in train]
+    if not terms:
+        if not extra:
+            return []
+        return [f"{', '.join(extra)}: discriminator settings, but losses has no gan term; add "
+                f"one (e.g. {{name: gan, weight: 5.0e-3, relativistic: true}}) or remove them"]
+    problems = []
+    if len(terms) > 1:
+        problems.append(f"losses[{terms[1]}]: a second gan term; one discriminator trains "
+                        f"against one objective, so a recipe has at most one")
+    if "discriminator" not in raw:
+        problems.append(f"losses[{terms[0]}]: the gan term needs a discriminator; add a "
+                        f"'discriminator:' block (one of {', '.join(DISCRIMINATORS.list())}, "
+                        f"e.g. {{name: unet}})")
+    elif _resolved(DISCRIMINATORS, raw["discriminator"]) is not None:
+        crop = training_crop(raw)
+        if crop is not None:
+            key, side = crop
+            why = input_problem(raw["discriminator"], side, side)
+            if why is not None:
+                name = _resolved(DISCRIMINATORS, raw["discriminator"])[0].name
+                problems.append(f"discriminator: {name} {why}: the training targets are "
+                                f"{side}x{side} ({key}: {side}); change {key} or choose "
+                                f"a discriminator that takes that size")
+    others = [i for i, _ in enumerate(losses) if i not in terms]
+    iterations = train.get("iterations", 1000)
+    start = train.get("gan_start", 0)
+    if isinstance(start, int) and not isinstance(start, bool) and start > 0:
+        if not others:
+            problems.append(f"train.gan_start: {start} warm-up steps train the generator "
+                            f"without the gan term, but losses has no other term")
+        if isinstance(iterations, int) and start >= iterations:
+            problems.append(f"train.gan_start: {start} warm-up steps leave no adversarial "
+                            f"step of train.iterations {iterations}")
+    return problems

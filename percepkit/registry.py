@@ -309,6 +309,7 @@ METRICS = Registry("metric", ["percepkit.metrics"])
 OPTIMIZERS = Registry("optimizer", ["percepkit.optimizers"])
 SCHEDULERS = Registry("scheduler", ["percepkit.optimizers"])
 MODELS = Registry("model", ["percepkit.zoo"])
+DISCRIMINATORS = Registry("discriminator", ["percepkit.discriminators"])
 
 REGISTRIES: dict[str, Registry] = {
     "transforms": TRANSFORMS,
@@ -320,4 +321,5 @@ REGISTRIES: dict[str, Registry] = {
     "optimizers": OPTIMIZERS,
     "schedulers": SCHEDULERS,
     "models": MODELS,
+    "discriminators": DISCRIMINATORS,
 }

@@ -58,6 +58,9 @@ def test_tiny_sr_learns_and_its_checkpoint_reloads(tmp_path):
     log = (run_dir / "log.csv").read_text().splitlines()
     assert log[0].split(",")[:6] == ["step", "epoch", "lr", "loss", "pixel", "feature"]
     assert len(log) == 41
+    val = (run_dir / "val.csv").read_text().splitlines()
+    assert val[0].split(",") == ["step", "psnr", "ssim", "grid", "blobs"]  # artifact metrics too
+    assert len(val) == 3 and all(float(v) >= 0 for v in val[-1].split(",")[3:])
 
     state, meta = load_checkpoint(result.last_checkpoint)
     assert meta["step"] == 40 and meta["task"] == "sr"
@@ -82,6 +85,8 @@ def test_tiny_style_learns_with_ema(tmp_path):
     assert last < 0.6 * first, (first, last)
     state, meta = load_checkpoint(result.last_checkpoint)
     assert meta["task"] == "style" and "ema" in state
+    header = (tmp_path / "run" / "val.csv").read_text().splitlines()[0].split(",")
+    assert header[0] == "step" and header[1] == "loss" and header[-2:] == ["grid", "blobs"]
     model = load_transform(result.last_checkpoint)  # EMA weights by default
     x = torch.rand(1, 3, 32, 32)
     with torch.no_grad():

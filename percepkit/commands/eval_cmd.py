@@ -280,7 +280,8 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     datasets = _datasets(sets, scale, data_dir, hr_dir, lr_dir, download=not no_download,
                          mod=mod)
     built, infos = build_metrics(metric_names(metrics, channel, lpips_net), crop_border=scale,
-                                 crop_whole_image=crop_lpips, device=dev, precision=precision)
+                                 crop_whole_image=crop_lpips, device=dev, precision=precision,
+                                 extra={"grid": {"period": scale}} if scale > 1 else None)
     total = sum(len(d) for d in datasets)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:

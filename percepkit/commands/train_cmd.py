@@ -22,6 +22,11 @@ Examples:
   percepkit train --resume runs/candy            # continue from its newest intact checkpoint
   percepkit train recipes/tiny_sr.yaml --resume  # continue the newest runs/tiny_sr-* run
   torchrun --nproc_per_node 4 -m percepkit.cli train recipes/sr_x4_feat.yaml --device cuda
+
+\b
+Exit status: 0 trained; 2 a user error (one paragraph), also when another run is using --out;
+128+N stopped by signal N (130 SIGINT, 143 SIGTERM, 129 SIGHUP): the first signal saves a
+checkpoint and prints the resume command, a second one stops at once.
 """
 
 
@@ -58,6 +63,7 @@ def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
     from ..console import user_console
     from ..recipe import load_recipe, parse_yaml, recipe_from_mapping
     from ..train import Trainer, TrainingInterrupted, recipe_text_for_resume, resolve_resume
+    from ..train.signals import TrainingAborted, exit_code
 
     console = user_console()
     if recipe is None and resume is None:
@@ -95,15 +101,20 @@ def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
                       handle_signals=True)
     try:
         result = trainer.run()
-    except TrainingInterrupted as e:
-        console.print(f"[yellow]{escape(str(e))}[/]")
-        sys.exit(130)
+    except TrainingInterrupted as e:  # a checkpoint was saved
+        console.print(f"[yellow]{escape(str(e))}[/]", soft_wrap=True)
+        sys.exit(exit_code(e.signum))
+    except TrainingAborted as e:  # a second signal, or one during set-up
+        user_console(stderr=True).print(f"[bold red]{escape(str(e))}[/]", soft_wrap=True)
+        sys.exit(exit_code(e.signum))
     if trainer.env.is_main:
         _summary(console, result)
 
 
 def _summary(console: Console, result: TrainResult) -> None:
     """Where the run's files are, and its last validation."""
+    from rich.markup import escape
+
     lines = [f"run directory: {result.run_dir}"]
     if result.last_checkpoint:
         lines.append(f"last checkpoint: {result.last_checkpoint}")
@@ -112,4 +123,4 @@ def _summary(console: Console, result: TrainResult) -> None:
     if result.val:
         lines.append("last validation: " + ", ".join(f"{k} {v:.4f}" for k, v in
                                                       result.val.items()))
-    console.print("\n".join(lines))
+    console.print(escape("\n".join(lines)), soft_wrap=True)

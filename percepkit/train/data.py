@@ -10,6 +10,7 @@ from ..checkpoint import Checkpoint
 from ..errors import RecipeError
 from ..recipe import Recipe
 from ..registry import DATASETS
+from .signals import ignore_stop_signals
 from .tasks import Task
 
 PREVIEW_SEED = 7919  # augmentation key of the fixed preview crops
@@ -56,7 +57,8 @@ def training_loader(dataset: Any, recipe: Recipe, rank: int, world_size: int, st
         dataset, batch_size=s.batch_size, sampler=sampler, num_workers=workers,
         pin_memory=pin_memory, drop_last=False,
         generator=torch.Generator().manual_seed(s.seed),  # never touch the global RNG
-        prefetch_factor=4 if workers else None, persistent_workers=False)
+        prefetch_factor=4 if workers else None, persistent_workers=False,
+        worker_init_fn=ignore_stop_signals if workers else None)  # the main process handles them
     return sampler, loader
 
 

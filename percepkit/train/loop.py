@@ -11,15 +11,17 @@ an uninterrupted one exactly.
 from __future__ import annotations
 
 import math
+import shlex
 import signal
-import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from torch import nn
 
 from .. import distributed as D
@@ -31,7 +33,9 @@ from ..files import is_write_error, write_error
 from ..precision import resolve_precision
 from ..recipe import Recipe
 from ..registry import DATASETS
+from .adversarial import make_adversary
 from .data import preview_items, resume_position, training_loader, validation_items
+from .lock import RunLock
 from .memory_check import check_data_memory, check_training_memory
 from .report import Reporter
 from .rundir import (
@@ -43,6 +47,7 @@ from .rundir import (
     resolve_resume,
     session_entry,
 )
+from .signals import StopSignals, TrainingAborted, signal_name, stop_signals_blocked
 from .state import (
     EMA,
     init_weights,
@@ -60,11 +65,14 @@ class NonFiniteLossError(PercepkitError):
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint (``checkpoint`` attribute)."""
+    """Training stopped on SIGINT/SIGTERM/SIGHUP after saving a checkpoint (``checkpoint``);
+    ``signum`` is the signal (see :mod:`.signals` for the exit status)."""
 
-    def __init__(self, message: str, checkpoint: Path | None) -> None:
+    def __init__(self, message: str, checkpoint: Path | None,
+                 signum: int = signal.SIGINT) -> None:
         super().__init__(message)
         self.checkpoint = checkpoint
+        self.signum = signum
 
 
 @dataclass
@@ -87,6 +95,18 @@ class TrainResult:
         return batch * (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else float("nan")
 
 
+def encode_flags(stop: bool, due: bool, world_size: int) -> float:
+    """One process's (stop requested, time-based checkpoint due) as a number whose mean over
+    ``world_size`` processes :func:`decode_flags` reads back: either flag set on any process."""
+    return float(stop) + (world_size + 1) * float(due)  # more than world_size stop requests
+
+
+def decode_flags(mean: float, world_size: int) -> tuple[bool, bool]:
+    """``(stop, due)`` from the mean of :func:`encode_flags` over ``world_size`` processes."""
+    due, stops = divmod(round(mean * world_size), world_size + 1)
+    return stops > 0, due > 0
+
+
 def _clean_dataloader_error(e: PercepkitError) -> PercepkitError:
     """A worker's PercepkitError without DataLoader's embedded traceback."""
     text = str(e)
@@ -101,7 +121,8 @@ class Trainer:
 
     ``resume`` is a :class:`ResumePoint`, a run directory or checkpoint path, or ``"latest"``.
     ``progress`` shows a rich progress bar (default: when the console is a terminal);
-    ``handle_signals`` makes SIGINT/SIGTERM stop after the current step with a checkpoint.
+    ``handle_signals`` makes SIGINT/SIGTERM/SIGHUP stop after the current step with a
+    checkpoint (:mod:`.signals`). The run directory is locked while the run trains (:mod:`.lock`).
     """
 
     def __init__(self, recipe: Recipe, out: str | Path | None = None,
@@ -127,11 +148,18 @@ class Trainer:
         self.best_checkpoint: Path | None = None
         self.last_val: dict[str, float] = {}
         self._stop = False
+        self._save_due = False
+        self._saved_step: int | None = None
+        self._elapsed_before = 0.0  # training seconds of earlier sessions (from the checkpoint)
+        self._t_start = time.perf_counter()
+        self.clock = time.monotonic  # for checkpoint.every_minutes
+        self._t_saved = self.clock()
+        self._signals = StopSignals(self._request_stop)
+        self.lock: RunLock | None = None
         self._position: int | None = None
         self._dist_owned = False
         self.report = Reporter(self.console, self.env.is_main, self.show_progress,
                                self.settings.iterations)
-        self._old_handlers: dict[int, Any] = {}
 
     # -- setup ---------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -163,6 +191,8 @@ class Trainer:
         self.run_dir = point.run_dir if point else (self.out or D.broadcast_object(
             default_run_dir(recipe.name, self.runs_root) if self.dist.is_main else None))
         self.run = RunDir(self.run_dir)
+        if self.dist.is_main:
+            self.lock = RunLock.acquire(self.run_dir, self.console)
         if point is None and self.dist.is_main and self.run_dir.exists() \
                 and is_run_dir(self.run_dir):
             raise PercepkitError(f"--out {self.run_dir} already holds a run; continue it with "
@@ -191,9 +221,13 @@ class Trainer:
         self.scheduler = recipe.build_scheduler(self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaled)
         self.ema = EMA(self.module, s.ema) if s.ema else None
+        self.adversary = make_adversary(recipe, self.loss, self.device, self._autocast,
+                                        self.scaler.is_enabled(), self.channels_last)
 
         self.task.check_train_item(self.dataset[(0, 0)], recipe.data.train.get("name"),
                                    self.module)
+        if self.adversary is not None:  # D takes the training targets' size
+            self.adversary.check_target(self.task.unpack(self.dataset[(0, 0)])[1])
         self.task.setup(self.module, self.loss)
         self.preview = preview_items(self.dataset, max(1, s.sample_images))
         self.has_val = bool(recipe.data.val) or self.task.validates_on_previews  # on every rank
@@ -214,6 +248,8 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.cuda else None
             self.train_model = nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+            if self.adversary is not None:
+                self.adversary.distribute(ids)
         if s.compile:
             self.train_model = torch.compile(self.train_model)
 
@@ -227,8 +263,14 @@ class Trainer:
             self.run.prepare(self.step, point is not None, recipe.to_yaml(), session,
                              self.console)
             terms = list(self.loss.terms.keys())
-            self.report.open(self.run, terms, self.task.val_columns(terms), s.tensorboard)
+            self.report.open(self.run, self._columns(), self.task.val_columns(terms),
+                             s.tensorboard)
         D.barrier()
+
+    def _columns(self) -> list[str]:
+        """The logged values after the total: each loss term, then the discriminator's."""
+        extra = list(self.adversary.columns) if self.adversary is not None else []
+        return [*self.loss.terms.keys(), *extra]
 
     def _resume_point(self) -> ResumePoint | None:
         if self.resume is None:
@@ -251,6 +293,8 @@ class Trainer:
         """Write the step checkpoint (and best.safetensors); prune old ones. All ranks call."""
         state = training_state(self.module, self.optimizer, self.scheduler, self.scaler,
                                self.ema, D.gather_objects(rng_state()))
+        if self.adversary is not None:
+            state.update(self.adversary.state())
         if self.dist.is_main:
             s = self.settings
             meta = training_metadata(
@@ -261,10 +305,13 @@ class Trainer:
                 samples_per_rank=self._position_now(), best_metric=self.task.metric,
                 best_value=self.best, best_step=self.best_step, val=self.last_val,
                 device=str(self.device), precision=self.precision.name)
+            meta["elapsed_sec"] = round(self._elapsed(), 3)
             last, best_path = self.run.save(self.step, state, meta, best,
                                             self.ckpt_settings.keep_last)
             self.last_checkpoint = last
             self.best_checkpoint = best_path or self.best_checkpoint
+        self._t_saved = self.clock()
+        self._saved_step = self.step
         D.barrier()
 
     def _load(self, path: Path) -> bool:
@@ -275,7 +322,10 @@ class Trainer:
                                   f"a {self.recipe.task!r} recipe")
         restore_training_state(ckpt, self.module, self.optimizer, self.scheduler, self.scaler,
                                self.ema, self._transform_spec())
+        if self.adversary is not None:
+            self.adversary.load(ckpt)
         self.step = ckpt.step or 0
+        self._elapsed_before = float(ckpt.meta.get("elapsed_sec") or 0.0)
         self.best, self.best_step = ckpt.best
         self.best_checkpoint = self.run.best_checkpoint()
         self.last_checkpoint = path
@@ -312,15 +362,17 @@ class Trainer:
     def _train_step(self, it: Any) -> list[float]:
         """One optimisation step; returns [total, *terms] averaged over processes."""
         x, y = self._batch(it)
+        if self.adversary is not None:
+            self.adversary.prepare(self.step)
         with self._autocast():
             out = self.train_model(x)
             total, parts = self.loss(out, y)
         values = torch.stack([total.detach().float(), *(p.float() for p in parts.values()),
-                              torch.tensor(float(self._stop), device=total.device)])
+                              self._flags(total.device)])
         D.all_reduce_mean(values)
         vals = values.tolist()
-        self._stop = vals[-1] > 0
-        if not all(math.isfinite(v) for v in vals[:-1]):
+        self._read_flags(vals.pop())
+        if not all(math.isfinite(v) for v in vals):
             self._diverged(vals)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
@@ -332,10 +384,43 @@ class Trainer:
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.module)
-        return vals[:-1]
+        if self.adversary is not None:
+            return vals + self._discriminator_step(y, out, vals)
+        return vals
+
+    def _flags(self, device: torch.device) -> torch.Tensor:
+        """This process's stop request and time-based checkpoint due, as one number to average
+        over processes (:func:`encode_flags`)."""
+        minutes = self.ckpt_settings.every_minutes
+        due = bool(minutes) and self.clock() - self._t_saved >= 60 * float(minutes)
+        return torch.tensor(encode_flags(self._stop, due, self.dist.world_size), device=device)
+
+    def _read_flags(self, mean: float) -> None:
+        self._stop, self._save_due = decode_flags(mean, self.dist.world_size)
+
+    def _request_stop(self, signum: int) -> None:
+        """The first stop signal: stop after this step, with a checkpoint."""
+        self._stop = True
+        with suppress(OSError):  # the terminal is gone; the run directory says it all
+            self.console.print(f"\n{signal_name(signum)}: stopping after this step and saving a "
+                               f"checkpoint (send it again to abort at once)")
+
+    def _elapsed(self) -> float:
+        """Training seconds of this run so far, earlier sessions included."""
+        return self._elapsed_before + time.perf_counter() - self._t_start
+
+    def _discriminator_step(self, real: torch.Tensor, fake: torch.Tensor,
+                            vals: list[float]) -> list[float]:
+        """D's updates after the generator's (see :mod:`.adversarial`); its logged values."""
+        d_vals = self.adversary.train_step(self.step, real, fake)
+        D.all_reduce_mean(d_vals)
+        out = d_vals.tolist()
+        if self.adversary.active(self.step) and not all(math.isfinite(v) for v in out):
+            self._diverged(vals + out)
+        return out
 
     def _diverged(self, vals: list[float]) -> None:
-        terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.loss.terms.keys(), vals[1:]))
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in zip(self._columns(), vals[1:]))
         last = (f"the last good checkpoint is {self.last_checkpoint} (resume with --resume "
                 f"{self.run_dir})" if self.last_checkpoint else "no checkpoint had been saved yet")
         kind = "NaN" if any(math.isnan(v) for v in vals) else "infinite"
@@ -346,10 +431,19 @@ class Trainer:
             f"saving that step, and {last}. Lower optimizer.lr or set train.grad_clip{hint}.")
 
     def run(self) -> TrainResult:
-        """Train to ``train.iterations`` (or until interrupted); returns what happened."""
+        """Train to ``train.iterations`` (or until interrupted); returns what happened.
+
+        Raises :class:`TrainingInterrupted` after a stop signal (with a checkpoint) and
+        :class:`~percepkit.train.signals.TrainingAborted` after a second one (or one during
+        set-up), when ``handle_signals``.
+        """
         try:
+            if self.handle_signals:
+                self._signals.install()
             self._setup()
             return self._loop()
+        except TrainingAborted as e:
+            raise TrainingAborted(e.signum, self._aborted(e.signum)) from None
         except OSError as e:  # a write the files module did not see (TensorBoard, ...)
             if not is_write_error(e):
                 raise
@@ -360,6 +454,25 @@ class Trainer:
         finally:
             self._close()
 
+    def _resume_hint(self) -> str:
+        return f"percepkit train --resume {shlex.quote(str(self.run_dir))}"
+
+    def _aborted(self, signum: int) -> str:
+        name = signal_name(signum)
+        saved = self.last_checkpoint is not None and self._saved_step == self.step
+        if not self._signals.armed:
+            head = f"{name}: stopped before training started; nothing new to save"
+        elif saved:
+            head = f"{name} again: stopped at once after saving step {self.step}"
+        else:
+            head = f"{name} again: stopped at once at step {self.step}, without saving that step"
+        if getattr(self, "run_dir", None) is None or self.lock is None:
+            return head  # this run had not taken its folder yet
+        if self.last_checkpoint is None:
+            return f"{head}; no checkpoint was saved. Start again with: {self._resume_hint()}"
+        return (f"{head}; the newest checkpoint is {self.last_checkpoint}. Continue with: "
+                f"{self._resume_hint()}")
+
     def _write_stopped(self, error: WriteError) -> WriteError:
         """``error`` (a failed write: disk full, quota, ...) with where the run stands."""
         run_dir = getattr(self, "run_dir", None)
@@ -369,8 +482,7 @@ class Trainer:
                  f"{self.last_checkpoint})" if self.last_checkpoint is not None
                  else "no checkpoint had been written yet")
         return WriteError(f"{error} Training stopped at step {self.step}; {saved}. Once it can "
-                          f"be written, continue with: percepkit train --resume {run_dir}",
-                          error.errno)
+                          f"be written, continue with: {self._resume_hint()}", error.errno)
 
     def _loop(self) -> TrainResult:
         s, ck = self.settings, self.ckpt_settings
@@ -381,15 +493,16 @@ class Trainer:
                                f"{s.iterations}; raise train.iterations (--set "
                                f"train.iterations=N) to train longer")
             return self._result(result)
-        if self.handle_signals:
-            self._install_signals()
-        terms = list(self.loss.terms.keys())
+        terms = self._columns()
         window: list[list[float]] = []
         t_log = time.perf_counter()
-        t_start = t_log
+        self._t_start = t_log
+        self._t_saved = self.clock()
         steps_at_log = self.step
         progress, task = self.report.start_progress(self.step)
-        it = iter(self.loader)
+        self._signals.arm()  # from here a stop signal gets a checkpoint
+        with stop_signals_blocked():  # workers start with them blocked, then ignore them
+            it = iter(self.loader)
         try:
             self.module.train()
             while self.step < s.iterations:
@@ -404,20 +517,23 @@ class Trainer:
                     progress.update(task, completed=self.step, losses=shown)
                 final = self.step == s.iterations
                 if self.step % max(1, s.log_every) == 0 or final or self._stop:
-                    self._log(window, now - t_log, self.step - steps_at_log, now - t_start)
+                    self._log(window, now - t_log, self.step - steps_at_log,
+                              self._elapsed_before + now - self._t_start)
                     window, t_log, steps_at_log = [], now, self.step
                 improved = False
                 if (self.step % max(1, s.val_every) == 0 or final) and self.has_val:
                     improved = D.broadcast_object(self._validate())
                 if self.step % max(1, s.sample_every) == 0 or final:
                     self._samples()
-                if self.step % max(1, ck.every) == 0 or final or self._stop or improved:
+                if self.step % max(1, ck.every) == 0 or final or self._stop or improved \
+                        or self._save_due:
                     self._save(best=improved and ck.keep_best)
                 if self._stop and not final:
+                    signum = self._signals.signum or signal.SIGTERM  # or another process's
                     raise TrainingInterrupted(
-                        f"stopped at step {self.step} of {s.iterations}; checkpoint saved to "
-                        f"{self.last_checkpoint}. Continue with: percepkit train --resume "
-                        f"{self.run_dir}", self.last_checkpoint)
+                        f"{signal_name(signum)}: stopped at step {self.step} of {s.iterations}; "
+                        f"checkpoint saved to {self.last_checkpoint}. Continue with: "
+                        f"{self._resume_hint()}", self.last_checkpoint, signum)
         finally:
             if progress is not None:
                 progress.stop()
@@ -433,27 +549,15 @@ class Trainer:
         return result
 
     def _close(self) -> None:
-        for sig, handler in self._old_handlers.items():
-            signal.signal(sig, handler)
-        self._old_handlers = {}
-        self.report.close()
-        if self._dist_owned:
-            D.cleanup()
-
-    def _install_signals(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._stop:
-                signal.signal(signum, self._old_handlers.get(signum, signal.SIG_DFL))
-                raise KeyboardInterrupt
-            self._stop = True
-            self.console.print(f"\n{signal.Signals(signum).name}: stopping after this step and "
-                               f"saving a checkpoint (send it again to abort at once)")
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old_handlers[sig] = signal.signal(sig, handler)
+        try:
+            self.report.close()
+            if self._dist_owned:
+                D.cleanup()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+            self._signals.restore()
 
     # -- reporting, validation and previews --------------------------------------------------------
     def _announce(self) -> None:
@@ -467,7 +571,10 @@ class Trainer:
             f"{n_params / 1e6:.2f}M parameters, device {self.device}, "
             f"{self.precision.describe()}"
             f"{', channels_last' if self.channels_last else ''}"
-            f"{', compiled' if s.compile else ''}\nrun directory: {self.run_dir}", soft_wrap=True)
+            f"{', compiled' if s.compile else ''}\nrun directory: {escape(str(self.run_dir))}",
+            soft_wrap=True)
+        if self.adversary is not None:
+            self.console.print(self.adversary.describe(), soft_wrap=True)
         if self.val_items and self.step == 0:
             line = self.task.baseline(self.val_items)
             if line is not None:

@@ -4,10 +4,13 @@ The transform and the loss (its network with random weights) are built on torch'
 device, where tensors have shapes but no storage, and one forward pass at batch 1 and the
 training input size counts the bytes of every tensor an operation creates (views and in-place
 results excluded): the activations kept for backward, and some temporaries, so an upper bound.
-The peak is that sum times the batch size, plus the transform's parameters with their gradients
-and optimiser state (4 copies: Adam keeps two moments), the loss network's parameters and the
-batch itself. A recipe whose estimate exceeds the device's available memory is refused with what
-to reduce; one whose parts cannot run on ``meta`` is not estimated (training goes on as before).
+The peak is that sum times the batch size, plus the transform's (and a gan term's
+discriminator's) parameters with their gradients and optimiser state (4 copies: Adam keeps two
+moments), the loss network's parameters and the batch itself. The discriminator's own step is
+not counted: it runs after the generator's step has freed its activations, and the generator's
+step already holds D's forward passes. A recipe whose estimate exceeds the device's available
+memory is refused with what to reduce; one whose parts cannot run on ``meta`` is not estimated
+(training goes on as before).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch.utils._pytree import tree_leaves
 from ..errors import PercepkitError, RecipeError
 from ..inference.memory import available_memory, format_bytes, require_memory
 from ..recipe import Recipe
+from .adversarial import attach_meta_discriminator
 
 PARAM_COPIES = 4  # parameter, gradient and the optimiser's two moments (Adam)
 
@@ -82,6 +86,7 @@ def estimate_training_memory(recipe: Recipe, input_shape: tuple[int, ...],
         with torch.device("meta"):
             model = meta_recipe.build_transform()
             loss = meta_recipe.build_loss()
+            critic = attach_meta_discriminator(meta_recipe, loss)  # a gan term's D, if any
             x = torch.zeros((1, *input_shape))
             y = torch.zeros((1, *target_shape))
             if loss.style_layers:  # style targets are set once from the style image
@@ -93,7 +98,8 @@ def estimate_training_memory(recipe: Recipe, input_shape: tuple[int, ...],
         return None
     net = getattr(loss, "loss_network", None)
     per_image = (x.numel() + y.numel()) * x.element_size()
-    return MemoryEstimate(counter.bytes, _nbytes(model), _nbytes(net) if net is not None else 0,
+    params = _nbytes(model) + (_nbytes(critic) if critic is not None else 0)
+    return MemoryEstimate(counter.bytes, params, _nbytes(net) if net is not None else 0,
                           per_image, recipe.train.batch_size)
 
 

@@ -56,13 +56,17 @@ class Reporter:
             TimeElapsedColumn,
             TimeRemainingColumn,
         )
+        from rich.table import Column
 
-        # step and times first: on a narrow terminal the wide loss/speed columns are cut, not they
+        # step and times first, then one flexible column (losses, speed) that takes the width
+        # that is left and is cut with an ellipsis: at 80 columns step count and ETA stay whole
+        rest = Column(ratio=1, no_wrap=True, overflow="ellipsis", min_width=0)
         progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            TextColumn("[cyan]{task.fields[speed]}"), TextColumn("{task.fields[losses]}"),
-            console=self.console, transient=False)
+            TextColumn("{task.fields[losses]}  [cyan]{task.fields[speed]}",
+                       table_column=rest),
+            console=self.console, transient=False, expand=True)
         task = progress.add_task("train", total=self.iterations, completed=step, losses="",
                                  speed="")
         progress.start()
@@ -75,18 +79,20 @@ class Reporter:
         if not window or not self.is_main:
             return
         terms = self.terms
-        mean = np.mean(np.array(window), axis=0).tolist()
+        mean = _column_means(window)
         sec = seconds / max(1, steps)
         ips = images_per_step / sec if sec > 0 else float("nan")
+        # a value not measured in the whole window (NaN: the discriminator's during its
+        # warm-up) is left out: an empty CSV cell, no TensorBoard point, not on the console
+        measured = {k: v for k, v in zip(terms, mean[1:]) if not math.isnan(v)}
         row = {"step": step, "epoch": round(epoch, 4), "lr": float(lr), "loss": mean[0],
-               **dict(zip(terms, mean[1:])), "sec_per_step": sec, "images_per_sec": ips,
-               "elapsed_sec": elapsed}
+               **measured, "sec_per_step": sec, "images_per_sec": ips, "elapsed_sec": elapsed}
         if self.log_csv is not None:
             self.log_csv.write(row)
         if self.tb is not None:
-            for k in ("loss", *terms, "lr", "images_per_sec"):
+            for k in ("loss", *measured, "lr", "images_per_sec"):
                 self.tb.add_scalar(f"train/{k}", row[k], step)
-        parts = "  ".join(f"{k} {v:.4g}" for k, v in zip(terms, mean[1:]))
+        parts = "  ".join(f"{k} {v:.4g}" for k, v in measured.items())
         if self._bar is not None:
             self._bar[0].update(self._bar[1], speed=f"{1 / sec:.2f} it/s  {ips:.1f} img/s")
         self.console.print(log_line(step, self.iterations, mean[0], parts, lr, sec, ips, elapsed),
@@ -107,6 +113,16 @@ class Reporter:
         """The preview grid to TensorBoard (the PNG is written by the trainer)."""
         if self.tb is not None:
             self.tb.add_image("samples", grid, step)
+
+
+def _column_means(window: list[list[float]]) -> list[float]:
+    """Per-column means of the window's rows, over the rows where the value is not NaN (NaN
+    when it is NaN in every row)."""
+    values = np.array(window, dtype=np.float64)
+    seen = ~np.isnan(values)
+    sums = np.where(seen, values, 0.0).sum(axis=0)
+    counts = seen.sum(axis=0)
+    return [float(s / c) if c else math.nan for s, c in zip(sums, counts)]
 
 
 def duration(seconds: float) -> str:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from .. import __version__
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -66,7 +67,7 @@ def latest_intact_checkpoint(run_dir: Path, console: Console | None = None) -> P
         except CheckpointError as e:
             msg = f"skipping a damaged checkpoint: {e}"
             if console is not None:
-                console.print(f"[yellow]warning:[/] {msg}", highlight=False)
+                console.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False)
             else:
                 warnings.warn(msg, stacklevel=2)
             continue
@@ -291,15 +292,14 @@ class RunDir:
                 for p in newer:
                     p.rename(aside / p.name)
                 console.print(f"note: moved {len(newer)} checkpoint(s) newer than step "
-                              f"{step} to {aside}")
+                              f"{step} to {escape(str(aside))}", soft_wrap=True)
             _truncate_csv(run / "log.csv", step)
             _truncate_csv(run / "val.csv", step)
-        atomic_write(run / "recipe.yaml", lambda f: f.write(recipe_yaml.encode("utf-8")))
+        atomic_write(run / "recipe.yaml", lambda f: f.write(recipe_yaml.encode()))
         info_path = run / "run.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {"sessions": []}
         info["sessions"].append(dict(session))
-        text = json.dumps(info, indent=2)
-        atomic_write(info_path, lambda f: f.write(text.encode("utf-8")))
+        atomic_write(info_path, lambda f: f.write(json.dumps(info, indent=2).encode()))
 
     def open_logs(self, log_header: list[str], val_header: list[str],
                   tensorboard: bool | None = None) -> tuple[CSVLog, CSVLog, Any]:

@@ -100,22 +100,24 @@ class SRTask(Task):
         return batch["lr"], batch["hr"]
 
     def val_columns(self, terms: Sequence[str]) -> list[str]:
-        return ["psnr", "ssim"]
+        return ["psnr", "ssim", "grid", "blobs"]
 
     @torch.no_grad()
     def validate(self, model: nn.Module, items: Sequence[Item]) -> dict[str, float]:
-        """Mean PSNR/SSIM (Y, border = scale) exactly as ``percepkit eval`` computes them."""
+        """Mean PSNR/SSIM (Y, border = scale), grid (period = scale) and blobs, exactly as
+        ``percepkit eval`` computes them."""
         from ..evaluate import run_transform
-        from ..metrics import psnr, ssim
+        from ..metrics import blobs, grid, psnr, ssim
 
-        p_fn, s_fn = psnr(crop_border=self.scale), ssim(crop_border=self.scale)
-        ps, ss = [], []
+        fns = {"psnr": psnr(crop_border=self.scale), "ssim": ssim(crop_border=self.scale),
+               "grid": grid(period=max(2, self.scale)), "blobs": blobs()}
+        values: dict[str, list[float]] = {k: [] for k in fns}
         for item in items:
             out = run_transform(model, item["lr"], self.device)[None]
             hr = item["hr"][None]
-            ps.append(float(p_fn(out, hr)[0]))
-            ss.append(float(s_fn(out, hr)[0]))
-        return {"psnr": float(np.mean(ps)), "ssim": float(np.mean(ss))}
+            for k, fn in fns.items():
+                values[k].append(float(fn(out, hr)[0]))
+        return {k: float(np.mean(v)) for k, v in values.items()}
 
     def baseline(self, items: Sequence[Item]) -> str | None:
         from ..transforms import Bicubic
@@ -165,18 +167,27 @@ class StyleTask(Task):
         return batch["image"], batch["image"]
 
     def val_columns(self, terms: Sequence[str]) -> list[str]:
-        return ["loss", *terms]
+        return ["loss", *terms, "grid", "blobs"]
 
     @torch.no_grad()
     def validate(self, model: nn.Module, items: Sequence[Item]) -> dict[str, float]:
-        """The mean loss and loss terms on the validation images."""
+        """The mean loss and loss terms on the validation images, and the artifact metrics of
+        the 8-bit outputs: grid (period 4) and blobs against the content image."""
+        from ..images import quantize
+        from ..metrics import blobs, grid
+
+        artifacts = {"grid": grid(period=4), "blobs": blobs()}
         totals: list[list[float]] = []
         for item in items:
             x = item["image"][None].to(self.device)
-            total, parts = self.loss(model(x), x)
-            totals.append([float(total), *(float(v) for v in parts.values())])
+            y = model(x)
+            total, parts = self.loss(y, x)
+            out, content = quantize(y.float().cpu()), x.float().cpu()
+            totals.append([float(total), *(float(v) for v in parts.values()),
+                           *(float(fn(out, content)[0]) for fn in artifacts.values())])
         mean = np.mean(np.array(totals), axis=0).tolist()
-        return {"loss": mean[0], **dict(zip(self.loss.terms.keys(), mean[1:]))}
+        return {"loss": mean[0], **dict(zip(self.loss.terms.keys(), mean[1:])),
+                **dict(zip(artifacts, mean[-len(artifacts):]))}
 
     def preview(self, model: nn.Module, previews: Sequence[Item], val_items: Sequence[Item],
                 step: int) -> torch.Tensor:

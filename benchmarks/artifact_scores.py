@@ -1,0 +1,164 @@
+"""Artifact scores of the model zoo (the 'Artifact scores' section of docs/zoo.md).
+
+Run from the repository root with the benchmark images of ../shared/data::
+
+    export PERCEPKIT_DATA=../shared/data/benchmarks
+    python benchmarks/artifact_scores.py                  # both tables (Markdown, stdout)
+    python benchmarks/artifact_scores.py sr               # SR models on Set5 and Set14
+    python benchmarks/artifact_scores.py style --image    # style models on BSD100 photos, and
+                                                          # docs/images/zoo/blobs_styles.jpg
+
+SR: ``grid`` at period 4 and ``blobs`` of the x4 outputs exactly as ``percepkit eval`` scores
+them (8-bit outputs of the MATLAB-bicubic LR; ``percepkit eval --set5 --set14 --model NAME
+--metrics grid,blobs --per-image`` gives the same values), with the HR images' own grid as the
+calibration. Style: the outputs of the zoo's style models at the photos' size (480x320, as
+``percepkit stylize`` makes them, rounded to 8 bits), ``blobs`` against the content photo and
+``grid`` at period 4, with the photos' own grid. All numbers are deterministic (CPU, float32
+networks, float64 metrics): machine-independent up to the last digit shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO / "docs" / "images" / "zoo"
+BENCH = Path(os.environ.get("PERCEPKIT_DATA", REPO.parent / "shared" / "data" / "benchmarks"))
+#: held-out BSD100 photos (never trained on) with flat regions: sky, walls, tarmac
+STYLE_PHOTOS = ("3096", "14037", "21077", "37073", "42049", "69020", "86000", "210088")
+STYLES = ("candy", "mosaic", "starry_night", "udnie", "the_scream", "candy_lite")
+SR_MODELS = ("bicubic", "sr_x4_pixel", "sr_x4_feat")
+#: the photos of the blob illustration
+IMAGE_PHOTOS = ("3096", "42049")
+
+
+def _span(values: list[float], fmt: str) -> str:
+    lo, hi = min(values), max(values)
+    return format(lo, fmt) if format(lo, fmt) == format(hi, fmt) else \
+        f"{format(lo, fmt)}–{format(hi, fmt)}"
+
+
+def sr_table() -> str:
+    """grid (period 4) and blobs of bicubic and the SR models on Set5 and Set14 (x4)."""
+    import percepkit
+    from percepkit.evaluate import run_transform
+    from percepkit.metrics import Blobs, Grid
+    from percepkit.registry import DATASETS
+    from percepkit.transforms import Bicubic
+
+    grid, blobs = Grid(period=4), Blobs()
+    cpu = torch.device("cpu")
+    models = {name: Bicubic(4) if name == "bicubic" else percepkit.load(name)
+              for name in SR_MODELS}
+    lines = ["| model | set | grid (levels, min–max) | grid mean | blobs (%, max) |",
+             "| --- | --- | --- | --- | --- |"]
+    for key in ("set5", "set14"):
+        spec = {"name": key, "scale": 4} if key == "set5" else \
+            {"name": key, "scale": 4, "root": str(BENCH), "download": False}
+        ds = DATASETS.build(spec)
+        samples = [ds.sample(i) for i in range(len(ds))]
+        rows: dict[str, tuple[list[float], list[float]]] = {}
+        rows["HR (calibration)"] = ([float(grid(s.hr[None], s.hr[None])[0]) for s in samples],
+                                    [0.0])
+        for name, model in models.items():
+            g, b = [], []
+            with torch.inference_mode():
+                for s in samples:
+                    out = run_transform(model, s.lr, cpu)
+                    g.append(float(grid(out[None], s.hr[None])[0]))
+                    b.append(float(blobs(out[None], s.hr[None])[0]))
+            rows[name] = (g, b)
+        label = {"set5": "Set5", "set14": "Set14"}[key]
+        for name, (g, b) in rows.items():
+            blob = "—" if name.startswith("HR") else format(max(b), ".3f")
+            lines.append(f"| {name} | {label} | {_span(g, '.2f')} | "
+                         f"{sum(g) / len(g):.2f} | {blob} |")
+    return "\n".join(lines)
+
+
+def _stylised(names: tuple[str, ...], photos: tuple[str, ...]
+              ) -> tuple[dict[str, torch.Tensor], dict[tuple[str, str], torch.Tensor]]:
+    """The content photos and every model's 8-bit output of each."""
+    import percepkit
+    from percepkit.images import quantize, read_image
+    from percepkit.inference.predictor import Predictor
+
+    contents = {p: read_image(BENCH / "BSD100" / f"{p}.png") for p in photos}
+    outs = {}
+    for name in names:
+        predictor = Predictor(percepkit.load(name), "cpu")
+        for p, x in contents.items():
+            outs[(name, p)] = quantize(predictor(x))
+    return contents, outs
+
+
+def style_table(image: bool = False) -> str:
+    """blobs (vs the content photo) and grid (period 4) of the style models on BSD100 photos."""
+    from percepkit.metrics import Blobs, Grid
+
+    grid, blobs = Grid(period=4), Blobs()
+    contents, outs = _stylised(STYLES, STYLE_PHOTOS)
+    lines = ["| model | blobs (%, mean) | blobs (%, min–max) | photos with blobs > 0.1 % | "
+             "grid (levels, min–max) |", "| --- | --- | --- | --- | --- |"]
+    g = [float(grid(x[None], x[None])[0]) for x in contents.values()]
+    lines.append(f"| the photos (calibration) | — | — | — | {_span(g, '.2f')} |")
+    for name in STYLES:
+        b = [float(blobs(outs[(name, p)][None], contents[p][None])[0]) for p in STYLE_PHOTOS]
+        g = [float(grid(outs[(name, p)][None], contents[p][None])[0]) for p in STYLE_PHOTOS]
+        over = sum(v > 0.1 for v in b)
+        lines.append(f"| `{name}` | {sum(b) / len(b):.2f} | {_span(b, '.2f')} | "
+                     f"{over} of {len(b)} | {_span(g, '.2f')} |")
+    if image:
+        blob_image({k: v for k, v in contents.items() if k in IMAGE_PHOTOS}, outs)
+    return "\n".join(lines)
+
+
+def blob_image(contents: dict[str, torch.Tensor], outs: dict[tuple[str, str], torch.Tensor],
+               height: int = 160) -> Path:
+    """content | every style model, the detected blobs outlined in magenta, one row a photo."""
+    import torch.nn.functional as F
+
+    from percepkit.images import image_grid, stack_rows, write_image
+    from percepkit.metrics import Blobs
+    from percepkit.metrics.artifacts import blob_mask
+
+    metric = Blobs()
+    magenta = torch.tensor([1.0, 0.0, 1.0]).view(3, 1, 1)
+    rows = []
+    for p, x in contents.items():
+        tiles, labels = [x], [f"BSD100 {p}"]
+        for name in STYLES:
+            out = outs[(name, p)]
+            mask = blob_mask(out[None], x[None], metric.level, metric.reference_margin,
+                             metric.min_size, metric.thickness).to(torch.float32)[:, None]
+            ring = (F.max_pool2d(mask, 7, stride=1, padding=3) - mask)[0] > 0  # a 3 px outline
+            tiles.append(torch.where(ring, magenta, out))
+            share = float(mask.mean()) * 100
+            labels.append(f"{name} {share:.1f}%")
+        small = [F.interpolate(t[None], size=(height, round(t.shape[-1] * height / t.shape[-2])),
+                               mode="area")[0] for t in tiles]
+        rows.append(image_grid(small, labels=labels))
+    path = write_image(IMAGES / "blobs_styles.jpg", stack_rows(rows))
+    print(f"wrote {path.relative_to(REPO)} ({path.stat().st_size // 1024} KB)")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("what", nargs="?", choices=["all", "sr", "style"], default="all")
+    parser.add_argument("--image", action="store_true",
+                        help="also write docs/images/zoo/blobs_styles.jpg")
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    if args.what in ("all", "sr"):
+        print(sr_table(), end="\n\n")
+    if args.what in ("all", "style"):
+        print(style_table(args.image))
+
+
+if __name__ == "__main__":
+    main()
