@@ -266,6 +266,38 @@ def state_dict_mismatch(error: RuntimeError) -> str:
     return detail[:400]
 
 
+def check_spec_size(path: str | Path, spec: Mapping[str, Any],
+                    weights: Mapping[str, torch.Tensor]) -> None:
+    """Before building a checkpoint's transform: the network its spec describes, built on the
+    ``meta`` device (no memory), must fit the available RAM and have the stored weights' shapes
+    (a damaged or edited spec asking for huge channels is refused here, not by the allocator)."""
+    from .inference.memory import format_bytes, require_memory
+    from .registry import TRANSFORMS
+
+    try:
+        with torch.device("meta"):
+            net = TRANSFORMS.build(spec, where=f"{path}: transform")
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its transform {spec.get('name')}: {e}") from None
+    except CheckpointError:
+        raise
+    except Exception:  # a part that cannot be built on meta: building it for real will tell
+        return
+    shapes = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    need = sum(p.numel() * p.element_size() for p in net.state_dict().values())
+    stored = {k: tuple(v.shape) for k, v in weights.items()}
+    differ = sorted(k for k in shapes.keys() & stored.keys() if shapes[k] != stored[k])
+    if differ:  # (names that differ are load_state_dict's to report)
+        raise CheckpointError(f"{path}: weights do not fit its transform spec {dict(spec)} "
+                              f"({differ[0]} is {stored[differ[0]]} in the file but "
+                              f"{shapes[differ[0]]} in the spec, whose network holds "
+                              f"{format_bytes(need)} of parameters); the file is damaged or "
+                              f"was edited")
+    require_memory(2 * need, torch.device("cpu"),
+                   f"{path}: building its transform ({format_bytes(need)} of parameters, "
+                   f"plus the stored copy)", "load it on a machine with more memory")
+
+
 def load_transform(path: str | Path, device: str | torch.device = "cpu", ema: bool = True
                    ) -> torch.nn.Module:
     """Rebuild a checkpoint's transform network from its metadata and load its weights.
@@ -278,10 +310,14 @@ def load_transform(path: str | Path, device: str | torch.device = "cpu", ema: bo
     spec = ckpt.transform
     if spec is None:
         raise CheckpointError(f"{path}: checkpoint metadata has no transform spec")
-    model = TRANSFORMS.build(spec, where=f"{path}: transform")
     weights = ckpt.weights(ema)
     if not weights:
         raise CheckpointError(f"{path}: checkpoint holds no model weights")
+    check_spec_size(path, spec, weights)
+    try:
+        model = TRANSFORMS.build(spec, where=f"{path}: transform")
+    except ValueError as e:  # the constructor's own checks (e.g. johnson_sr's scales)
+        raise CheckpointError(f"{path}: its transform {spec.get('name')}: {e}") from None
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:

@@ -90,6 +90,13 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # the reader went away (`| head`, `| grep -q`): nothing is lost
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         sys.exit(0)
+    except OSError as e:  # a write the files module did not see: disk full, read-only, ...
+        from .files import is_write_error, write_error
+
+        if not is_write_error(e) or e.filename is None:
+            raise
+        click.echo(f"error: {write_error(e.filename, e, cleaned=False)}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

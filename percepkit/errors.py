@@ -24,3 +24,18 @@ class CheckpointError(PercepkitError):
 
 class ImageError(PercepkitError):
     """An image file cannot be read or is unusable (message names the file and the reason)."""
+
+
+class MissingExtraError(PercepkitError):
+    """An optional package (a ``percepkit[extra]``) is needed but missing or fails to import;
+    the message names the ``pip install`` command."""
+
+
+class WriteError(PercepkitError):
+    """A file or folder cannot be written (disk full, quota, read-only, permission, a file in
+    the way); the message names the path. Nothing half-written is left behind. ``errno`` is
+    the OSError's."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno

@@ -38,15 +38,19 @@ from .precision import Precision, resolve_precision
 from .registry import METRICS
 
 __all__ = [
-    "DATA_CONVENTION", "EvalResult", "ImageRow", "MetricInfo", "SetResult", "build_metrics",
+    "DATA_CONVENTION", "LR_GIVEN", "LR_MADE", "EvalResult", "ImageRow", "MetricInfo",
+    "SetResult", "build_metrics", "data_convention",
     "comparison_grid", "conventions_path", "csv_number", "evaluate", "json_number",
     "metric_entries", "result_to_dict", "run_transform", "score_image", "score_pair",
     "write_conventions", "write_csv", "write_json", "write_text",
 ]
 
+#: how the LR inputs were made: from the HR (benchmarks, --hr-dir), or given (--lr-dir)
+LR_MADE = ("LR = MATLAB imresize(HR, 1/scale) bicubic (a=-0.5, antialiased, symmetric padding) "
+           "rounded to 8 bits")
+LR_GIVEN = "LR = the given LR image files (--lr-dir, paired with the HR by name), 8-bit as read"
 DATA_CONVENTION = (
-    "HR mod-cropped (top-left) to a multiple of the scale (or of mod_crop); LR = MATLAB "
-    "imresize(HR, 1/scale) bicubic (a=-0.5, antialiased, symmetric padding) rounded to 8 bits; "
+    f"HR mod-cropped (top-left) to a multiple of the scale (or of mod_crop); {LR_MADE}; "
     "model outputs clamped to [0, 1] and rounded to 8 bits before measuring; 1-channel images "
     "are fed to the model as 3 equal channels and its output reduced back to 1 channel with luma "
     "0.299/0.587/0.114 (exact for equal channels); per-image values averaged over each set"
@@ -84,6 +88,8 @@ class SetResult:
     source: str = ""
     checksum_note: str = ""
     mod_crop: int = 0
+    #: whether the LR inputs were given as files (--lr-dir) rather than made from the HR
+    given_lr: bool = False
     rows: list[ImageRow] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -111,8 +117,20 @@ class EvalResult:
     @property
     def convention(self) -> dict[str, Any]:
         """The exact data and metric conventions, as written into results files."""
-        return {"data": DATA_CONVENTION,
+        return {"data": data_convention(self.sets),
                 "metrics": {m.name: m.convention or f"n/a: {m.unavailable}" for m in self.metrics}}
+
+
+def data_convention(sets: Sequence[SetResult]) -> str:
+    """:data:`DATA_CONVENTION`, with the LR statement of the sets: made from the HR, given as
+    files (--lr-dir), or each set's when both occur."""
+    given = [s.name for s in sets if s.given_lr]
+    if not given:
+        return DATA_CONVENTION
+    made = [s.name for s in sets if not s.given_lr]
+    lr = LR_GIVEN if not made else (f"{', '.join(given)}: {LR_GIVEN}; {', '.join(made)}: "
+                                    f"{LR_MADE}")
+    return DATA_CONVENTION.replace(LR_MADE, lr)
 
 
 def build_metrics(names: Sequence[str], crop_border: int = 0,
@@ -296,7 +314,8 @@ def evaluate(
         for ds in datasets:
             set_start = time.perf_counter()
             res = SetResult(ds.name, ds.scale, ds.source, ds.checksum_note,
-                            mod_crop=getattr(ds, "mod", None) or ds.scale)
+                            mod_crop=getattr(ds, "mod", None) or ds.scale,
+                            given_lr=getattr(ds, "lr_paths", None) is not None)
             for i in range(len(ds)):
                 path = ds.hr_paths[i]
                 try:

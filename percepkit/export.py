@@ -19,13 +19,14 @@ import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from .errors import PercepkitError
+from .files import atomic_path
 from .inference import geometry
 from .inference.padded import PaddedNet
 
@@ -68,7 +69,7 @@ def _reference(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 def _onnx_runner(path: Path):
     try:
         import onnxruntime as ort
-    except ImportError:
+    except Exception:  # not installed (or broken): the file is written but not verified
         return None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -78,14 +79,13 @@ def _onnx_runner(path: Path):
 
 
 def _require_onnx() -> None:
-    """One paragraph instead of torch's traceback when the onnx package is missing."""
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        raise PercepkitError(
-            "ONNX export needs the onnx package, which is not installed: pip install "
-            "'percepkit[export]' (onnx, plus onnxruntime to verify the file); or use "
-            "--format torchscript, which works with the base install.") from None
+    """One paragraph instead of torch's traceback when the onnx package is missing or broken."""
+    from .extras import import_optional
+
+    import_optional("onnx", "ONNX export", missing=(
+        "ONNX export needs the onnx package, which is not installed: pip install "
+        "'percepkit[export]' (onnx, plus onnxruntime to verify the file); or use "
+        "--format torchscript, which works with the base install."))
 
 
 def _export_onnx(model: nn.Module, path: Path, x: torch.Tensor, dynamic: bool, opset: int,
@@ -150,7 +150,6 @@ def export(
     # (a multiple of the stride) needs no padding
     model = PaddedNet(net).eval() if size is None else net
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = size is None
     h, w = _example_size(align, size)
     gen = torch.Generator().manual_seed(0)
@@ -161,18 +160,30 @@ def export(
                      "inside, as percepkit stylize/upscale pad)", **(metadata or {})}
     if format == "onnx":
         _require_onnx()
-        _export_onnx(model, path, example, dynamic, opset, meta)
-        runner = _onnx_runner(path)
-        verified_with = "onnxruntime" if runner else ""
-    elif format == "torchscript":
-        _export_torchscript(model, path, example, meta)
-        runner = _load_torchscript(path)
-        verified_with = "torch.jit.load"
-    else:
+    elif format != "torchscript":
         raise PercepkitError(f"unknown export format {format!r}; use onnx or torchscript")
-    report = ExportReport(path, format, dynamic, verified_with=verified_with)
-    if runner is None:
-        return report
+    # written beside ``path`` and renamed into place once verified: a failed export or write
+    # (disk full, no permission) leaves no file behind
+    with atomic_path(path) as tmp:
+        if format == "onnx":
+            _export_onnx(model, tmp, example, dynamic, opset, meta)
+            runner = _onnx_runner(tmp)
+            verified_with = "onnxruntime" if runner else ""
+        else:
+            _export_torchscript(model, tmp, example, meta)
+            runner = _load_torchscript(tmp)
+            verified_with = "torch.jit.load"
+        report = ExportReport(path, format, dynamic, verified_with=verified_with)
+        if runner is not None:
+            _verify(model, runner, example, dynamic, align, gen, format, atol, report)
+    return report
+
+
+def _verify(model: nn.Module, runner: Any, example: torch.Tensor, dynamic: bool, align: int,
+            gen: torch.Generator, format: str, atol: float, report: ExportReport) -> None:
+    """Run the exported file at the example size (and a second size when dynamic) and compare
+    with PyTorch; raise when it fails or differs by more than ``atol``."""
+    h, w = example.shape[-2:]
     checks = [example]
     if dynamic:
         # not multiples of the stride: checks the padding inside the graph too
@@ -184,7 +195,6 @@ def export(
             got, err = None, e
         ref = _reference(model, x)
         if got is None or got.shape != ref.shape:
-            path.unlink(missing_ok=True)
             why = f"({type(err).__name__})" if got is None else f"(shape {got.shape})"
             if i > 0:
                 raise PercepkitError(
@@ -196,9 +206,7 @@ def export(
         report.max_abs_diff = max(report.max_abs_diff, diff)
         report.input_sizes.append((int(x.shape[-2]), int(x.shape[-1])))
         if diff > atol:
-            path.unlink(missing_ok=True)
             hint = (" at a second input size: this transform resamples with size-dependent "
                     "constants; export it for one input size with --size HxW") if i else ""
             raise PercepkitError(f"the {format} export differs from PyTorch by {diff:.2e} "
                                  f"(> {atol:g}){hint}")
-    return report

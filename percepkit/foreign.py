@@ -25,7 +25,7 @@ import torch
 
 from .errors import CheckpointError, PercepkitError
 from .registry import TRANSFORMS
-from .spandrel_arch import SpandrelSR, spec_of, sr_problem
+from .spandrel_arch import SpandrelSR, import_spandrel, spec_of, sr_problem
 
 #: percepkit's equivalent of pytorch/examples' TransformerNet (32/64/128 channels, instance
 #: norm, nearest-upsample convolutions, a linear output in [0, 255] units rescaled to [0, 1]).
@@ -112,10 +112,7 @@ SPANDREL_MISSING = (
 
 def load_spandrel(path: Path, state: Mapping[str, torch.Tensor]) -> SpandrelSR:
     """An SR network from a third-party state dict through spandrel (the optional extra)."""
-    try:
-        import spandrel
-    except ImportError:
-        raise CheckpointError(SPANDREL_MISSING.format(path=path)) from None
+    spandrel = import_spandrel(f"{path}", SPANDREL_MISSING.format(path=path))
     try:
         descriptor = spandrel.ModelLoader().load_from_state_dict(dict(state))
     except Exception as e:

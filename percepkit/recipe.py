@@ -41,7 +41,7 @@ from typing import Any, Literal
 import yaml
 
 from .arguments import check_arguments, close_matches
-from .errors import PercepkitError, RecipeError
+from .errors import MissingExtraError, PercepkitError, RecipeError
 from .recipe_checks import check_parts, missing_files
 from .registry import (
     DATASETS,
@@ -77,7 +77,9 @@ class TrainSettings:
     a model name (``percepkit list models``) or checkpoint file, with a fresh optimiser (None:
     random initialisation). ``d_steps``: discriminator updates per generator step, on the same
     batch (recipes with a ``gan`` term). ``gan_start``: warm-up steps that train the generator
-    without the ``gan`` term and leave the discriminator alone.
+    without the ``gan`` term and leave the discriminator alone. ``tensorboard``: also write
+    TensorBoard logs (true: required, the optional extra ``percepkit[tensorboard]``; None: when
+    that package is installed; false: off).
     """
 
     iterations: int = 1000
@@ -101,6 +103,7 @@ class TrainSettings:
     init: str | None = None
     d_steps: int = 1
     gan_start: int = 0
+    tensorboard: bool | None = None
 
 
 @dataclass
@@ -351,7 +354,10 @@ def recipe_from_mapping(raw: Any, source: str = "<recipe>", overrides: Sequence[
     for item in overrides:
         apply_override(raw, item, source)
     normalise(raw)  # an override may name a part alone too: --set transform=bicubic
-    problems = validate(raw)
+    try:
+        problems = validate(raw)
+    except MissingExtraError as e:  # e.g. a spandrel:* transform without spandrel installed
+        raise MissingExtraError(f"{source}: {e}") from None
     if check_files and not problems:
         problems = missing_files(raw)
     if problems:

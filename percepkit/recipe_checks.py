@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .arguments import arguments, built_class, check_arguments, close_matches
-from .errors import PercepkitError
+from .errors import MissingExtraError, PercepkitError
 from .registry import (
     DATASETS,
     DEFAULT_LOSS_NETWORK,
@@ -105,6 +105,8 @@ def _check_transform(raw: Mapping[str, Any]) -> tuple[list[str], Any]:
     try:
         with torch.device("meta"):
             net = entry.obj(**kwargs)
+    except MissingExtraError:  # not a problem of the recipe: one line naming the install
+        raise
     except (ValueError, PercepkitError) as e:
         return [f"transform: {e}"], None
     except Exception:  # code that needs real tensor values: training itself will tell

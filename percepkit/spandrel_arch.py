@@ -36,20 +36,16 @@ from .ychannel import y_channel_upscale
 __all__ = ["SpandrelArchitecture", "SpandrelSR", "import_spandrel", "spec_of", "sr_problem",
            "verify_weights_file"]
 
-INSTALL = "pip install 'percepkit[models]'"
 #: How spandrel's constructors name the upscaling factor (percepkit's recipe key is ``scale``).
 SCALE_ARGS = ("scale", "upscale", "up_scale", "upscaling_factor", "upscale_factor")
 
 
-def import_spandrel(what: str) -> Any:
-    """The spandrel module, or one paragraph naming the install command."""
-    try:
-        import spandrel
-    except ImportError:
-        raise PercepkitError(f"{what} needs the optional spandrel package, which is not "
-                             f"installed: {INSTALL} (or pip install spandrel), then run the same "
-                             f"command again.") from None
-    return spandrel
+def import_spandrel(what: str, missing: str | None = None) -> Any:
+    """The spandrel module, or one paragraph naming the install command (``missing`` instead
+    of the default sentence), or saying why an installed spandrel fails to import."""
+    from .extras import import_optional
+
+    return import_optional("spandrel", what, missing)
 
 
 def sr_problem(descriptor: Any) -> str | None:

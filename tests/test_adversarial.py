@@ -338,6 +338,7 @@ def test_the_memory_estimate_counts_the_discriminator():
     assert estimate.parameters == 4 * (n_params(rec.build_transform()) + n_params(d))  # float32
 
 
+@pytest.mark.extra("models")  # its transform is spandrel:ESRGAN
 def test_the_esrgan_recipe_has_esrgans_terms_weights_and_discriminator():
     rec = load_recipe(REPO / "recipes" / "esrgan_x4.yaml")
     terms = {t["name"]: t for t in rec.raw["losses"]}

@@ -193,11 +193,11 @@ def test_load_checks_task_and_scale(monkeypatch):
     assert net.task == "sr" and net.scale == 4 and not net.training
 
 
+@pytest.mark.extra("export")
 @pytest.mark.parametrize("size", [(45, 67), (7, 10)])
 def test_exported_onnx_takes_any_size_and_equals_the_cli(size, tmp_path, monkeypatch):
     """The file pads and crops inside (docs/inference.md, Export): fed the image as it is."""
-    ort = pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
+    import onnxruntime as ort
     monkeypatch.setenv("PERCEPKIT_OFFLINE", "1")
     path = tmp_path / "candy.onnx"
     assert run_cli(["export", "candy", "--format", "onnx", "-o", str(path)]) == 0

@@ -15,7 +15,7 @@ from percepkit.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from percepkit.errors import CheckpointError
+from percepkit.errors import CheckpointError, PercepkitError
 from percepkit.registry import TRANSFORMS
 
 
@@ -151,3 +151,72 @@ def test_checkpoint_readers_name_what_a_checkpoint_holds(tmp_path):
                                            {"recipe": "  "}), tensors=False)
     assert bare.step is None and bare.transform is None and bare.recipe_text is None
     assert bare.best == (None, None) and bare.state == {}
+
+
+# -- full disks and specs that do not fit ----------------------------------------------------------
+def test_a_full_disk_during_a_save_keeps_the_old_checkpoint_and_leaves_no_partial_file(
+        tmp_path, full_disk):
+    from percepkit.errors import WriteError
+
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, {"w": torch.ones(1000)}, {"step": 1})
+    full_disk("ckpt.safetensors")
+    with pytest.raises(WriteError) as e:
+        save_checkpoint(path, {"w": torch.zeros(1000)}, {"step": 2})
+    assert str(path) in str(e.value) and "disk is full" in str(e.value)
+    assert "\n" not in str(e.value)
+    state, meta = load_checkpoint(path)  # the old one, whole
+    assert meta["step"] == 1 and torch.equal(state["w"], torch.ones(1000))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
+    full_disk(None)  # space freed: saving works again
+    save_checkpoint(path, {"w": torch.zeros(1000)}, {"step": 2})
+    assert read_metadata(path)["step"] == 2
+
+
+def test_a_full_disk_during_an_append_leaves_the_file_as_it_was(tmp_path, full_disk):
+    from percepkit.errors import WriteError
+    from percepkit.files import append_text
+
+    log = tmp_path / "log.csv"
+    append_text(log, "step,loss\n1,0.5\n")
+    full_disk("log.csv")
+    with pytest.raises(WriteError, match="log.csv"):
+        append_text(log, "2,0.25\n")
+    assert log.read_text() == "step,loss\n1,0.5\n"  # no half row
+
+
+def test_writes_under_a_regular_file_name_it(tmp_path):
+    from percepkit.errors import WriteError
+    from percepkit.files import atomic_write
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(WriteError, match=r"f is a file, not a folder"):
+        atomic_write(tmp_path / "f" / "sub" / "a.bin", lambda f: f.write(b"1"))
+
+
+def test_a_spec_asking_for_huge_channels_is_refused_before_building(tmp_path):
+    small = TRANSFORMS.build({"name": "johnson_sr", "scale": 4, "channels": 8,
+                              "residual_blocks": 1})
+    spec = {"name": "johnson_sr", "scale": 4, "channels": 100000, "residual_blocks": 1}
+    path = save_checkpoint(tmp_path / "huge.safetensors", {"model": small.state_dict()},
+                           {"task": "sr", "transform": spec})
+    with pytest.raises(CheckpointError) as e:  # 1.3 TiB of parameters would be allocated
+        load_transform(path)
+    assert "(100000, 3, 9, 9) in the spec" in str(e.value) and "TiB" in str(e.value)
+    bad_scale = save_checkpoint(tmp_path / "s5.safetensors", {"model": small.state_dict()},
+                                {"task": "sr", "transform": {**spec, "scale": 5}})
+    with pytest.raises(CheckpointError, match="power-of-two"):
+        load_transform(bad_scale)
+
+
+def test_a_network_larger_than_the_memory_is_refused_with_the_estimate(tmp_path, monkeypatch):
+    from percepkit.inference import memory
+
+    spec = {"name": "johnson_sr", "scale": 4, "channels": 8, "residual_blocks": 1}
+    net = TRANSFORMS.build(spec)
+    path = save_checkpoint(tmp_path / "c.safetensors", {"model": net.state_dict()},
+                           {"task": "sr", "transform": spec})
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1000)
+    with pytest.raises(PercepkitError) as e:
+        load_transform(path)
+    assert "parameters" in str(e.value) and "available" in str(e.value)

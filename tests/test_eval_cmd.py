@@ -196,3 +196,58 @@ def test_json_output_is_checked_before_the_evaluation_runs(tmp_path, isolated_we
     assert run_cli(["eval", "--set5", "--metrics", "psnr", "--json", str(existing),
                     "--overwrite"]) == 0
     assert json.loads(existing.read_text())["sets"][0]["mean"]["psnr"] > 28
+
+
+# -- bad input: one paragraph, exit 2 --------------------------------------------------------------
+def test_eval_with_given_lr_files_states_them_not_matlab_bicubic(tmp_path):
+    """--lr-dir: the LR inputs are the given files, so the convention must not claim that
+    they were made with MATLAB imresize (as it does for --hr-dir alone)."""
+    from cli_runner import run_cli
+
+    from percepkit.evaluate import LR_GIVEN, LR_MADE
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "hr").mkdir()
+    (tmp_path / "lr").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(
+            tmp_path / "hr" / f"{name}.png")
+        Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)).save(
+            tmp_path / "lr" / f"{name}.png")
+    for extra, want, not_want in ((["--lr-dir", str(tmp_path / "lr")], LR_GIVEN, LR_MADE),
+                                  ([], LR_MADE, LR_GIVEN)):
+        out = tmp_path / f"r{len(extra)}.json"
+        assert run_cli(["eval", "--hr-dir", str(tmp_path / "hr"), *extra, "--scale", "2",
+                        "--metrics", "psnr", "--json", str(out)]) == 0
+        data = json.loads(out.read_text())["convention"]["data"]
+        assert want in data and not_want not in data
+
+
+def test_eval_bad_scale_for_a_model_and_save_images_under_a_file_are_one_paragraph(
+        tmp_path, capsys):
+    from cli_runner import run_cli
+
+    assert run_cli(["eval", "--set5", "--model", "johnson_sr", "--scale", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "power-of-two" in err and "--scale 5" in err and "Traceback" not in err
+    (tmp_path / "a_file").write_text("x")
+    for target in (tmp_path / "a_file" / "grids", tmp_path / "a_file"):
+        assert run_cli(["eval", "--set5", "--metrics", "psnr", "--save-images",
+                        str(target)]) == 2
+        err = capsys.readouterr().err
+        assert "a_file" in err and "Traceback" not in err
+    assert (tmp_path / "a_file").read_text() == "x"
+
+
+def test_a_full_disk_while_saving_grids_or_results_is_one_paragraph(tmp_path, full_disk,
+                                                                    capsys):
+    from cli_runner import run_cli
+
+    for match, args in (("grids", ["--save-images", str(tmp_path / "grids")]),
+                        ("r.json", ["--json", str(tmp_path / "r.json")])):
+        full_disk(match)
+        assert run_cli(["eval", "--set5", "--metrics", "psnr", *args]) == 2
+        err = capsys.readouterr().err.replace("\n", " ")
+        assert match in err and "disk is full" in err and "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]

@@ -15,9 +15,11 @@ from percepkit.registry import TRANSFORMS
 from percepkit.transforms import JohnsonSR, johnson_style_fast
 
 
+@pytest.mark.extra("export")
 def test_onnx_matches_pytorch_at_two_sizes(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    onnx = pytest.importorskip("onnx")
+    import onnx
+    import onnxruntime as ort
+
     torch.manual_seed(0)
     model = johnson_style_fast().eval()
     report = export(model, tmp_path / "m.onnx", "onnx")
@@ -48,10 +50,9 @@ def test_torchscript_matches_pytorch(tmp_path):
         assert (loaded(x) - model(x)).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=pytest.mark.extra("export")),
+                                 "torchscript"])
 def test_size_dependent_transforms_need_a_fixed_size(tmp_path, fmt):
-    if fmt == "onnx":
-        pytest.importorskip("onnxruntime")
     model = TRANSFORMS.build({"name": "bicubic", "scale": 2})
     with pytest.raises(PercepkitError, match="--size"):
         export(model, tmp_path / "b.out", fmt)
@@ -65,8 +66,8 @@ def test_style_sizes_must_be_multiples_of_the_stride(tmp_path):
         export(johnson_style_fast().eval(), tmp_path / "m.pt", "torchscript", size=(30, 32))
 
 
+@pytest.mark.extra("export")
 def test_export_command(tmp_path, capsys):
-    pytest.importorskip("onnxruntime")
     ckpt = save_model(tmp_path / "s.safetensors",
                       johnson_style_fast().state_dict(),
                       {"transform": {"name": "johnson_style_fast"}, "task": "style"})
@@ -135,3 +136,43 @@ def test_random_init_torchscript_export_takes_any_size(tmp_path):
     with torch.inference_mode():
         want = model(padded)[..., :h, :w]
         assert (loaded(x) - want).abs().max() < 1e-5
+
+
+def test_export_into_an_unwritable_folder_or_a_full_disk_is_one_paragraph_and_leaves_nothing(
+        tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from percepkit import files
+
+    out = tmp_path / "ro" / "c.pt"
+    real_access = os.access
+    monkeypatch.setattr(files.os, "access",  # faked: the tests may run as root
+                        lambda path, mode: mode != os.W_OK and real_access(path, mode))
+    assert run_cli(["export", "candy", "--format", "torchscript", "-o", str(out)]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    monkeypatch.setattr(files.os, "access", real_access)
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 (what a read-only folder says)
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    assert run_cli(["export", "candy", "--format", "torchscript", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "permission denied" in err and "c.pt" in err and "Traceback" not in err
+    monkeypatch.undo()
+    # torch.jit.save writes by file name; the disk fills up half-way: no partial file is left
+    monkeypatch.setattr(torch.jit, "save", _full_disk_save)
+    assert run_cli(["export", "candy", "--format", "torchscript", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "disk is full" in err and "Traceback" not in err
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+def _full_disk_save(module, path, **kwargs):  # noqa: ANN001, ANN003, ANN202
+    import errno
+    import os
+
+    with open(path, "wb") as f:
+        f.write(b"partial")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

@@ -155,6 +155,7 @@ def test_a_pickle_with_code_is_refused_without_running_it(tmp_path, capsys):
     assert "never runs pickled code" in captured.err.replace("\n", " ")
 
 
+@pytest.mark.extra("models")
 def test_convert_of_an_unknown_architecture_names_the_file_and_what_is_supported(tmp_path,
                                                                                 capsys):
     torch.save({"body.0.weight": torch.zeros(3)}, tmp_path / "x.pth")
@@ -187,8 +188,9 @@ def _save(net, path, layout):
                    else {"params": state} if layout == "params" else state, path)
 
 
+@pytest.mark.extra("models")
 def test_random_init_spandrel_sr_models_eval_and_upscale_like_spandrel(tmp_path):
-    spandrel = pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
+    import spandrel
     image = torch.rand(3, 23, 30)
     write_image(tmp_path / "lr.png", image)
     image = read_image(tmp_path / "lr.png")
@@ -216,8 +218,8 @@ def test_random_init_spandrel_sr_models_eval_and_upscale_like_spandrel(tmp_path)
         assert "bicubic" in record["model_info"]["degradation"]
 
 
+@pytest.mark.extra("models")
 def test_spandrel_refuses_a_scale_mismatch_and_unknown_files(tmp_path, capsys):
-    pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
     _save(_spandrel_nets()["compact"], tmp_path / "c.pth", "plain")
     assert run_cli(["eval", "--set5", "--checkpoint", str(tmp_path / "c.pth"),
                     "--scale", "2"]) == 2
@@ -239,8 +241,10 @@ def test_without_spandrel_a_foreign_sr_file_says_how_to_install_it(tmp_path, cap
 
 
 # -- convert: third-party SR files become spandrel:ARCH checkpoints ------------------------------
+@pytest.mark.extra("models")
 def test_convert_spandrel_sr_files_gives_their_output_and_trains_from_it_random_init(tmp_path):
-    spandrel = pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
+    import spandrel
+
     from percepkit.checkpoint import load_checkpoint
 
     image = torch.rand(3, 19, 22)
@@ -285,9 +289,10 @@ def test_convert_spandrel_sr_files_gives_their_output_and_trains_from_it_random_
     assert trainer._loop().step == 1
 
 
+@pytest.mark.extra("models")
 def test_y_only_sr_model_gets_the_srcnn_protocol_random_init(tmp_path):
     """A one-channel model runs on MATLAB Y; Cb/Cr are bicubic (scikit-image's conversions)."""
-    spandrel = pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
+    import spandrel
     from skimage.color import rgb2ycbcr, ycbcr2rgb
     from spandrel.architectures.Compact import Compact
 
@@ -344,3 +349,22 @@ def test_y_only_sr_model_gets_the_srcnn_protocol_random_init(tmp_path):
                                          read_image(tmp_path / "hr" / "a.png")[None]))
         assert record["sets"][0]["mean"]["psnr"] == pytest.approx(want, abs=1e-6), ckpt
         assert "SRCNN protocol" in record["model_info"]["protocol"]
+
+
+@pytest.mark.extra("models")
+def test_a_third_party_model_scored_on_given_lr_files_does_not_claim_matlab_bicubic(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    _save(_spandrel_nets()["compact"], tmp_path / "c.pth", "plain")
+    (tmp_path / "hr").mkdir()
+    (tmp_path / "lr").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "hr/a.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "lr/a.png")
+    assert run_cli(["eval", "--checkpoint", str(tmp_path / "c.pth"), "--hr-dir",
+                    str(tmp_path / "hr"), "--lr-dir", str(tmp_path / "lr"), "--metrics", "psnr",
+                    "--json", str(tmp_path / "r.json")]) == 0
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert "--lr-dir" in record["model_info"]["degradation"]
+    assert "MATLAB" not in record["convention"]["data"].split("LR = ")[1].split(";")[0]

@@ -439,3 +439,61 @@ def test_a_decompression_bomb_is_one_line_and_the_batch_goes_on(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 1 and "too many pixels" in err and "Traceback" not in err
     assert (tmp_path / "out" / "ok.png").is_file()
+
+
+# -- bad input and full disks: one paragraph, exit 2 ----------------------------------------------
+def _png(path, h=20, w=24, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_upscale_with_a_scale_the_net_refuses_or_that_cannot_fit_is_one_paragraph(tmp_path,
+                                                                                  capsys):
+    src = _png(tmp_path / "a.png")
+    assert run_cli(["upscale", "johnson_sr", str(src), "-o", str(tmp_path / "o"),
+                    "--scale", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "power-of-two" in err and "Traceback" not in err
+    # x100000 of a 20x24 image would be 2e6 x 2.4e6 pixels: estimated, not allocated
+    assert run_cli(["upscale", "bicubic", str(src), "-o", str(tmp_path / "o"),
+                    "--scale", "100000"]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "needs about" in err and "available" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_output_of_an_image_is_estimated_before_it_is_made(monkeypatch):
+    from percepkit.inference import memory
+    from percepkit.registry import TRANSFORMS
+
+    predictor = Predictor(TRANSFORMS.build({"name": "bicubic", "scale": 2}), device="cpu")
+    monkeypatch.setattr(memory, "available_memory", lambda device: 10_000)
+    with pytest.raises(PercepkitError, match=r"the 400x400 output of this 200x200 image"):
+        predictor(torch.rand(3, 200, 200))
+
+
+def test_a_full_disk_stops_the_batch_with_exit_2_and_keeps_the_written_images(tmp_path,
+                                                                             full_disk, capsys):
+    srcs = [_png(tmp_path / f"{n}.png", seed=i) for i, n in enumerate("abc")]
+    full_disk("out/.b.png")
+    assert run_cli(["upscale", "bicubic", *map(str, srcs), "-o", str(tmp_path / "out"),
+                    "--scale", "2"]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "b.png" in err and "disk is full" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png"]  # c: not tried
+
+
+def test_a_tile_or_budget_beyond_the_memory_is_refused_with_the_estimate_random_init(
+        monkeypatch):
+    from percepkit.inference import memory
+
+    torch.manual_seed(0)
+    predictor = Predictor(JohnsonSR(scale=4, channels=16).eval(), device="cpu", tile=0)
+    x = torch.rand(3, 64, 64)
+    need = 64 * 64 * predictor.info.bytes_per_pixel
+    monkeypatch.setattr(memory, "available_memory", lambda device: int(need / 2))
+    with pytest.raises(PercepkitError, match=r"one untiled pass over 64x64 input pixels"):
+        predictor(x)
+    monkeypatch.setattr(memory, "available_memory", lambda device: int(need * 2))
+    assert predictor(x).shape == (3, 256, 256)

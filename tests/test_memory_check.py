@@ -78,3 +78,18 @@ def test_structural_terms_are_estimated_on_the_meta_device_random_init():
         recipe = load_recipe(tiny, [f"losses=[{{name: pixel}}, {{name: {term}, weight: 0.1}}]"])
         estimate = estimate_training_memory(recipe, (3, 48, 48), (3, 192, 192))
         assert estimate is not None and estimate.total > 0, term
+
+
+@pytest.mark.parametrize("recipe, key", [("tiny_sr", "data.train.size"),
+                                         ("tiny_sr", "data.val.size"),
+                                         ("tiny_style", "data.style_size")])
+def test_an_image_size_beyond_the_ram_is_refused_before_any_image_is_made(recipe, key, tmp_path,
+                                                                         capsys):
+    from cli_runner import run_cli
+
+    out = tmp_path / "run"
+    assert run_cli(["train", str(REPO / "recipes" / f"{recipe}.yaml"), "--out", str(out),
+                    "--no-progress", "--set", f"{key}=100000000"]) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "100000000x100000000" in err and "PiB" in err and "available" in err
+    assert "Traceback" not in err and not out.exists()

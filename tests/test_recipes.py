@@ -6,12 +6,18 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
+from conftest import recipe_extra
 
 from percepkit.cli import main
 from percepkit.errors import RecipeError
 from percepkit.recipe import load_recipe, parse_yaml, recipe_from_mapping
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+#: each shipped recipe, skipped when it needs an optional extra that is not installed
+RECIPE_PARAMS = [pytest.param(p, id=p.stem, marks=[pytest.mark.extra(e)] if (e := recipe_extra(p))
+                              else []) for p in RECIPES]
+#: the recipes that need no optional extra (the README's install checks them all)
+BASE_RECIPES = [p for p in RECIPES if recipe_extra(p) is None]
 GOOD = {
     "task": "sr",
     "transform": {"name": "johnson_sr", "scale": 4},
@@ -27,7 +33,7 @@ def test_the_paper_recipes_are_shipped():
     assert {"style_johnson2016", "sr_x4_feat", "sr_x4_pixel", "sr_x8_feat", "sr_x8_pixel"} <= names
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+@pytest.mark.parametrize("path", RECIPE_PARAMS)
 def test_every_shipped_recipe_validates(path):
     recipe = load_recipe(path)
     assert recipe.name == recipe.raw.get("name", path.stem)
@@ -119,8 +125,8 @@ def test_overrides(tmp_path):
 
 
 def test_cli_recipe_check_ok_and_bad(tmp_path, capsys):
-    main(["recipe", "check", "--skip-data", *map(str, RECIPES)])  # returns: exit code 0
-    assert capsys.readouterr().out.count("ok ") == len(RECIPES)
+    main(["recipe", "check", "--skip-data", *map(str, BASE_RECIPES)])  # returns: exit code 0
+    assert capsys.readouterr().out.count("ok ") == len(BASE_RECIPES)
     bad = tmp_path / "bad.yaml"
     bad.write_text("transform: {name: johnson_sr}\nlosses:\n  - {name: feature, weight: x}\n")
     with pytest.raises(SystemExit) as err:
@@ -218,7 +224,7 @@ def test_valid_scales_and_timm_names_pass():
 def test_recipe_check_loads_no_weights(isolated_weights):
     """sr_x4_feat names ImageNet VGG16 weights; with none anywhere, checking still succeeds
     (how long checking all recipes takes: benchmarks/recipe_checks.py)."""
-    for path in RECIPES:
+    for path in BASE_RECIPES:
         assert load_recipe(path).raw["losses"]
 
 
@@ -323,3 +329,16 @@ def test_loss_terms_declare_the_layers_they_read_without_being_built():
     # lpips has no 'layers' argument: it says itself what it reads from the loss network
     assert term_layers({"name": "lpips", "features": "loss_network"}) == list(LPIPS_VGG_LAYERS)
     assert term_layers({"name": "lpips"}) == []  # its own backbone: nothing from the recipe's
+
+
+def test_recipe_check_of_a_spandrel_recipe_without_spandrel_is_one_line_naming_the_extra(
+        fail_import, capsys):
+    """The README's `recipe check --skip-data recipes/*.yaml` after the README's install."""
+    fail_import("spandrel")
+    compact = next(p for p in RECIPES if recipe_extra(p) == "models")
+    assert run_cli(["recipe", "check", "--skip-data", *map(str, BASE_RECIPES), str(compact)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out.count("ok ") == len(BASE_RECIPES)
+    err = captured.err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err
+    assert compact.name in err and "pip install 'percepkit[models]'" in err

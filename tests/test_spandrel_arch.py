@@ -44,12 +44,6 @@ OTHER = {"OmniSR": {"num_feat": 8, "window_size": 4},
          "RCAN": {"n_resgroups": 1, "n_resblocks": 1, "n_feats": 8, "reduction": 4}}
 
 
-@pytest.fixture(autouse=True)
-def _needs_spandrel(request):
-    if "without_spandrel" not in request.node.name:
-        pytest.importorskip("spandrel", reason="the optional extra percepkit[models]")
-
-
 def quiet() -> Console:
     return Console(file=io.StringIO(), width=200)
 
@@ -59,6 +53,7 @@ def train(out, *overrides, resume=None):
     return Trainer(rec, out=out, resume=resume, console=quiet(), progress=False).run()
 
 
+@pytest.mark.extra("models")
 @pytest.mark.parametrize("name", [*TINY, *OTHER])
 def test_spandrel_transforms_save_weights_that_spandrel_loads_random_init(name, tmp_path):
     import spandrel
@@ -82,6 +77,7 @@ def test_spandrel_transforms_save_weights_that_spandrel_loads_random_init(name, 
     torch.testing.assert_close(ours, theirs(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.extra("models")
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["spandrel:SPAN", "spandrel:SwinIR", "spandrel:HAT"])
 def test_architectures_whose_defaults_percepkit_sets_build_with_them_random_init(name):
@@ -90,6 +86,7 @@ def test_architectures_whose_defaults_percepkit_sets_build_with_them_random_init
     assert model.scale == 2 and model.training
 
 
+@pytest.mark.extra("models")
 def test_a_y_only_transform_takes_rgb_and_trains_random_init():
     model = TRANSFORMS.build({"name": "spandrel:Compact", "scale": 2, "num_in_ch": 1,
                               "num_out_ch": 1, "num_feat": 8, "num_conv": 2})
@@ -101,6 +98,7 @@ def test_a_y_only_transform_takes_rgb_and_trains_random_init():
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.extra("models")
 def test_constructor_arguments_are_checked_like_any_recipe_key():
     def problems(spec):
         with pytest.raises(RecipeError) as e:
@@ -131,6 +129,7 @@ def test_without_spandrel_the_names_are_listed_and_building_says_how_to_install(
         TRANSFORMS.build({"name": "spandrel:Compact", "scale": 4})
 
 
+@pytest.mark.extra("models")
 @pytest.mark.parametrize("transform", [COMPACT, SPAN])
 def test_spandrel_transform_trains_resumes_exactly_and_exports_for_spandrel_random_init(
         transform, tmp_path):
@@ -160,3 +159,18 @@ def test_spandrel_transform_trains_resumes_exactly_and_exports_for_spandrel_rand
     x = torch.rand(1, 3, 17, 21)
     with torch.no_grad():
         torch.testing.assert_close(ours(x).clamp(0, 1), theirs(x), atol=1e-5, rtol=0)
+
+
+def test_without_spandrel_importable_a_mismatched_torchvision_is_one_paragraph(fail_import,
+                                                                              capsys):
+    """A CPU torch with a PyPI torchvision of another build: torchvision's import raises
+    RuntimeError, and with it spandrel's; the user gets what to reinstall, not 60 lines."""
+    fail_import("spandrel", RuntimeError("operator torchvision::nms does not exist"))
+    with pytest.raises(PercepkitError) as e:
+        TRANSFORMS.build({"name": "spandrel:Compact", "scale": 4})
+    text = str(e.value)
+    assert "spandrel" in text and "torchvision::nms" in text and "torchvision (" in text
+    assert "\n" not in text
+    assert run_cli(["upscale", "spandrel:Compact", "x.png", "-o", "out/"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "do not match" in err

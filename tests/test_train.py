@@ -363,3 +363,93 @@ def test_log_line_carries_elapsed_time_and_eta():
     line = log_line(10, 40, 0.5, "pixel 0.5", 1e-3, 20.0, 0.2, 192.0)
     assert line.startswith("step 10/40  loss 0.5  (pixel 0.5)  lr 0.001")
     assert line.endswith("elapsed 3m12s, ETA 10m00s")
+
+
+# -- TensorBoard: the optional extra percepkit[tensorboard] ----------------------------------------
+def test_tensorboard_true_without_the_package_is_one_line_before_anything_is_written(
+        tmp_path, fail_import, capsys, monkeypatch):
+    fail_import("tensorboard")
+    for name in [k for k in sys.modules if k.startswith("torch.utils.tensorboard")]:
+        monkeypatch.delitem(sys.modules, name)  # imported by an earlier test: import it anew
+    out = tmp_path / "run"
+    assert run_cli(["train", str(TINY_SR), "--out", str(out), "--no-progress",
+                    "--set", "train.iterations=1", "--set", "train.tensorboard=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'percepkit[tensorboard]'" in err and err.count("\n") == 0
+    assert not out.exists()
+    # by default TensorBoard is used when installed: here it is not, and training goes on
+    run(TINY_SR, out, "train.iterations=1")
+    assert not (out / "tensorboard").exists() and (out / "log.csv").is_file()
+
+
+@pytest.mark.extra("tensorboard")
+def test_tensorboard_logs_are_written_when_asked_and_not_when_off(tmp_path):
+    run(TINY_SR, tmp_path / "on", "train.iterations=2", "train.tensorboard=true")
+    assert any((tmp_path / "on" / "tensorboard").iterdir())
+    run(TINY_SR, tmp_path / "off", "train.iterations=2", "train.tensorboard=false")
+    assert not (tmp_path / "off" / "tensorboard").exists()
+
+
+# -- full disks, files in the way, no permission ---------------------------------------------------
+def test_a_full_disk_during_a_checkpoint_save_exits_2_keeps_the_last_and_resume_works(
+        tmp_path, full_disk, capsys):
+    out = tmp_path / "run"
+    args = ["train", str(TINY_SR), "--out", str(out), "--no-progress", "--set",
+            "train.iterations=4", "--set", "checkpoint.every=2", "--set", "train.val_every=1000"]
+    full_disk("step_00000004.safetensors")  # the disk fills up after the step-2 checkpoint
+    assert run_cli(args) == 2
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "step_00000004.safetensors" in err and "disk is full" in err
+    assert f"--resume {out}" in err and "Traceback" not in err
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == ["step_00000002.safetensors"]  # no partial file, the last one intact
+    assert load_checkpoint(out / "checkpoints" / names[0])[1]["step"] == 2
+    full_disk(None)  # space freed
+    assert run_cli(["train", "--resume", str(out), "--no-progress"]) == 0
+    assert "resuming at step 2" in capsys.readouterr().out
+    assert [s for s, _ in find_checkpoints(out)] == [4, 2]
+
+
+def test_a_full_disk_while_logging_or_writing_samples_is_one_paragraph(tmp_path, full_disk,
+                                                                      capsys):
+    # "/log.csv" hits the appended rows, not the header (written through a temporary file)
+    for i, (match, what) in enumerate((("/log.csv", "log.csv"), ("step_00000001.png", "samples"))):
+        out = tmp_path / f"run{i}"
+        full_disk(match)
+        assert run_cli(["train", str(TINY_SR), "--out", str(out), "--no-progress", "--set",
+                        "train.iterations=1", "--set", "train.log_every=1", "--set",
+                        "train.sample_every=1"]) == 2
+        err = capsys.readouterr().err.replace("\n", " ")
+        assert what in err and "disk is full" in err and "Traceback" not in err
+        full_disk(None)
+        if match == "/log.csv":
+            assert (out / "log.csv").read_text().count("\n") == 1  # the header, no half row
+
+
+def test_train_out_under_a_file_or_in_an_unwritable_folder_is_one_paragraph(
+        tmp_path, capsys, monkeypatch):
+    (tmp_path / "a_file").write_text("x")
+    args = ["--no-progress", "--set", "train.iterations=1"]
+    assert run_cli(["train", str(TINY_SR), "--out", str(tmp_path / "a_file" / "run"),
+                    *args]) == 2
+    err = capsys.readouterr().err
+    assert "a_file is a file, not a folder" in err and "Traceback" not in err
+    # an unwritable folder (faked: the tests may run as root, who may write anywhere)
+    import errno
+
+    from percepkit import files
+
+    real_access = os.access
+    monkeypatch.setattr(files.os, "access",
+                        lambda path, mode: mode != os.W_OK and real_access(path, mode))
+    assert run_cli(["train", str(TINY_SR), "--out", str(tmp_path / "ro" / "run"), *args]) == 2
+    assert "is not writable" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    def refuse(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro2"))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert run_cli(["train", str(TINY_SR), "--out", str(tmp_path / "ro2" / "run"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "permission denied" in err and "ro2" in err and "Traceback" not in err

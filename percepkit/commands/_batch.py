@@ -4,6 +4,7 @@ on. Private to the commands (no command imports another)."""
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,10 @@ import click
 
 from ..errors import PercepkitError
 from . import precision_option
+
+#: write errors that stop a batch (exit 2) instead of failing one file: the disk is full, the
+#: quota exceeded or the file system read-only, so every later file would fail the same way
+STOP_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 if TYPE_CHECKING:
     import rich.console
@@ -220,7 +225,7 @@ def run_batch(
     )
 
     from ..console import user_console
-    from ..errors import ImageError
+    from ..errors import ImageError, WriteError
     from ..images import read_image, write_image
 
     con = console if isinstance(console, Console) else user_console(stderr=True)
@@ -276,6 +281,10 @@ def run_batch(
                     fail(item, f"cannot write {item.target}: {reason}")
                     continue
                 summary.written.append(item.target)
+            except WriteError as e:
+                if e.errno in STOP_ERRNOS:  # every later file would fail the same way
+                    raise
+                fail(item, str(e))
             except PercepkitError as e:
                 fail(item, str(e))
             finally:

@@ -10,7 +10,7 @@ import torch
 
 from ..devices import resolve_device, use_cpu_threads
 from ..errors import PercepkitError
-from ..files import check_output
+from ..files import check_output, check_output_folder
 from . import precision_option
 from ._scoring import (
     convention_lines,
@@ -85,7 +85,10 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
         sr_names = [e.name for e in TRANSFORMS.entries() if getattr(e.obj, "task", "") == "sr"]
         raise PercepkitError(f"--model {name} is a {task} transform; eval scores "
                              f"super-resolution models ({', '.join(sr_names)})")
-    transform = TRANSFORMS.build({"name": name, "scale": scale}, where=f"--model {name}")
+    try:
+        transform = TRANSFORMS.build({"name": name, "scale": scale}, where=f"--model {name}")
+    except ValueError as e:  # the constructor's own check, e.g. johnson_sr's scales
+        raise PercepkitError(f"--model {name} with --scale {scale}: {e}") from None
     if getattr(transform, "task", "sr") != "sr":
         raise PercepkitError(f"--model {name}: not a super-resolution transform")
     if isinstance(transform, torch.nn.Module):
@@ -162,10 +165,14 @@ def _short_convention(result: Any) -> str:
     crop = {s.scale for s in result.sets}
     mods = {s.mod_crop for s in result.sets}
     whole = whole_image_metrics(result.metrics)
+    given = {s.given_lr for s in result.sets}
+    lr = {frozenset({False}): "LR = MATLAB bicubic, 8-bit", frozenset({True}): "LR = the given "
+          "files (--lr-dir)"}.get(frozenset(given), "LR = the given files (--lr-dir) or MATLAB "
+                                                     "bicubic, 8-bit (per set)")
     parts.append(f"{'/'.join(str(c) for c in sorted(crop))} px border cropped"
                  + (f" ({'/'.join(whole)}: whole image)" if whole else "") + "; HR mod-cropped to "
-                 f"a multiple of {'/'.join(str(m) for m in sorted(mods))}; LR = MATLAB bicubic, "
-                 f"8-bit; outputs rounded to 8 bits")
+                 f"a multiple of {'/'.join(str(m) for m in sorted(mods))}; {lr}; outputs "
+                 f"rounded to 8 bits")
     return "; ".join(parts) + ". Exact statement: -v, --json or --csv."
 
 
@@ -254,10 +261,15 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     use_cpu_threads(threads)
     for flag, path in (("--json", json_path), ("--csv", csv_path)):
         check_output(flag, path, overwrite)  # before the evaluation, not after it
+    check_output_folder("--save-images", save_images)
     to_stdout = str(json_path) == "-" or str(csv_path) == "-"
     console = user_console(stderr=to_stdout)
     dev = resolve_device(device)
     transform, name, scale, notes, model_info = _load_model(model, checkpoint, scale, dev)
+    if lr_dir is not None and "degradation" in model_info:  # the LR inputs are given files
+        given = "LR = the given files (--lr-dir)"
+        notes = [n.replace(model_info["degradation"], given) for n in notes]
+        model_info["degradation"] = given
     if match_histogram:
         transform, name = _with_histogram_matching(transform, dev), f"{name}+histmatch"
 

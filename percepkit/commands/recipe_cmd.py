@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import RecipeError
+from ..errors import MissingExtraError, RecipeError
 from ..recipe import load_recipe
 
 
@@ -37,7 +37,7 @@ def check(files: tuple[Path, ...], overrides: tuple[str, ...], skip_data: bool) 
     for path in files:
         try:
             recipe = load_recipe(path, overrides, check_files=not skip_data)
-        except RecipeError as e:
+        except (RecipeError, MissingExtraError) as e:
             errors.append(str(e))
             continue
         terms = ", ".join(f"{s['name']}×{s.get('weight', 1.0):g}" for s in recipe.raw["losses"])

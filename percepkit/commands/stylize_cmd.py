@@ -42,7 +42,6 @@ def command(checkpoint: str, inputs: tuple[str, ...], size: int | None, preserve
     budget. A file that cannot be read or written is reported and the batch goes on; the exit
     code is 1 if any failed.
     """
-    from ..images import resize_longer_side
     from ..zoo import load
 
     if size is not None and size < 16:
@@ -53,5 +52,20 @@ def command(checkpoint: str, inputs: tuple[str, ...], size: int | None, preserve
                              f"{getattr(model, 'task', 'unknown')!s} network); use percepkit "
                              f"upscale for super-resolution checkpoints")
     return run_predictor(inputs, model, options,
-                         prepare=(lambda im: resize_longer_side(im, size)) if size else None,
+                         prepare=(lambda im: _resize(im, size)) if size else None,
                          what="stylized images", post=_style_post(preserve_color, strength))
+
+
+def _resize(image, size: int):  # noqa: ANN001, ANN202 (torch tensors; torch is imported late)
+    """``--size``: the longer side resized to ``size``, after checking the result fits."""
+    import torch
+
+    from ..images import resize_longer_side
+    from ..inference.memory import require_memory
+
+    h, w = image.shape[-2:]
+    f = size / max(h, w)
+    require_memory(4 * 3 * round(h * f) * round(w * f) * 4, torch.device("cpu"),
+                   f"--size {size}: resizing a {w}x{h} image to {round(w * f)}x{round(h * f)}",
+                   "use a smaller --size")
+    return resize_longer_side(image, size)

@@ -83,6 +83,10 @@ def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
     if init is not None:
         extra.append(f"train.init={init}")
 
+    if out is not None:  # a file in the way, no permission: say so before any work
+        from ..files import check_output_folder
+
+        check_output_folder("--out", Path(out))
     point = None
     if recipe is not None:
         rec = load_recipe(recipe, extra)

@@ -39,8 +39,11 @@ def load_sr_model(model: str, scale: int | None):
             models = ", ".join(e.name for e in MODELS.entries() if e.obj.task == "sr")
             raise PercepkitError(f"{model!r} is neither a checkpoint file, a model name "
                                  f"({models or 'none'}) nor a transform name. {hint}") from None
-    net = TRANSFORMS.build({"name": model, "scale": 4 if scale is None else scale},
-                           where=f"transform {model}")
+    try:
+        net = TRANSFORMS.build({"name": model, "scale": 4 if scale is None else scale},
+                               where=f"transform {model}")
+    except ValueError as e:  # the constructor's own check, e.g. johnson_sr's scales
+        raise PercepkitError(f"transform {model} with --scale {scale}: {e}") from None
     if getattr(net, "task", None) != "sr":
         raise PercepkitError(f"transform {model!r} is not a super-resolution transform")
     if any(True for _ in net.parameters()):

@@ -83,6 +83,15 @@ def analyze(model: nn.Module, device: torch.device, dtype_bytes: int = 4) -> Net
     radius = max(radius, float(getattr(model, "tile_margin", None) or 0))  # declared by the net
     margin = int(math.ceil((radius + 2) / align) * align)
     side = max(64, 4 * align)
+    declared = getattr(model, "scale", None)
+    if isinstance(declared, (int, float)) and declared >= 1:  # the probe's output must fit
+        from .memory import require_memory
+
+        out_side = side * int(declared)
+        require_memory(2 * 3 * out_side**2 * dtype_bytes, device,
+                       f"x{int(declared)} upscaling (a {side}x{side} probe becomes "
+                       f"{out_side}x{out_side} pixels, held twice)",
+                       "use a smaller scale")
     sizes: list[int] = []
 
     def hook(_m: nn.Module, inputs: tuple, output: object) -> None:

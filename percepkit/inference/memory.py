@@ -32,6 +32,25 @@ def available_memory(device: torch.device) -> int:
         return 4 * GiB
 
 
+def format_bytes(n: float) -> str:
+    """``n`` bytes for people: ``"3.2 GiB"``, ``"512 MiB"``, ``"4.1 TiB"``."""
+    for unit, size in (("PiB", 1024**5), ("TiB", 1024**4), ("GiB", GiB)):
+        if n >= size / 10:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 1024**2:.0f} MiB"
+
+
+def require_memory(need: float, device: torch.device, what: str, hint: str) -> None:
+    """Raise one paragraph when ``need`` bytes (``what``: what needs them) exceed the memory
+    ``device`` has available (:func:`available_memory`); ``hint`` says what to reduce. Call it
+    before an allocation that grows with user numbers (scale, image size, channels)."""
+    free = available_memory(device)
+    if need > free:
+        where = "the CPU (RAM)" if device.type == "cpu" else str(device)
+        raise PercepkitError(f"{what} needs about {format_bytes(need)}, but {where} has "
+                             f"{format_bytes(free)} available; {hint}")
+
+
 def default_memory_budget(device: torch.device) -> int:
     """Bytes of activations one forward pass may use: half the free GPU memory, or on the CPU
     40% of the available RAM capped at 1 GiB: an x4 upscale of 1024x1024 then peaks below 2 GB of

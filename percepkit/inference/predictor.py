@@ -24,6 +24,7 @@ from .memory import (
     default_memory_budget,
     fits,
     keep_freed_memory,
+    require_memory,
     tile_side,
 )
 from .normstats import NormStats, StopForward, frozen_norm_stats, probing, record_norm_stats
@@ -220,7 +221,19 @@ class Predictor:
             raise PercepkitError(f"expected an RGB image (3, H, W) or a batch (B, 3, H, W), got "
                                  f"shape {tuple(image.shape)}")
         padded, h, w = pad_for_net(batch, self.info.align)
+        hs, ws = padded.shape[-2] * self.scale, padded.shape[-1] * self.scale
+        # the whole output is held on the CPU (float32, plus its 8-bit copy when written)
+        require_memory(padded.shape[0] * 3 * hs * ws * 5, torch.device("cpu"),
+                       f"the {hs}x{ws} output of this {h}x{w} image (x{self.scale})",
+                       "use a smaller image or scale")
         core = self.tile_size(*padded.shape[-2:])
+        # a --tile or --memory beyond the device: the activations of one pass, estimated
+        side_h, side_w = (padded.shape[-2], padded.shape[-1]) if core == 0 else \
+            (core + 2 * self.info.margin,) * 2
+        require_memory(padded.shape[0] * side_h * side_w * self.info.bytes_per_pixel,
+                       self.device, f"one {'untiled' if core == 0 else 'tiled'} pass over "
+                       f"{side_h}x{side_w} input pixels", "lower --tile or --memory (or leave "
+                       "them to percepkit)")
         if core == 0:
             out = self.forward(padded).cpu()
         else:

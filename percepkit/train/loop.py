@@ -28,20 +28,22 @@ from .. import distributed as D
 from ..checkpoint import Checkpoint, training_metadata
 from ..console import user_console
 from ..devices import resolve_device
-from ..errors import CheckpointError, PercepkitError, RecipeError
+from ..errors import CheckpointError, PercepkitError, RecipeError, WriteError
+from ..files import is_write_error, write_error
 from ..precision import resolve_precision
 from ..recipe import Recipe
 from ..registry import DATASETS
 from .adversarial import make_adversary
 from .data import preview_items, resume_position, training_loader, validation_items
 from .lock import RunLock
-from .memory_check import check_training_memory
+from .memory_check import check_data_memory, check_training_memory
 from .report import Reporter
 from .rundir import (
     ResumePoint,
     RunDir,
     default_run_dir,
     is_run_dir,
+    require_tensorboard,
     resolve_resume,
     session_entry,
 )
@@ -167,6 +169,8 @@ class Trainer:
         if not recipe.data.train:
             raise RecipeError("data.train: a training dataset is needed to train (e.g. "
                               "{name: sr_patches, root: DIR} or {name: image_folder, root: DIR})")
+        if s.tensorboard:  # before anything is built or written
+            require_tensorboard()
         self.device = resolve_device(s.device, self.env.local_rank)
         self._dist_owned = self.env.enabled and not torch.distributed.is_initialized()
         self.dist = D.setup(self.device.type)
@@ -180,6 +184,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.task = make_task(recipe, self.device)
         self.dataset = DATASETS.build(recipe.data.train, where="data.train")
+        check_data_memory(recipe, self.dataset)  # before images of the recipe's sizes are made
         check_training_memory(recipe, self.dataset[(0, 0)], self.task, self.device)
 
         point = self._resume_point()
@@ -258,7 +263,8 @@ class Trainer:
             self.run.prepare(self.step, point is not None, recipe.to_yaml(), session,
                              self.console)
             terms = list(self.loss.terms.keys())
-            self.report.open(self.run, self._columns(), self.task.val_columns(terms))
+            self.report.open(self.run, self._columns(), self.task.val_columns(terms),
+                             s.tensorboard)
         D.barrier()
 
     def _columns(self) -> list[str]:
@@ -438,6 +444,13 @@ class Trainer:
             return self._loop()
         except TrainingAborted as e:
             raise TrainingAborted(e.signum, self._aborted(e.signum)) from None
+        except OSError as e:  # a write the files module did not see (TensorBoard, ...)
+            if not is_write_error(e):
+                raise
+            raise self._write_stopped(write_error(e.filename or self.out or ".", e,
+                                                  cleaned=False)) from None
+        except WriteError as e:
+            raise self._write_stopped(e) from None
         finally:
             self._close()
 
@@ -459,6 +472,17 @@ class Trainer:
             return f"{head}; no checkpoint was saved. Start again with: {self._resume_hint()}"
         return (f"{head}; the newest checkpoint is {self.last_checkpoint}. Continue with: "
                 f"{self._resume_hint()}")
+
+    def _write_stopped(self, error: WriteError) -> WriteError:
+        """``error`` (a failed write: disk full, quota, ...) with where the run stands."""
+        run_dir = getattr(self, "run_dir", None)
+        if run_dir is None or not is_run_dir(run_dir):
+            return error
+        saved = (f"the checkpoints written before are intact (the newest: "
+                 f"{self.last_checkpoint})" if self.last_checkpoint is not None
+                 else "no checkpoint had been written yet")
+        return WriteError(f"{error} Training stopped at step {self.step}; {saved}. Once it can "
+                          f"be written, continue with: {self._resume_hint()}", error.errno)
 
     def _loop(self) -> TrainResult:
         s, ck = self.settings, self.ckpt_settings

@@ -22,8 +22,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ..errors import RecipeError
-from ..inference.memory import GiB, available_memory
+from ..errors import PercepkitError, RecipeError
+from ..inference.memory import available_memory, format_bytes, require_memory
 from ..recipe import Recipe
 from .adversarial import attach_meta_discriminator
 
@@ -104,7 +104,42 @@ def estimate_training_memory(recipe: Recipe, input_shape: tuple[int, ...],
 
 
 def _size(n: float) -> str:
-    return f"{n / GiB:.1f} GiB" if n >= GiB / 10 else f"{n / 1024**2:.0f} MiB"
+    return format_bytes(n)
+
+
+#: float32 copies of one image that making a training item holds at once (the image, its
+#: resized/cropped and degraded versions, the synthetic images' coordinate grids and masks)
+ITEM_COPIES = 6
+
+
+def _side(values: Any) -> int:
+    """The largest ``size`` / ``patch_size`` among an object's attributes or a dict's keys."""
+    get = values.get if isinstance(values, dict) else (lambda k: getattr(values, k, None))
+    sides = [get(k) for k in ("size", "patch_size")]
+    return max((int(v) for v in sides if isinstance(v, (int, float))
+                and not isinstance(v, bool)), default=0)
+
+
+def check_item_memory(side: int, where: str) -> None:
+    """Raise :class:`RecipeError` when one ``side`` x ``side`` RGB image (``where``: the recipe
+    key that sets it) cannot be made in the available RAM, before it is made."""
+    if side <= 0:
+        return
+    need = ITEM_COPIES * 3 * side * side * 4
+    try:
+        require_memory(need, torch.device("cpu"), f"{where}: one {side}x{side} image (about "
+                       f"{ITEM_COPIES} float32 copies while it is made)", f"lower {where}")
+    except PercepkitError as e:
+        raise RecipeError(str(e)) from None
+
+
+def check_data_memory(recipe: Recipe, dataset: Any) -> None:
+    """:func:`check_item_memory` for the images a run makes before its first step: a training
+    item of ``dataset`` (``data.train``), the validation items and the style image."""
+    check_item_memory(_side(dataset), "data.train.size/patch_size")
+    check_item_memory(_side(recipe.data.val or {}), "data.val.size/patch_size")
+    if recipe.task == "style" and recipe.data.style_size:
+        check_item_memory(int(recipe.data.style_size), "data.style_size")
 
 
 def check_training_memory(recipe: Recipe, item: dict[str, Any], task: Any,

@@ -29,12 +29,14 @@ class Reporter:
         self.tb: Any = None
         self._bar: tuple[Any, Any] | None = None
 
-    def open(self, run: RunDir, terms: Sequence[str], val_columns: Sequence[str]) -> None:
-        """Open the run directory's logs for these loss terms (main process)."""
+    def open(self, run: RunDir, terms: Sequence[str], val_columns: Sequence[str],
+             tensorboard: bool | None = None) -> None:
+        """Open the run directory's logs for these loss terms (main process); ``tensorboard``
+        as ``train.tensorboard`` (:func:`~percepkit.train.rundir.open_tensorboard`)."""
         self.terms = list(terms)
         self.log_csv, self.val_csv, self.tb = run.open_logs(
             ["step", "epoch", "lr", "loss", *self.terms, "sec_per_step", "images_per_sec",
-             "elapsed_sec"], ["step", *val_columns])
+             "elapsed_sec"], ["step", *val_columns], tensorboard)
 
     def close(self) -> None:
         """Close TensorBoard (the CSV logs are opened per row)."""

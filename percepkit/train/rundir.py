@@ -9,15 +9,15 @@
       val.csv            validation metrics (every val_every)
       samples/           step_XXXXXXXX.png preview grids (every sample_every)
       checkpoints/       step_XXXXXXXX.safetensors (the last keep_last) and best.safetensors
-      tensorboard/       if the tensorboard package is installed
+      tensorboard/       train.tensorboard (default: if the tensorboard package is installed)
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
-import os
 import platform
 import re
 import sys
@@ -35,7 +35,7 @@ from rich.markup import escape
 from .. import __version__
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..errors import CheckpointError, PercepkitError
-from ..files import atomic_write
+from ..files import append_text, atomic_write, make_folder
 
 CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
@@ -201,13 +201,18 @@ class CSVLog:
             if old != header:  # e.g. a resumed run with other loss terms: keep the old log
                 path.rename(path.with_name(f"{path.stem}.old{int(time.time())}{path.suffix}"))
         if not path.is_file() or not path.stat().st_size:
-            with path.open("w", newline="") as f:
-                csv.writer(f).writerow(header)
+            atomic_write(path, lambda f: f.write(_csv_line(header).encode("utf-8")))
 
     def write(self, row: Mapping[str, Any]) -> None:
-        """Append one row (missing columns empty, floats to 6 significant digits)."""
-        with self.path.open("a", newline="") as f:
-            csv.writer(f).writerow([_fmt(row.get(k, "")) for k in self.header])
+        """Append one row (missing columns empty, floats to 6 significant digits), whole or
+        not at all (:func:`~percepkit.files.append_text`)."""
+        append_text(self.path, _csv_line([_fmt(row.get(k, "")) for k in self.header]))
+
+
+def _csv_line(values: list[Any]) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerow(values)
+    return out.getvalue()
 
 
 def _fmt(v: Any) -> Any:
@@ -224,19 +229,31 @@ def _truncate_csv(path: Path, step: int) -> None:
         return
     kept = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
     if len(kept) != len(rows):
-        tmp = path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            csv.writer(f).writerows(kept)
-        os.replace(tmp, path)
+        text = "".join(_csv_line(r) for r in kept)
+        atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def open_tensorboard(folder: Path) -> Any:
-    """A TensorBoard SummaryWriter if the tensorboard package is installed, else None."""
+def open_tensorboard(folder: Path, wanted: bool | None = None) -> Any:
+    """A TensorBoard SummaryWriter, or None. ``wanted``: True requires the tensorboard package
+    (the optional extra ``percepkit[tensorboard]``; one paragraph if it is missing), None uses
+    it when it is installed, False never."""
+    if wanted is False:
+        return None
+    if wanted:
+        require_tensorboard()
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard not installed (it is optional)
+    except Exception:  # not installed (it is optional)
         return None
     return SummaryWriter(str(folder))
+
+
+def require_tensorboard() -> None:
+    """Raise :class:`~percepkit.errors.MissingExtraError` unless TensorBoard can be written."""
+    from ..extras import import_optional
+
+    import_optional("tensorboard", "train.tensorboard: true (TensorBoard logs)")
+    import_optional("torch.utils.tensorboard", "train.tensorboard: true (TensorBoard logs)")
 
 
 # -- one run directory --------------------------------------------------------------------------
@@ -263,8 +280,8 @@ class RunDir:
         Writes ``recipe.yaml`` and appends ``session`` to ``run.json``.
         """
         run = self.path
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        (run / SAMPLES).mkdir(exist_ok=True)
+        make_folder(self.checkpoints)
+        make_folder(run / SAMPLES)
         for tmp in self.checkpoints.glob(".*.tmp"):  # left by a save that was killed
             tmp.unlink(missing_ok=True)
         if resumed:
@@ -284,12 +301,12 @@ class RunDir:
         info["sessions"].append(dict(session))
         atomic_write(info_path, lambda f: f.write(json.dumps(info, indent=2).encode()))
 
-    def open_logs(self, log_header: list[str], val_header: list[str]
-                  ) -> tuple[CSVLog, CSVLog, Any]:
-        """``(log.csv, val.csv, TensorBoard writer or None)``."""
+    def open_logs(self, log_header: list[str], val_header: list[str],
+                  tensorboard: bool | None = None) -> tuple[CSVLog, CSVLog, Any]:
+        """``(log.csv, val.csv, TensorBoard writer or None)`` (see :func:`open_tensorboard`)."""
         return (CSVLog(self.path / "log.csv", log_header),
                 CSVLog(self.path / "val.csv", val_header),
-                open_tensorboard(self.path / "tensorboard"))
+                open_tensorboard(self.path / "tensorboard", tensorboard))
 
     def save(self, step: int, state: Mapping[str, Any], meta: Mapping[str, Any], best: bool,
              keep_last: int) -> tuple[Path, Path | None]:
