@@ -352,6 +352,19 @@ def test_the_esrgan_recipe_has_esrgans_terms_weights_and_discriminator():
     assert rec.raw["transform"]["name"] == "spandrel:ESRGAN"
 
 
+@pytest.mark.extra("models")  # its transform is spandrel:ESRGAN
+def test_the_realesrgan_recipe_has_its_terms_unet_and_second_order_degradation():
+    rec = load_recipe(REPO / "recipes" / "realesrgan_x4.yaml")
+    terms = {t["name"]: t for t in rec.raw["losses"]}
+    assert terms["pixel"] == {"name": "pixel", "kind": "l1", "weight": 1.0}
+    assert terms["feature"]["layer_weights"] == [0.1, 0.1, 1.0, 1.0, 1.0]
+    assert terms["gan"] == {"name": "gan", "gan_type": "vanilla", "weight": 0.1}
+    assert rec.raw["discriminator"]["name"] == "unet"
+    train = rec.raw["data"]["train"]
+    assert train["degradations"] == [{"name": "realesrgan", "scale": 4}]
+    assert train["patch_size"] == 256 and rec.train.ema == 0.999
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.distributed.is_available()
                     or not torch.distributed.is_gloo_available(), reason="needs gloo")
