@@ -178,7 +178,7 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_deprecated_amp(train: dict[str, Any]) -> None:
-    """``train.amp`` / ``train.amp_dtype`` (before 0.3) become ``train.precision``, with a
+    """``train.amp`` / ``train.amp_dtype`` (percepkit 0.2) become ``train.precision``, with a
     one-line notice: ``amp: false`` is fp32; ``amp: true`` is the dtype given (bf16 or fp16)
     or ``auto``; they replace a ``precision`` beside them (so ``--set train.amp=false``
     works on a recipe that names a precision). Values of the wrong type are left for
