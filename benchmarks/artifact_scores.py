@@ -45,10 +45,10 @@ def _span(values: list[float], fmt: str) -> str:
 def sr_table() -> str:
     """grid (period 4) and blobs of bicubic and the SR models on Set5 and Set14 (x4)."""
     import percepkit
-    from percepkit.evaluate import run_transform
+    from percepkit.evaluation.evaluate import run_transform
     from percepkit.metrics import Blobs, Grid
+    from percepkit.nets.transforms import Bicubic
     from percepkit.registry import DATASETS
-    from percepkit.transforms import Bicubic
 
     grid, blobs = Grid(period=4), Blobs()
     cpu = torch.device("cpu")
@@ -84,7 +84,7 @@ def _stylised(names: tuple[str, ...], photos: tuple[str, ...]
               ) -> tuple[dict[str, torch.Tensor], dict[tuple[str, str], torch.Tensor]]:
     """The content photos and every model's 8-bit output of each."""
     import percepkit
-    from percepkit.images import quantize, read_image
+    from percepkit.data.images import quantize, read_image
     from percepkit.inference.predictor import Predictor
 
     contents = {p: read_image(BENCH / "BSD100" / f"{p}.png") for p in photos}
@@ -122,7 +122,7 @@ def blob_image(contents: dict[str, torch.Tensor], outs: dict[tuple[str, str], to
     """content | every style model, the detected blobs outlined in magenta, one row a photo."""
     import torch.nn.functional as F
 
-    from percepkit.images import image_grid, stack_rows, write_image
+    from percepkit.data.images import image_grid, stack_rows, write_image
     from percepkit.metrics import Blobs
     from percepkit.metrics.artifacts import blob_mask
 

@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from percepkit.bench.speed_table import conv_flops, device_name, matmul_throughput
 from percepkit.inference import Predictor
 from percepkit.registry import TRANSFORMS
-from percepkit.speed_table import conv_flops, device_name, matmul_throughput
 
 
 # -- the plain implementation, in the style of pytorch/examples/fast_neural_style -------------
@@ -247,7 +247,7 @@ def sr_memory(size: int, scale: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         from PIL import Image
 
-        from percepkit.checkpoint import save_model
+        from percepkit.models.checkpoint import save_model
 
         torch.manual_seed(0)
         net = TRANSFORMS.build({"name": "johnson_sr", "scale": scale}).eval()

@@ -7,7 +7,7 @@ Usage (2 CPU cores in our measurements; see docs/evaluation.md)::
 It evaluates bicubic on Set5 + Set14 + BSD100 and times:
 
 1. ``percepkit`` end to end: read PNGs, mod-crop, MATLAB bicubic down/up, 8-bit rounding,
-   PSNR + SSIM on Y (``percepkit.evaluate.evaluate``);
+   PSNR + SSIM on Y (``percepkit.evaluation.evaluate.evaluate``);
 2. the metric step alone on identical uint8 outputs, percepkit (torch, float64);
 3. the same metric step written the way BasicSR's ``calculate_psnr``/``calculate_ssim``
    (``test_y_channel=True``) are: per image, numpy float64, ``cv2.filter2D`` for the Gaussian
@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from percepkit.benchmark_sets import hr_folder, quantize
-from percepkit.evaluate import build_metrics, evaluate, score_pair
-from percepkit.images import to_uint8
-from percepkit.imresize import imresize
-from percepkit.speed_table import PeakMemory
+from percepkit.bench.speed_table import PeakMemory
+from percepkit.data.benchmark_sets import hr_folder, quantize
+from percepkit.data.images import to_uint8
+from percepkit.data.imresize import imresize
+from percepkit.evaluation.evaluate import build_metrics, evaluate, score_pair
 
 try:  # BasicSR uses OpenCV for the SSIM window
     import cv2

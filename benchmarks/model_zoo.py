@@ -80,8 +80,8 @@ def _eval_json(name: str, extra: list[str]) -> dict[str, Any]:
 
 def _style_objective(name: str, size: int = 512) -> dict[str, float]:
     """Mean training objective (and its terms) of the model on the held-out content photos."""
-    from percepkit.images import list_images, read_image, resize_longer_side
-    from percepkit.zoo import load
+    from percepkit.data.images import list_images, read_image, resize_longer_side
+    from percepkit.models.zoo import load
 
     net, (loss, _) = load(name), _loss_of(name)
     rows = []
@@ -100,10 +100,10 @@ def _mod4(x: torch.Tensor) -> torch.Tensor:
 
 def _loss_of(name: str) -> tuple[Any, torch.Tensor | None]:
     """A zoo model's training loss (style targets set) and its style image (from its recipe)."""
-    from percepkit.checkpoint import read_metadata
-    from percepkit.recipe import parse_yaml, recipe_from_mapping
+    from percepkit.models.checkpoint import read_metadata
+    from percepkit.models.zoo import resolve
+    from percepkit.recipes.recipe import parse_yaml, recipe_from_mapping
     from percepkit.train import load_style_image
-    from percepkit.zoo import resolve
 
     recipe = recipe_from_mapping(parse_yaml(read_metadata(resolve(name))["recipe"]), name)
     loss = recipe.build_loss()
@@ -116,10 +116,10 @@ def _loss_of(name: str) -> tuple[Any, torch.Tensor | None]:
 
 def package(name: str, run: Path) -> None:
     """Package a finished run as a zoo model, measure it, write its card and manifest entry."""
-    from percepkit.checkpoint import Checkpoint, read_metadata
+    from percepkit.models.checkpoint import Checkpoint, read_metadata
+    from percepkit.models.zoo import ZooModel
+    from percepkit.models.zoo import package as write_model
     from percepkit.registry import MODELS
-    from percepkit.zoo import ZooModel
-    from percepkit.zoo import package as write_model
 
     ckpt = _checkpoint(run)
     meta = read_metadata(ckpt)
@@ -223,7 +223,7 @@ def style_grids(size: int = 512, names: list[str] | None = None) -> None:
     per model in ``names``)."""
     from PIL import Image
 
-    from percepkit.images import (
+    from percepkit.data.images import (
         image_grid,
         list_images,
         read_image,
@@ -255,11 +255,11 @@ def style_grids(size: int = 512, names: list[str] | None = None) -> None:
 
 def sr_crops(crop: int = 96) -> None:
     """bicubic | l_pixel | l_feat | HR crops (x4) of textured Set14/BSD100 images."""
-    from percepkit.benchmark_sets import quantize
-    from percepkit.evaluate import _crop_box
-    from percepkit.images import image_grid, read_image, stack_rows, write_image
-    from percepkit.imresize import imresize, mod_crop
-    from percepkit.zoo import load
+    from percepkit.data.benchmark_sets import quantize
+    from percepkit.data.images import image_grid, read_image, stack_rows, write_image
+    from percepkit.data.imresize import imresize, mod_crop
+    from percepkit.evaluation.evaluate import _crop_box
+    from percepkit.models.zoo import load
 
     bench = SHARED / "data" / "benchmarks"
     names = [bench / "Set14" / "baboon.png", bench / "Set14" / "zebra.png",
@@ -284,9 +284,9 @@ def sr_crops(crop: int = 96) -> None:
 
 def fig5(name: str, iterations: int, size: int) -> None:
     """The paper's Fig. 5: the feed-forward net's objective vs L-BFGS from the content image."""
-    from percepkit.gatys import stylize
-    from percepkit.images import read_image, resize_longer_side
-    from percepkit.zoo import load
+    from percepkit.data.images import read_image, resize_longer_side
+    from percepkit.inference.gatys import stylize
+    from percepkit.models.zoo import load
 
     bench = SHARED / "data" / "benchmarks" / "BSD100"
     photos = [*sorted(CONTENT.glob("*.jpg")), *[bench / n for n in HELD_OUT_BSD100]]

@@ -68,7 +68,7 @@ def _timed(fn, repeats: int) -> dict:
 
     import torch
 
-    from percepkit.speed_table import time_call
+    from percepkit.bench.speed_table import time_call
 
     t = time_call(fn, torch.device("cpu"), repeats=repeats, warmup=1, max_seconds=math.inf)
     return {"min": t.min, "median": t.median,
@@ -106,7 +106,7 @@ def worker(job: dict) -> dict:
     else:  # onnxruntime
         import onnxruntime as ort
 
-        from percepkit.export import export
+        from percepkit.models.export import export
 
         path = Path(job["tmp"]) / "net.onnx"
         export(model, path, "onnx", size=(side, side))
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from percepkit.speed_table import device_name
+    from percepkit.bench.speed_table import device_name
 
     torch.set_num_threads(args.threads)
     sections = args.only or ["inference", "lite", "metrics", "training"]

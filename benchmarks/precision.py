@@ -26,13 +26,13 @@ from rich.console import Console
 from rich.table import Table
 
 import percepkit
-from percepkit import benchmark_sets
-from percepkit.devices import resolve_device
-from percepkit.evaluate import build_metrics, run_transform
+from percepkit.bench.speed_table import device_name, matmul_throughput, time_call, train_speed
+from percepkit.data import benchmark_sets
+from percepkit.evaluation.evaluate import build_metrics, run_transform
 from percepkit.inference import Predictor
-from percepkit.precision import native_bf16, resolve_precision
-from percepkit.speed_table import device_name, matmul_throughput, time_call, train_speed
-from percepkit.transforms import Bicubic
+from percepkit.nets.transforms import Bicubic
+from percepkit.runtime.devices import resolve_device
+from percepkit.runtime.precision import native_bf16, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -53,7 +53,7 @@ def median_seconds(run: Callable[[], object], repeats: int) -> float:
 
 
 def check_all_recipes() -> int:
-    from percepkit.recipe import load_recipe
+    from percepkit.recipes.recipe import load_recipe
 
     paths = sorted([*REPO.glob("recipes/*.yaml"), *REPO.glob("recipes/zoo/*.yaml")])
     for path in paths:
@@ -62,7 +62,7 @@ def check_all_recipes() -> int:
 
 
 def memory_estimate(name: str) -> None:
-    from percepkit.recipe import load_recipe
+    from percepkit.recipes.recipe import load_recipe
     from percepkit.registry import DATASETS
     from percepkit.train.memory_check import check_training_memory
     from percepkit.train.tasks import make_task
@@ -75,7 +75,7 @@ def memory_estimate(name: str) -> None:
 
 def refuse_absurd(overrides: list[str]) -> None:
     from percepkit.errors import RecipeError
-    from percepkit.recipe import load_recipe
+    from percepkit.recipes.recipe import load_recipe
     from percepkit.train import Trainer
 
     recipe = load_recipe(REPO / "recipes" / "tiny_sr.yaml", overrides)
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     os.environ.setdefault("PERCEPKIT_OFFLINE", "1")
-    from percepkit.speed_table import PeakMemory
+    from percepkit.bench.speed_table import PeakMemory
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -45,9 +45,9 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
 
-from percepkit.lossnets import IMAGENET_MEAN, IMAGENET_STD
-from percepkit.precision import resolve_precision
-from percepkit.speed_table import PeakMemory
+from percepkit.bench.speed_table import PeakMemory
+from percepkit.nets.lossnets import IMAGENET_MEAN, IMAGENET_STD
+from percepkit.runtime.precision import resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPES = [REPO / "recipes" / "style_johnson2016.yaml",
@@ -56,7 +56,7 @@ DEFAULT_RECIPES = [REPO / "recipes" / "style_johnson2016.yaml",
 
 def overrides(recipe_path: Path, args: argparse.Namespace) -> list[str]:
     """Recipe overrides: synthetic in-memory data, random loss-network weights, no extras."""
-    from percepkit.recipe import load_recipe
+    from percepkit.recipes.recipe import load_recipe
 
     rec = load_recipe(recipe_path)
     total = args.warmup + args.steps
@@ -82,7 +82,7 @@ def overrides(recipe_path: Path, args: argparse.Namespace) -> list[str]:
 def time_trainer(path: Path) -> float:
     """Images/s of ``Trainer.run`` after the warm-up steps (``percepkit bench --train``'s
     measurement, as a mean over the timed steps)."""
-    from percepkit.speed_table import train_speed
+    from percepkit.bench.speed_table import train_speed
 
     speed = train_speed(str(path), overrides(path, ARGS), steps=ARGS.steps, warmup=ARGS.warmup)
     return speed.batch_size * len(speed.step_seconds) / sum(speed.step_seconds)
@@ -178,7 +178,7 @@ def _batches(recipe, device: torch.device, fmt: torch.memory_format):
 def time_plain(recipe, examples: bool) -> float:
     """Images/s of a minimal PyTorch loop over the same model, optimiser and data; the loss is
     :class:`PlainLoss` (``examples``) or the recipe's own CompositeLoss."""
-    from percepkit.devices import resolve_device
+    from percepkit.runtime.devices import resolve_device
     from percepkit.train import load_style_image
 
     s = recipe.train
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     ARGS = parser.parse_args(argv)
     if ARGS.warmup < 1 or ARGS.steps < 2:
         parser.error("--warmup must be >= 1 and --steps >= 2")
-    from percepkit.recipe import load_recipe
+    from percepkit.recipes.recipe import load_recipe
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {ARGS.device}"
           + (f" ({torch.cuda.get_device_name()})" if torch.cuda.is_available()

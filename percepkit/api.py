@@ -32,7 +32,7 @@ def load(name_or_path: str | Path, task: str | None = None, scale: int | None = 
     theirs. ``task`` (``"style"``, ``"sr"``) and ``scale``, when given, are checked against the
     model's. ``device``: default the CPU.
     """
-    from .zoo import load as load_network
+    from .models.zoo import load as load_network
 
     net = load_network(name_or_path, device=device or "cpu")
     got_task, got_scale = getattr(net, "task", None), int(getattr(net, "scale", 1))

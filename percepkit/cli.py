@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     except PercepkitError as e:
         from rich.markup import escape
 
-        from .console import user_console
+        from .runtime.console import user_console
 
         # escaped: messages quote paths and commands such as runs/exp[lr=1e-3] or 'pkg[extra]'
         user_console(stderr=True).print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         sys.exit(0)
     except OSError as e:  # a write the files module did not see: disk full, read-only, ...
-        from .files import is_write_error, write_error
+        from .runtime.files import is_write_error, write_error
 
         if not is_write_error(e) or e.filename is None:
             raise

@@ -156,12 +156,12 @@ class _FullDiskFile:
 
 @pytest.fixture
 def full_disk(monkeypatch):
-    """``full_disk("step_00000004")``: from now on, writes through percepkit.files (atomic
+    """``full_disk("step_00000004")``: from now on, writes through percepkit.runtime.files (atomic
     writes and appends) of files whose name contains that text fail half-way with ENOSPC;
     ``full_disk(None)`` frees the space again."""
     import tempfile
 
-    from percepkit import files
+    from percepkit.runtime import files
 
     state: dict[str, object] = {"match": None, "fds": set()}
     real_mkstemp, real_fdopen, real_open = tempfile.mkstemp, os.fdopen, open

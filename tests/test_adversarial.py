@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from cli_runner import run_cli
 from test_train import QUIET, quiet, run
 
-from percepkit.checkpoint import load_checkpoint
-from percepkit.discriminators import input_problem
 from percepkit.errors import CheckpointError, PercepkitError, RecipeError
 from percepkit.losses import GANLoss, LossInputs
-from percepkit.recipe import load_recipe
+from percepkit.models.checkpoint import load_checkpoint
+from percepkit.nets.discriminators import input_problem
+from percepkit.recipes.recipe import load_recipe
 from percepkit.registry import DISCRIMINATORS
 from percepkit.train import Trainer, find_checkpoints
 
@@ -395,7 +395,7 @@ def test_two_gloo_processes_train_g_and_d_as_one_process(tmp_path):
 
 def test_the_discriminators_float16_scaler_is_checkpointed_and_restored(tmp_path):
     """float16 autocast with D's own GradScaler (on the CPU here; on CUDA in real runs)."""
-    from percepkit.checkpoint import Checkpoint, save_checkpoint
+    from percepkit.models.checkpoint import Checkpoint, save_checkpoint
     from percepkit.train.adversarial import Adversary
 
     rec = load_recipe(TINY_GAN)
@@ -424,7 +424,7 @@ def test_train_checks_the_first_target_when_the_recipe_does_not_state_the_crop(t
                                                                               monkeypatch):
     """A dataset whose crop size recipe check cannot read (a plugin's): the trainer checks D
     against the first training target before it writes anything."""
-    import percepkit.recipe_checks as checks
+    import percepkit.recipes.checks as checks
 
     monkeypatch.setattr(checks, "training_crop", lambda raw: None)
     rec = load_recipe(TINY_GAN, [*QUIET, "discriminator=vgg"])  # passes: size unknown
@@ -448,7 +448,7 @@ def test_an_attached_discriminator_is_not_part_of_the_loss():
 def test_bf16_training_runs_d_in_bf16_and_resumes_exactly(tmp_path, monkeypatch):
     """train.precision bf16 (forced on this CPU): D's passes, in G's step and in its own, run
     under the same autocast; a split run still resumes exactly."""
-    from percepkit.discriminators import UNetDiscriminatorSN
+    from percepkit.nets.discriminators import UNetDiscriminatorSN
 
     dtypes = []
     real_forward = UNetDiscriminatorSN.forward

@@ -14,8 +14,8 @@ import torch
 from cli_runner import run_cli
 
 import percepkit
+from percepkit.data.images import read_image, write_image
 from percepkit.errors import PercepkitError
-from percepkit.images import read_image, write_image
 from percepkit.losses import build_loss
 from percepkit.registry import LOSS_NETWORKS, LOSSES, METRICS
 

@@ -12,15 +12,15 @@ import torch
 from cli_runner import run_cli
 
 import percepkit
-from percepkit.benchmark_sets import set5
+from percepkit.data.benchmark_sets import set5
+from percepkit.data.images import quantize, read_image
 from percepkit.errors import PercepkitError
-from percepkit.evaluate import run_transform
-from percepkit.images import quantize, read_image
+from percepkit.evaluation.evaluate import run_transform
 from percepkit.inference.predictor import Predictor
 from percepkit.metrics import Blobs, Grid
 from percepkit.metrics.artifacts import blob_mask, connected_components, grid_phase_means
+from percepkit.nets.transforms import Bicubic
 from percepkit.registry import METRICS
-from percepkit.transforms import Bicubic
 
 SET5 = Path(percepkit.__file__).parent / "assets" / "Set5"
 

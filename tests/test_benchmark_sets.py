@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-import percepkit.benchmark_sets as bm
+import percepkit.data.benchmark_sets as bm
+from percepkit.data.imresize import imresize
 from percepkit.errors import ImageError, PercepkitError
-from percepkit.evaluate import build_metrics, evaluate
-from percepkit.imresize import imresize
+from percepkit.evaluation.evaluate import build_metrics, evaluate
 from percepkit.metrics import PSNR, SSIM
 from percepkit.registry import DATASETS
 
@@ -55,8 +55,8 @@ def test_srcnn_y_only_pipeline_reproduces_srcnn_rows_exactly(scale, published):
     """SRCNN's MATLAB code resizes the uint8-rounded Y channel alone; doing the same with our
     imresize and SSIM gives its published bicubic Set5 rows to every printed digit. (Our default
     pipeline resizes RGB, as BasicSR does, and scores 0.01 dB / 0.001 SSIM higher.)"""
-    from percepkit.devices import threads  # small ops: one thread, as the engine does
     from percepkit.metrics import rgb_to_y
+    from percepkit.runtime.devices import threads  # small ops: one thread, as the engine does
 
     ds = bm.set5(scale=scale)
     psnr, ssim = PSNR("y", scale), SSIM("y", scale)
@@ -267,7 +267,7 @@ def test_cpu_threads_leave_out_the_cores_others_use(monkeypatch):
     from /proc/stat where it exists); --threads wins; never below 1."""
     import torch
 
-    from percepkit import devices
+    from percepkit.runtime import devices
 
     assert devices.free_threads(2, 2, None) == 2  # not measurable: torch's choice
     assert devices.free_threads(2, 2, 0.2) == 2

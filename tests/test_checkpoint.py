@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from percepkit.checkpoint import (
+from percepkit.errors import CheckpointError, PercepkitError
+from percepkit.models.checkpoint import (
     load_checkpoint,
     load_transform,
     read_metadata,
     save_checkpoint,
     save_model,
 )
-from percepkit.errors import CheckpointError, PercepkitError
 from percepkit.registry import TRANSFORMS
 
 
@@ -111,7 +111,7 @@ def test_weights_that_do_not_fit_the_spec(tmp_path):
 def test_written_files_get_normal_permissions_not_temp_file_ones(tmp_path):
     import os
 
-    from percepkit.images import write_image
+    from percepkit.data.images import write_image
 
     old = os.umask(0o022)
     try:
@@ -129,7 +129,7 @@ def test_a_folder_given_as_checkpoint_says_so(tmp_path):
 
 
 def test_checkpoint_readers_name_what_a_checkpoint_holds(tmp_path):
-    from percepkit.checkpoint import EMA_MODEL, MODEL, RNG, Checkpoint, training_metadata
+    from percepkit.models.checkpoint import EMA_MODEL, MODEL, RNG, Checkpoint, training_metadata
 
     model, ema = {"w": torch.zeros(2)}, {"w": torch.ones(2)}
     meta = training_metadata(
@@ -175,7 +175,7 @@ def test_a_full_disk_during_a_save_keeps_the_old_checkpoint_and_leaves_no_partia
 
 def test_a_full_disk_during_an_append_leaves_the_file_as_it_was(tmp_path, full_disk):
     from percepkit.errors import WriteError
-    from percepkit.files import append_text
+    from percepkit.runtime.files import append_text
 
     log = tmp_path / "log.csv"
     append_text(log, "step,loss\n1,0.5\n")
@@ -187,7 +187,7 @@ def test_a_full_disk_during_an_append_leaves_the_file_as_it_was(tmp_path, full_d
 
 def test_writes_under_a_regular_file_name_it(tmp_path):
     from percepkit.errors import WriteError
-    from percepkit.files import atomic_write
+    from percepkit.runtime.files import atomic_write
 
     (tmp_path / "f").write_text("x")
     with pytest.raises(WriteError, match=r"f is a file, not a folder"):

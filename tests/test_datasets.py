@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from percepkit.datasets import (
+from percepkit.data.datasets import (
     TrainSampler,
     degrade,
     gaussian_blur,
@@ -18,9 +18,9 @@ from percepkit.datasets import (
     sr_patches,
     synthetic,
 )
+from percepkit.data.imresize import imresize
 from percepkit.errors import PercepkitError, RecipeError
-from percepkit.imresize import imresize
-from percepkit.recipe import recipe_from_mapping
+from percepkit.recipes.recipe import recipe_from_mapping
 from percepkit.registry import DATASETS
 
 
@@ -242,7 +242,7 @@ def test_image_folder_arguments_that_are_files_or_missing_say_which(tmp_path):
 def test_to_uint8_in_bands_equals_the_direct_conversion(shape):
     """Bands of rows (here two bands and a short third for the large image) give exactly the
     direct clamp/scale/round conversion, as a contiguous HWC (or HW) array."""
-    from percepkit.images import to_uint8
+    from percepkit.data.images import to_uint8
 
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1
     direct = x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 
-from percepkit.checkpoint import load_checkpoint
-from percepkit.recipe import load_recipe
+from percepkit.models.checkpoint import load_checkpoint
+from percepkit.recipes.recipe import load_recipe
 from percepkit.train import Trainer, find_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]

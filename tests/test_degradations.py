@@ -17,8 +17,8 @@ import torch
 from cli_runner import run_cli
 from PIL import Image
 
-from percepkit.datasets import degrade, sample_seed, sr_patches, synthetic
-from percepkit.degradations import (
+from percepkit.data.datasets import degrade, sample_seed, sr_patches, synthetic
+from percepkit.data.degradations import (
     Bicubic,
     GaussianBlur,
     GaussianNoise,
@@ -30,9 +30,9 @@ from percepkit.degradations import (
     build_pipeline,
     jpeg_roundtrip,
 )
+from percepkit.data.imresize import imresize
 from percepkit.errors import PercepkitError, RecipeError
-from percepkit.imresize import imresize
-from percepkit.recipe import load_recipe
+from percepkit.recipes.recipe import load_recipe
 from percepkit.registry import DEGRADATIONS
 
 STEPS = {
@@ -296,7 +296,7 @@ def test_a_realesrgan_run_killed_with_sigkill_resumes_to_identical_weights(tmp_p
     ends with the weights of an uninterrupted run (random-init network: plumbing only)."""
     from test_train import QUIET, run
 
-    from percepkit.checkpoint import load_checkpoint
+    from percepkit.models.checkpoint import load_checkpoint
     from percepkit.train import find_checkpoints
 
     out = tmp_path / "killed"
@@ -306,7 +306,7 @@ def test_a_realesrgan_run_killed_with_sigkill_resumes_to_identical_weights(tmp_p
         import os, signal
         import torch
         torch.set_num_threads({torch.get_num_threads()})
-        import percepkit.files as ck  # where checkpoints are renamed into place
+        import percepkit.runtime.files as ck  # where checkpoints are renamed into place
         real = os.replace
         def killing_replace(src, dst):
             real(src, dst)
@@ -358,8 +358,8 @@ def test_the_plugin_guide_degradation_works():
 def test_the_recipe_schema_knows_degradation_lists():
     import jsonschema
 
-    from percepkit.recipe import recipe_from_mapping
-    from percepkit.recipe_schema import recipe_schema
+    from percepkit.recipes.recipe import recipe_from_mapping
+    from percepkit.recipes.schema import recipe_schema
 
     schema = recipe_schema()
     jsonschema.Draft7Validator.check_schema(schema)
@@ -383,7 +383,7 @@ def test_sinc_kernel_is_basicsr_circular_lowpass():
     """The sinc kernel against a direct evaluation of BasicSR's formula with scipy's J1."""
     from scipy import special
 
-    from percepkit.degradations import Sinc, sinc_kernel
+    from percepkit.data.degradations import Sinc, sinc_kernel
 
     size, cutoff = 13, 1.3
     c = (size - 1) / 2

@@ -18,8 +18,8 @@ from percepkit.registry import METRICS
 
 def _set5(names: tuple[str, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(bicubic x4 reconstruction, HR) pairs of Set5 images, (1, 3, H, W) float32 in [0, 1]."""
-    from percepkit.benchmark_sets import quantize
-    from percepkit.imresize import imresize
+    from percepkit.data.benchmark_sets import quantize
+    from percepkit.data.imresize import imresize
     from percepkit.registry import DATASETS
 
     ds = DATASETS.build({"name": "set5", "scale": 4})
@@ -56,7 +56,7 @@ def test_damaged_alpha_beta_refuse(monkeypatch, tmp_path):
 def test_dists_without_weights_refuses(isolated_weights):
     with pytest.raises(MissingWeightsError, match="PERCEPKIT_WEIGHTS"):
         DISTS()
-    from percepkit.evaluate import build_metrics
+    from percepkit.evaluation.evaluate import build_metrics
 
     built, infos = build_metrics(["psnr", "dists"], crop_border=4)
     assert "dists" not in built and "PERCEPKIT_WEIGHTS" in infos[1].unavailable
@@ -69,7 +69,7 @@ def test_dists_matches_reference_implementation(real_weights_dir, monkeypatch):
     import torchvision
     from DISTS_pytorch import DISTS_pt
 
-    from percepkit.weights import torchvision_features_state
+    from percepkit.models.weights import torchvision_features_state
 
     monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(real_weights_dir))
     state = torchvision_features_state("vgg16")

@@ -130,7 +130,7 @@ def test_hr_dir_with_odd_files_and_grids(tmp_path, isolated_weights):
 
 
 def test_checkpoint_rebuilds_transform_and_checks_scale(tmp_path, isolated_weights):
-    from percepkit.checkpoint import save_model
+    from percepkit.models.checkpoint import save_model
     from percepkit.registry import TRANSFORMS
 
     spec = {"name": "srcnn", "scale": 2, "channels": [8, 4]}
@@ -204,7 +204,7 @@ def test_eval_with_given_lr_files_states_them_not_matlab_bicubic(tmp_path):
     they were made with MATLAB imresize (as it does for --hr-dir alone)."""
     from cli_runner import run_cli
 
-    from percepkit.evaluate import LR_GIVEN, LR_MADE
+    from percepkit.evaluation.evaluate import LR_GIVEN, LR_MADE
 
     rng = np.random.default_rng(0)
     (tmp_path / "hr").mkdir()

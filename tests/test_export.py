@@ -7,12 +7,12 @@ import pytest
 import torch
 from cli_runner import run_cli
 
-from percepkit.checkpoint import save_model
 from percepkit.errors import PercepkitError
-from percepkit.export import export
 from percepkit.inference.tiles import pad_for_net
+from percepkit.models.checkpoint import save_model
+from percepkit.models.export import export
+from percepkit.nets.transforms import JohnsonSR, johnson_style_fast
 from percepkit.registry import TRANSFORMS
-from percepkit.transforms import JohnsonSR, johnson_style_fast
 
 
 @pytest.mark.extra("export")
@@ -143,7 +143,7 @@ def test_export_into_an_unwritable_folder_or_a_full_disk_is_one_paragraph_and_le
     import errno
     import os
 
-    from percepkit import files
+    from percepkit.runtime import files
 
     out = tmp_path / "ro" / "c.pt"
     real_access = os.access

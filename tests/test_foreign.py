@@ -19,9 +19,9 @@ from rich.console import Console
 from torch import nn
 
 import percepkit
-from percepkit.checkpoint import read_metadata
-from percepkit.images import read_image, write_image
+from percepkit.data.images import read_image, write_image
 from percepkit.inference import Predictor
+from percepkit.models.checkpoint import read_metadata
 
 
 class ConvLayer(nn.Module):
@@ -245,7 +245,7 @@ def test_without_spandrel_a_foreign_sr_file_says_how_to_install_it(tmp_path, cap
 def test_convert_spandrel_sr_files_gives_their_output_and_trains_from_it_random_init(tmp_path):
     import spandrel
 
-    from percepkit.checkpoint import load_checkpoint
+    from percepkit.models.checkpoint import load_checkpoint
 
     image = torch.rand(3, 19, 22)
     write_image(tmp_path / "lr.png", image)
@@ -271,7 +271,7 @@ def test_convert_spandrel_sr_files_gives_their_output_and_trains_from_it_random_
         assert (read_image(tmp_path / f"{name}.png") - expected).abs().max() <= 1 / 255 + 1e-6
 
     # fine-tuning from the converted file: its weights, a fresh optimiser, one step
-    from percepkit.recipe import load_recipe
+    from percepkit.recipes.recipe import load_recipe
     from percepkit.train import Trainer
 
     compact = tmp_path / "compact_converted.safetensors"
@@ -296,9 +296,9 @@ def test_y_only_sr_model_gets_the_srcnn_protocol_random_init(tmp_path):
     from skimage.color import rgb2ycbcr, ycbcr2rgb
     from spandrel.architectures.Compact import Compact
 
-    from percepkit.imresize import imresize
+    from percepkit.data.imresize import imresize
     from percepkit.metrics import rgb_to_y
-    from percepkit.ychannel import rgb_to_ycbcr, ycbcr_to_rgb
+    from percepkit.nets.ychannel import rgb_to_ycbcr, ycbcr_to_rgb
 
     rgb = torch.rand(2, 3, 9, 11, dtype=torch.float64)
     ycc = rgb_to_ycbcr(rgb)
@@ -331,7 +331,7 @@ def test_y_only_sr_model_gets_the_srcnn_protocol_random_init(tmp_path):
     assert (read_image(tmp_path / "up.png") - expected.clamp(0, 1)).abs().max() <= 1 / 255 + 1e-6
 
     # eval: the same output is scored, and the record names the protocol
-    from percepkit.benchmark_sets import quantize
+    from percepkit.data.benchmark_sets import quantize
     from percepkit.metrics import psnr
 
     (tmp_path / "hr").mkdir()

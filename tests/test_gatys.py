@@ -12,17 +12,17 @@ import torch
 from cli_runner import run_cli
 from PIL import Image
 
+from percepkit.data.images import resize_longer_side
 from percepkit.errors import PercepkitError
-from percepkit.gatys import (
+from percepkit.inference.gatys import (
     build_objective,
     default_losses,
     optimize_image,
     stylize,
     upscale,
 )
-from percepkit.images import resize_longer_side
 from percepkit.losses import build_loss
-from percepkit.lossnets import VGG
+from percepkit.nets.lossnets import VGG
 
 RANDOM_VGG = {"name": "vgg16", "weights": "random"}
 

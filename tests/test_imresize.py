@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from percepkit.imresize import imresize, mod_crop, output_size, resize_matrix
+from percepkit.data.imresize import imresize, mod_crop, output_size, resize_matrix
 
 
 # -- an independent, deliberately naive port of MATLAB's imresize (one output pixel at a time) --

@@ -15,9 +15,7 @@ import torch
 from cli_runner import run_cli
 from PIL import Image
 
-from percepkit.checkpoint import save_model
 from percepkit.commands._batch import plan_batch
-from percepkit.devices import resolve_device
 from percepkit.errors import PercepkitError
 from percepkit.inference import (
     FastPathWarning,
@@ -32,7 +30,14 @@ from percepkit.inference import (
 )
 from percepkit.inference.fused import moments
 from percepkit.inference.normstats import StopForward, probing
-from percepkit.transforms import JohnsonSR, JohnsonStyle, johnson_style_fast, johnson_style_lite
+from percepkit.models.checkpoint import save_model
+from percepkit.nets.transforms import (
+    JohnsonSR,
+    JohnsonStyle,
+    johnson_style_fast,
+    johnson_style_lite,
+)
+from percepkit.runtime.devices import resolve_device
 
 
 def _randomise_norms(model: torch.nn.Module) -> torch.nn.Module:

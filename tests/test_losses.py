@@ -11,7 +11,7 @@ import torch
 
 from percepkit.errors import MissingWeightsError, PercepkitError, RecipeError
 from percepkit.losses import CompositeLoss, LossInputs, build_loss, gram_matrix
-from percepkit.lossnets import LossNetwork
+from percepkit.nets.lossnets import LossNetwork
 from percepkit.registry import BUILTIN, LOSSES
 
 
@@ -396,8 +396,8 @@ def test_contextual_loss_tolerates_misalignment_that_feature_loss_punishes(
         shared_data, real_weights_dir, monkeypatch):
     """Mechrez et al.'s point, on Set5 crops (128², real VGG16): a copy shifted by 4 px is far
     closer than a ×4 bicubic blur for ``contextual``, and farther for ``pixel``/``feature``."""
-    from percepkit.images import read_image
-    from percepkit.imresize import imresize
+    from percepkit.data.images import read_image
+    from percepkit.data.imresize import imresize
     from percepkit.registry import LOSS_NETWORKS
 
     monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(real_weights_dir))

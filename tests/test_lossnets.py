@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from percepkit.errors import MissingWeightsError, PercepkitError
-from percepkit.lossnets import vgg_layer_names
+from percepkit.nets.lossnets import vgg_layer_names
 from percepkit.registry import LOSS_NETWORKS
 
 
@@ -108,7 +108,7 @@ def test_unknown_timm_model():
 def test_a_weights_file_with_pickled_code_is_one_short_paragraph(tmp_path):
     import pickle
 
-    from percepkit.weights import load_state_file
+    from percepkit.models.weights import load_state_file
 
     class Payload:
         def __reduce__(self):
@@ -149,7 +149,7 @@ def test_backbones_have_torchvisions_layout_without_importing_it(arch):
 
     import torchvision
 
-    from percepkit import backbones
+    from percepkit.nets import backbones
 
     ours, theirs = backbones.features(arch), getattr(torchvision.models, arch)().features
     assert [type(m) for m in ours] == [type(m) for m in theirs]
@@ -161,7 +161,7 @@ def test_backbones_have_torchvisions_layout_without_importing_it(arch):
     x = torch.rand(1, 3, 67, 67)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x))
-    code = ("import sys; from percepkit import backbones; from percepkit.registry import "
+    code = ("import sys; from percepkit.nets import backbones; from percepkit.registry import "
             "LOSS_NETWORKS; LOSS_NETWORKS.build({'name': 'vgg16', 'weights': 'random'}); "
             "print('torchvision' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -169,7 +169,7 @@ def test_backbones_have_torchvisions_layout_without_importing_it(arch):
 
 
 def test_load_features_names_the_first_misfit():
-    from percepkit import backbones
+    from percepkit.nets import backbones
 
     net = backbones.features("vgg16")[:4]
     state = {f"features.{k}": v for k, v in net.state_dict().items()}

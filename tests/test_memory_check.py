@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from percepkit.errors import RecipeError
-from percepkit.recipe import load_recipe
+from percepkit.recipes.recipe import load_recipe
 from percepkit.registry import DATASETS
 from percepkit.train import Trainer
 from percepkit.train.memory_check import check_training_memory, estimate_training_memory

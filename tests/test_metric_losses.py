@@ -18,8 +18,8 @@ from percepkit.registry import LOSS_NETWORKS, LOSSES
 def _pairs(size: int, names: tuple[str, ...] = ("bird", "butterfly")
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Set5 bicubic x4 reconstructions and HR crops (top-left ``size`` px), (B, 3, s, s) float32."""
-    from percepkit.benchmark_sets import quantize
-    from percepkit.imresize import imresize
+    from percepkit.data.benchmark_sets import quantize
+    from percepkit.data.imresize import imresize
     from percepkit.registry import DATASETS
 
     ds = DATASETS.build({"name": "set5", "scale": 4})
@@ -106,7 +106,7 @@ def _lpips_reference(net: str, out: torch.Tensor, hr: torch.Tensor) -> torch.Ten
     import lpips
 
     from percepkit.metrics.lpips import LPIPS_ARCH
-    from percepkit.weights import torchvision_features_state
+    from percepkit.models.weights import torchvision_features_state
 
     with warnings.catch_warnings():  # torchvision's 'pretrained' deprecation, inside lpips
         warnings.simplefilter("ignore")

@@ -165,8 +165,8 @@ def test_lpips_real_backbone_matches_independent_computation(real_weights_dir, m
 def _set5_pair(name: str = "baby", multiple: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """A Set5 HR image and its MATLAB-bicubic x4 reconstruction (8-bit), cropped top-left to a
     multiple of ``multiple`` (so that every MS-SSIM scale halves exactly)."""
-    from percepkit.benchmark_sets import quantize
-    from percepkit.imresize import imresize
+    from percepkit.data.benchmark_sets import quantize
+    from percepkit.data.imresize import imresize
     from percepkit.registry import DATASETS
 
     ds = DATASETS.build({"name": "set5", "scale": 4})
@@ -266,7 +266,7 @@ def test_multi_strip_ssim_matches_skimage():
 def test_score_pair_converts_each_image_once(monkeypatch):
     """PSNR, SSIM and MS-SSIM on the same Y planes share one conversion and give the values of
     separate metric calls; a metric that is asked for but not built is None."""
-    from percepkit.evaluate import MetricInfo, build_metrics, score_pair
+    from percepkit.evaluation.evaluate import MetricInfo, build_metrics, score_pair
     from percepkit.metrics import base
 
     out, tgt = _pair(9, h=200, w=180)

@@ -13,9 +13,9 @@ from cli_runner import run_cli
 from PIL import Image
 from rich.console import Console
 
+from percepkit.data.paired import match_pairs, paired_folder
 from percepkit.errors import PercepkitError, RecipeError
-from percepkit.paired import match_pairs, paired_folder
-from percepkit.recipe import load_recipe
+from percepkit.recipes.recipe import load_recipe
 
 TINY_SR = Path(__file__).resolve().parents[1] / "recipes" / "tiny_sr.yaml"
 

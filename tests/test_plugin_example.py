@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from percepkit import registry as reg
-from percepkit.checkpoint import load_transform
 from percepkit.cli import main
+from percepkit.models.checkpoint import load_transform
 from percepkit.registry import LOSSES
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin-example"

@@ -7,9 +7,9 @@ import pytest
 import torch
 from cli_runner import run_cli
 
-from percepkit.checkpoint import save_model
-from percepkit.images import read_image, write_image
-from percepkit.postprocess import blend, match_histogram, preserve_color
+from percepkit.data.images import read_image, write_image
+from percepkit.inference.postprocess import blend, match_histogram, preserve_color
+from percepkit.models.checkpoint import save_model
 from percepkit.registry import TRANSFORMS
 
 

@@ -19,12 +19,12 @@ from cli_runner import run_cli
 from rich.console import Console
 from torch import nn
 
-import percepkit.precision as P
-from percepkit.checkpoint import Checkpoint, load_checkpoint
+import percepkit.runtime.precision as P
 from percepkit.errors import PercepkitError
 from percepkit.inference import Predictor
 from percepkit.inference import calibration as C
-from percepkit.recipe import load_recipe
+from percepkit.models.checkpoint import Checkpoint, load_checkpoint
+from percepkit.recipes.recipe import load_recipe
 from percepkit.train import Trainer, find_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,8 +242,8 @@ def test_cli_refuses_fp16_on_the_cpu_in_one_paragraph(tmp_path, capsys):
 
 # -- metrics -----------------------------------------------------------------------------------
 def test_metric_networks_run_in_bf16_and_say_so(real_weights_dir, monkeypatch):
-    from percepkit.evaluate import build_metrics
-    from percepkit.images import read_image
+    from percepkit.data.images import read_image
+    from percepkit.evaluation.evaluate import build_metrics
 
     monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(real_weights_dir))
     hr = read_image(REPO / "percepkit" / "assets" / "Set5" / "baby.png")[None, :, :96, :96]

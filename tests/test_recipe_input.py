@@ -6,7 +6,7 @@ import pytest
 from cli_runner import run_cli
 
 from percepkit.errors import RecipeError
-from percepkit.recipe import load_recipe
+from percepkit.recipes.recipe import load_recipe
 
 GOOD = """name: t
 task: sr

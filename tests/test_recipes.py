@@ -10,7 +10,7 @@ from conftest import recipe_extra
 
 from percepkit.cli import main
 from percepkit.errors import RecipeError
-from percepkit.recipe import load_recipe, parse_yaml, recipe_from_mapping
+from percepkit.recipes.recipe import load_recipe, parse_yaml, recipe_from_mapping
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
 #: each shipped recipe, skipped when it needs an optional extra that is not installed
@@ -139,7 +139,7 @@ def test_cli_recipe_check_ok_and_bad(tmp_path, capsys):
 
 def test_optimize_defaults_are_the_paper_recipes_losses():
     """`percepkit optimize` without --recipe must use the same terms as the shipped recipes."""
-    from percepkit.gatys import default_losses
+    from percepkit.inference.gatys import default_losses
 
     style = load_recipe(next(p for p in RECIPES if p.stem == "style_johnson2016"))
     feat = load_recipe(next(p for p in RECIPES if p.stem == "sr_x4_feat"))
@@ -248,7 +248,7 @@ def test_missing_data_folders_fail_recipe_check_unless_skipped(tmp_path, capsys)
 def schema_validator():
     import jsonschema
 
-    from percepkit.recipe_schema import recipe_schema
+    from percepkit.recipes.schema import recipe_schema
 
     schema = recipe_schema()
     jsonschema.Draft7Validator.check_schema(schema)
@@ -256,7 +256,7 @@ def schema_validator():
 
 
 def test_schema_covers_every_top_level_key_and_part(schema_validator):
-    from percepkit.recipe import TOP_LEVEL
+    from percepkit.recipes.recipe import TOP_LEVEL
     from percepkit.registry import LOSSES, TRANSFORMS
 
     schema = schema_validator.schema
@@ -321,7 +321,7 @@ def test_short_forms_pass_both_recipe_check_and_the_schema(schema_validator):
 
 def test_loss_terms_declare_the_layers_they_read_without_being_built():
     from percepkit.metrics.lpips import LPIPS_VGG_LAYERS
-    from percepkit.recipe_checks import term_layers
+    from percepkit.recipes.checks import term_layers
 
     assert term_layers({"name": "feature"}) == ["relu2_2"]  # the argument's default
     assert term_layers({"name": "style", "layers": ["relu1_2"]}) == ["relu1_2"]

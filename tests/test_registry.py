@@ -10,10 +10,10 @@ from typing import Literal
 
 import pytest
 
-from percepkit import arguments as argspec
 from percepkit import registry as reg
 from percepkit.errors import PercepkitError, RecipeError
 from percepkit.registry import LOSSES, Registry
+from percepkit.registry import arguments as argspec
 
 
 @pytest.fixture
@@ -230,7 +230,7 @@ def test_plugin_that_exits_halfway_leaves_nothing_registered(plugin_env, capsys)
 
 
 def test_close_matches_prefers_the_same_block():
-    from percepkit.lossnets import vgg_layer_names
+    from percepkit.nets.lossnets import vgg_layer_names
 
     names = vgg_layer_names("vgg16")
     assert argspec.close_matches("relu1_3", names)[0] == "relu1_2"
@@ -253,8 +253,8 @@ def test_a_plugin_part_is_in_the_schema_list_and_recipe_check(plugin_env, capsys
     import jsonschema
 
     from percepkit.cli import main
-    from percepkit.recipe import recipe_from_mapping
-    from percepkit.recipe_schema import recipe_schema
+    from percepkit.recipes.recipe import recipe_from_mapping
+    from percepkit.recipes.schema import recipe_schema
 
     _write(plugin_env / "percepkit_plugins" / "pk_schema_loss.py", """
         from typing import Literal

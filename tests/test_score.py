@@ -13,7 +13,7 @@ from cli_runner import run_cli
 from PIL import Image
 
 from percepkit.errors import PercepkitError
-from percepkit.score import Pair, match_pairs, read_pair
+from percepkit.evaluation.score import Pair, match_pairs, read_pair
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

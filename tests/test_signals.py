@@ -23,9 +23,9 @@ import torch
 from cli_runner import run_cli
 from rich.console import Console
 
-from percepkit.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from percepkit.errors import PercepkitError
-from percepkit.recipe import load_recipe
+from percepkit.models.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from percepkit.recipes.recipe import load_recipe
 from percepkit.train import Trainer, find_checkpoints
 from percepkit.train.lock import LOCK_FILE, RunLock
 from percepkit.train.signals import REPEAT_WINDOW, StopSignals, TrainingAborted, exit_code
@@ -120,7 +120,7 @@ def test_a_second_signal_aborts_at_once_and_keeps_earlier_checkpoints(tmp_path, 
             "train.log_every=1"]
     script = textwrap.dedent(f"""
         import os, signal
-        import percepkit.files as files
+        import percepkit.runtime.files as files
         import percepkit.train.signals as sigs
         from percepkit.losses import PixelLoss
         sigs.REPEAT_WINDOW = -1.0  # every repeat counts as a second signal

@@ -16,9 +16,9 @@ import torch
 from cli_runner import run_cli
 from rich.console import Console
 
-from percepkit.checkpoint import load_checkpoint, load_transform
 from percepkit.errors import PercepkitError, RecipeError
-from percepkit.recipe import load_recipe
+from percepkit.models.checkpoint import load_checkpoint, load_transform
+from percepkit.recipes.recipe import load_recipe
 from percepkit.registry import TRANSFORMS
 from percepkit.train import Trainer
 
@@ -58,7 +58,7 @@ def train(out, *overrides, resume=None):
 def test_spandrel_transforms_save_weights_that_spandrel_loads_random_init(name, tmp_path):
     import spandrel
 
-    from percepkit.checkpoint import save_weights
+    from percepkit.models.checkpoint import save_weights
 
     spec = {"name": name, **TINY[name]} if name in TINY else \
         {"name": "spandrel", "arch": name, **OTHER[name]}

@@ -8,10 +8,10 @@ import types
 import pytest
 import torch
 
-from percepkit import speed_table
+from percepkit.bench import speed_table
+from percepkit.bench.speed_table import PAPER_TITAN_X, conv_flops, matmul_throughput, run_bench
 from percepkit.cli import main
-from percepkit.speed_table import PAPER_TITAN_X, conv_flops, matmul_throughput, run_bench
-from percepkit.transforms import JohnsonStyle
+from percepkit.nets.transforms import JohnsonStyle
 
 
 def test_conv_flops_of_the_papers_style_net_by_hand():
@@ -95,7 +95,7 @@ def test_bench_command_table_and_bad_options(capsys):
 
 
 def test_timing_reports_best_median_and_spread():
-    from percepkit.speed_table import Timing
+    from percepkit.bench.speed_table import Timing
 
     t = Timing([0.2, 0.1, 0.4, 0.1, 0.15])
     assert t.min == 0.1 and t.median == 0.15
@@ -103,7 +103,7 @@ def test_timing_reports_best_median_and_spread():
 
 
 def test_matmul_probe_far_below_the_recorded_best_warns(tmp_path, monkeypatch):
-    from percepkit.speed_table import matmul_notes
+    from percepkit.bench.speed_table import matmul_notes
 
     monkeypatch.setenv("PERCEPKIT_CACHE", str(tmp_path))
     assert matmul_notes("cpu X", "fp32", 100e9) == []  # first run: recorded, nothing to compare
@@ -121,7 +121,7 @@ def test_matmul_probe_far_below_the_recorded_best_warns(tmp_path, monkeypatch):
 def test_a_loaded_machine_is_reported(monkeypatch):
     import os
 
-    from percepkit import speed_table as bench
+    from percepkit.bench import speed_table as bench
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 2.0, 1.0))
@@ -175,7 +175,7 @@ def test_peak_memory_sees_a_block_that_allocates_and_frees():
 
     import torch
 
-    from percepkit.speed_table import PeakMemory
+    from percepkit.bench.speed_table import PeakMemory
 
     if PeakMemory.current() is None:
         pytest.skip("no /proc/self/statm on this system: PeakMemory reports ru_maxrss")

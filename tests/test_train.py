@@ -16,10 +16,10 @@ import torch
 from cli_runner import run_cli
 from rich.console import Console
 
-from percepkit.checkpoint import load_checkpoint, load_transform, save_checkpoint, save_model
 from percepkit.cli import main
 from percepkit.errors import CheckpointError, PercepkitError
-from percepkit.recipe import load_recipe
+from percepkit.models.checkpoint import load_checkpoint, load_transform, save_checkpoint, save_model
+from percepkit.recipes.recipe import load_recipe
 from percepkit.train import (
     NonFiniteLossError,
     Trainer,
@@ -145,7 +145,7 @@ def test_a_run_killed_during_a_save_resumes_from_the_newest_intact_checkpoint(tm
         import os, sys
         import torch
         torch.set_num_threads({torch.get_num_threads()})
-        import percepkit.files as ck  # where checkpoints are renamed into place
+        import percepkit.runtime.files as ck  # where checkpoints are renamed into place
         real = os.replace
         calls = []
         def dying_replace(src, dst):
@@ -437,7 +437,7 @@ def test_train_out_under_a_file_or_in_an_unwritable_folder_is_one_paragraph(
     # an unwritable folder (faked: the tests may run as root, who may write anywhere)
     import errno
 
-    from percepkit import files
+    from percepkit.runtime import files
 
     real_access = os.access
     monkeypatch.setattr(files.os, "access",

@@ -11,7 +11,9 @@ import torch
 from cli_runner import run_cli
 
 import percepkit
-from percepkit.checkpoint import (
+from percepkit.data.images import read_image, write_image
+from percepkit.errors import CheckpointError
+from percepkit.models.checkpoint import (
     EMA_MODEL,
     MODEL,
     OPTIMIZER,
@@ -20,11 +22,9 @@ from percepkit.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from percepkit.errors import CheckpointError
-from percepkit.images import read_image, write_image
+from percepkit.models.weights import hash_prefix
+from percepkit.models.zoo import ZooModel, cache_dir, package, resolve
 from percepkit.registry import MODELS, TRANSFORMS
-from percepkit.weights import hash_prefix
-from percepkit.zoo import ZooModel, cache_dir, package, resolve
 
 
 def _random_style_checkpoint(path):

@@ -15,8 +15,8 @@ from cli_runner import run_cli
 from PIL import Image
 
 import percepkit
+from percepkit.models.zoo import package_models_dir, sha256_file
 from percepkit.registry import MODELS
-from percepkit.zoo import package_models_dir, sha256_file
 
 MANIFEST = json.loads((package_models_dir() / "manifest.json").read_text())
 SR = sorted(n for n, m in MANIFEST.items() if m["task"] == "sr")
@@ -84,7 +84,7 @@ def test_style_model_keeps_the_content_structure(name):
     butterfly. A net that paints style over everything scores ~0.2; the zoo's 0.74-0.95."""
     from importlib import resources
 
-    from percepkit.images import read_image
+    from percepkit.data.images import read_image
 
     x = read_image(resources.files("percepkit") / "assets" / "Set5" / "butterfly.png")[None]
     with torch.inference_mode():

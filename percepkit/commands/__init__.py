@@ -11,6 +11,6 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
 def precision_option(default: str | None, help: str) -> Callable[[Callable], Callable]:
-    """``--precision auto|fp32|bf16|fp16`` (see :mod:`percepkit.precision`)."""
+    """``--precision auto|fp32|bf16|fp16`` (see :mod:`percepkit.runtime.precision`)."""
     return click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=default,
                         show_default=default is not None, help=help)

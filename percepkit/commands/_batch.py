@@ -70,8 +70,8 @@ def inference_options(f: Callable) -> Callable:
 
 def make_predictor(model: nn.Module, options: dict) -> Predictor:
     """A :class:`~percepkit.inference.Predictor` from :func:`inference_options`."""
-    from ..devices import use_cpu_threads
     from ..inference import Predictor, parse_memory
+    from ..runtime.devices import use_cpu_threads
 
     use_cpu_threads(options["threads"])
     budget = parse_memory(options["memory"]) if options["memory"] else None
@@ -92,7 +92,7 @@ def run_predictor(inputs: tuple[str, ...], model: nn.Module, options: dict,
 
     ``prepare(image)`` runs before the network, ``post(image, output)`` after it.
     """
-    from ..console import user_console
+    from ..runtime.console import user_console
 
     console = user_console(stderr=True)
     if not inputs:
@@ -156,7 +156,7 @@ def plan_batch(inputs: Sequence[str | Path], output: str | Path, ext: str = ".pn
     name when there is exactly one input file. Missing inputs and empty folders become items
     with an error, so the rest of the batch can go on.
     """
-    from ..images import IMAGE_EXTENSIONS, list_images
+    from ..data.images import IMAGE_EXTENSIONS, list_images
 
     output = Path(output)
     ext = ext if ext.startswith(".") else f".{ext}"
@@ -224,9 +224,9 @@ def run_batch(
         TimeRemainingColumn,
     )
 
-    from ..console import user_console
+    from ..data.images import read_image, write_image
     from ..errors import ImageError, WriteError
-    from ..images import read_image, write_image
+    from ..runtime.console import user_console
 
     con = console if isinstance(console, Console) else user_console(stderr=True)
     summary = BatchSummary()

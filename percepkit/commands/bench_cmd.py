@@ -30,7 +30,7 @@ def render(result, console) -> None:
     """Print the speed table and the throughput table with rich."""
     from rich.table import Table
 
-    from ..speed_table import PAPER_TITAN_X
+    from ..bench.speed_table import PAPER_TITAN_X
 
     iters = sorted(result.rows[0].optimization) if result.rows else []
     table = Table(title=f"Optimisation (Gatys et al., L-BFGS) vs feed-forward ({result.transform})"
@@ -137,9 +137,9 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
     """
     import torch
 
-    from ..console import user_console
-    from ..devices import resolve_device
-    from ..speed_table import run_bench
+    from ..bench.speed_table import run_bench
+    from ..runtime.console import user_console
+    from ..runtime.devices import resolve_device
 
     if threads:
         torch.set_num_threads(threads)
@@ -154,7 +154,7 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
     dev = resolve_device(device)
     model = None
     if checkpoint is not None:
-        from ..checkpoint import load_transform
+        from ..models.checkpoint import load_transform
 
         model = load_transform(checkpoint)
         if getattr(model, "task", None) != "style":
@@ -181,8 +181,8 @@ def _bench_training(recipe: Path, overrides: tuple[str, ...], device: str, steps
     from rich.markup import escape
     from rich.table import Table
 
-    from ..console import user_console
-    from ..speed_table import train_speed
+    from ..bench.speed_table import train_speed
+    from ..runtime.console import user_console
 
     sets = [*overrides, *([f"train.device={device}"] if device != "auto" else [])]
     console = user_console(stderr=True)

@@ -26,11 +26,11 @@ def command(source: Path, output: Path, overwrite: bool) -> None:
     """
     from rich.markup import escape
 
-    from ..checkpoint import save_model
-    from ..console import user_console
-    from ..files import sha256_file
-    from ..foreign import convert
+    from ..models.checkpoint import save_model
+    from ..models.foreign import convert
     from ..registry import TRANSFORMS
+    from ..runtime.console import user_console
+    from ..runtime.files import sha256_file
 
     if not source.is_file():
         raise PercepkitError(f"{source}: no such file")

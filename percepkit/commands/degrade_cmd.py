@@ -35,9 +35,9 @@ def command(inputs: tuple[str, ...], output: Path, recipe: Path | None,
     from rich.console import Console
     from rich.markup import escape
 
-    from ..datasets import _generator, sample_seed
-    from ..degradations import dataset_degradation
-    from ..images import image_grid, read_image, write_image
+    from ..data.datasets import _generator, sample_seed
+    from ..data.degradations import dataset_degradation
+    from ..data.images import image_grid, read_image, write_image
     from ._batch import BatchSummary, plan_batch
 
     if (recipe is None) == (steps is None):
@@ -46,12 +46,12 @@ def command(inputs: tuple[str, ...], output: Path, recipe: Path | None,
     if overrides and recipe is None:
         raise PercepkitError("--set changes a recipe; it needs --recipe")
     if steps is not None:
-        from ..degradations import input_maker
-        from ..recipe import parse_yaml
+        from ..data.degradations import input_maker
+        from ..recipes.recipe import parse_yaml
 
         make, what = input_maker(parse_yaml(steps, "--degradations"), "--degradations")
     else:
-        from ..recipe import load_recipe
+        from ..recipes.recipe import load_recipe
 
         loaded = load_recipe(recipe, overrides)
         make, what = dataset_degradation(loaded.data.train or {}, "data.train")

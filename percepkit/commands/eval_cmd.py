@@ -8,9 +8,9 @@ from typing import Any
 import click
 import torch
 
-from ..devices import resolve_device, use_cpu_threads
 from ..errors import PercepkitError
-from ..files import check_output, check_output_folder
+from ..runtime.devices import resolve_device, use_cpu_threads
+from ..runtime.files import check_output, check_output_folder
 from . import precision_option
 from ._scoring import (
     convention_lines,
@@ -24,9 +24,9 @@ from ._scoring import (
 
 def _model_info(path: Path, transform: Any) -> dict[str, Any]:
     """What the results file records about a model file."""
-    from ..checkpoint import is_checkpoint
-    from ..files import sha256_file
-    from ..spandrel_arch import SpandrelSR
+    from ..models.checkpoint import is_checkpoint
+    from ..nets.spandrel_arch import SpandrelSR
+    from ..runtime.files import sha256_file
 
     info: dict[str, Any] = {"file": str(path), "sha256": sha256_file(path)}
     if isinstance(transform, SpandrelSR) and not is_checkpoint(path):
@@ -40,7 +40,7 @@ def _model_info(path: Path, transform: Any) -> dict[str, Any]:
         info["format"] = "percepkit checkpoint" if is_checkpoint(path) else "third-party"
         info["architecture"] = getattr(transform, "architecture", type(transform).__name__)
     if isinstance(transform, SpandrelSR) and transform.channels == 1:
-        from ..ychannel import PROTOCOL
+        from ..nets.ychannel import PROTOCOL
 
         info["protocol"] = PROTOCOL
     return info
@@ -61,7 +61,7 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
     if checkpoint is not None:
         if model is not None:
             raise PercepkitError("give either --model or --checkpoint, not both")
-        from ..zoo import load, resolve
+        from ..models.zoo import load, resolve
 
         path = resolve(checkpoint)
         transform = load(path, device=device)
@@ -103,7 +103,7 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
 
 def _with_histogram_matching(transform: Any, device: torch.device) -> Any:
     """``transform`` followed by matching the output's histogram to the LR input's."""
-    from ..postprocess import match_histogram
+    from ..inference.postprocess import match_histogram
 
     if isinstance(transform, torch.nn.Module):
         transform = transform.to(device).eval()
@@ -123,7 +123,7 @@ def _datasets(sets: list[str], scale: int, data_dir: Path | None, hr_dir: Path |
     if lr_dir is not None:
         if hr_dir is None:
             raise PercepkitError("--lr-dir needs --hr-dir (the matching HR images)")
-        from ..benchmark_sets import paired_folder
+        from ..data.benchmark_sets import paired_folder
 
         out.append(paired_folder(str(lr_dir), str(hr_dir), scale))
     elif hr_dir is not None:
@@ -255,8 +255,8 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..console import user_console
-    from ..evaluate import build_metrics, evaluate, write_csv, write_json
+    from ..evaluation.evaluate import build_metrics, evaluate, write_csv, write_json
+    from ..runtime.console import user_console
 
     use_cpu_threads(threads)
     for flag, path in (("--json", json_path), ("--csv", csv_path)):

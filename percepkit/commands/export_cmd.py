@@ -47,11 +47,11 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     """
     from rich.markup import escape
 
-    from ..checkpoint import Checkpoint, is_checkpoint
-    from ..console import user_console
-    from ..export import export
-    from ..files import check_output
-    from ..zoo import load, resolve
+    from ..models.checkpoint import Checkpoint, is_checkpoint
+    from ..models.export import export
+    from ..models.zoo import load, resolve
+    from ..runtime.console import user_console
+    from ..runtime.files import check_output
 
     path = resolve(checkpoint)
     suffix = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".weights.safetensors"}[fmt]
@@ -88,8 +88,8 @@ def _export_weights(model, out: Path, metadata: dict[str, str], console) -> None
     load in spandrel with the same output)."""
     from rich.markup import escape
 
-    from ..checkpoint import save_weights
-    from ..spandrel_arch import SpandrelSR, verify_weights_file
+    from ..models.checkpoint import save_weights
+    from ..nets.spandrel_arch import SpandrelSR, verify_weights_file
 
     save_weights(out, model.state_dict(), metadata)
     if isinstance(model, SpandrelSR):

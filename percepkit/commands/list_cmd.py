@@ -66,7 +66,7 @@ def _show_part(console: Any, kind: str, name: str) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from ..arguments import arguments
+    from ..registry.arguments import arguments
 
     registry = REGISTRIES[kind]
     entry = registry.entry(name)  # PercepkitError with suggestions -> one paragraph, exit 2
@@ -86,7 +86,7 @@ def _show_part(console: Any, kind: str, name: str) -> None:
     if kind == "models":
         _show_model(console, obj)
         return
-    from ..recipe import PART_BLOCKS
+    from ..recipes.recipe import PART_BLOCKS
 
     supplied = next((sup for reg, sup in PART_BLOCKS.values() if reg is registry), ())
     args = [a for a in arguments(obj) if a.name not in supplied]

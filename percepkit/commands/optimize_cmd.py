@@ -14,13 +14,13 @@ from ._batch import plan_batch, run_batch
 
 def _losses(task: str, recipe: Path | None, overrides: tuple[str, ...]):
     """(task, loss specs, loss-network spec) from a recipe or the paper's defaults."""
-    from ..gatys import default_losses
+    from ..inference.gatys import default_losses
 
     if recipe is None:
         if overrides:
             raise PercepkitError("--set needs --recipe (it overrides recipe keys)")
         return task, default_losses(task), DEFAULT_LOSS_NETWORK
-    from ..recipe import load_recipe
+    from ..recipes.recipe import load_recipe
 
     r = load_recipe(recipe, overrides)
     return r.task, r.raw["losses"], r.raw.get("loss_network", DEFAULT_LOSS_NETWORK)
@@ -74,11 +74,11 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
     """
     import torch
 
-    from ..console import user_console
-    from ..devices import resolve_device
-    from ..gatys import build_objective, stylize, upscale
-    from ..images import read_image, resize_longer_side
-    from ..precision import resolve_precision
+    from ..data.images import read_image, resize_longer_side
+    from ..inference.gatys import build_objective, stylize, upscale
+    from ..runtime.console import user_console
+    from ..runtime.devices import resolve_device
+    from ..runtime.precision import resolve_precision
 
     console = user_console(stderr=True)
     if (style_path is None) == (scale is None) and recipe is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import MissingExtraError, RecipeError
-from ..recipe import load_recipe
+from ..recipes.recipe import load_recipe
 
 
 @click.group("recipe")
@@ -30,7 +30,7 @@ def check(files: tuple[Path, ...], overrides: tuple[str, ...], skip_data: bool) 
     """
     from rich.markup import escape
 
-    from ..console import user_console
+    from ..runtime.console import user_console
 
     console = user_console()
     errors = []
@@ -65,6 +65,6 @@ def schema() -> None:
     """
     import json
 
-    from ..recipe_schema import recipe_schema
+    from ..recipes.schema import recipe_schema
 
     click.echo(json.dumps(recipe_schema(), indent=2))

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from ..errors import PercepkitError
-from ..files import check_output
+from ..runtime.files import check_output
 from . import precision_option
 from ._scoring import (
     convention_lines,
@@ -104,10 +104,10 @@ def command(sr: Path, hr: Path, crop_border: int, mod: int | None, metrics: str,
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from ..console import user_console
-    from ..devices import resolve_device, use_cpu_threads
-    from ..evaluate import build_metrics
-    from ..score import ScoreResult, match_pairs, score_pairs
+    from ..evaluation.evaluate import build_metrics
+    from ..evaluation.score import ScoreResult, match_pairs, score_pairs
+    from ..runtime.console import user_console
+    from ..runtime.devices import resolve_device, use_cpu_threads
 
     for flag, path in (("--json", json_path), ("--csv", csv_path)):
         check_output(flag, path, overwrite)  # before any work, not after it

@@ -10,7 +10,7 @@ from ._batch import inference_options, run_predictor
 
 def _style_post(preserve: bool, strength: float):
     """``post(content, stylized)`` for --preserve-color / --strength (None when neither)."""
-    from ..postprocess import blend, preserve_color
+    from ..inference.postprocess import blend, preserve_color
 
     if not preserve and strength == 1.0:
         return None
@@ -42,7 +42,7 @@ def command(checkpoint: str, inputs: tuple[str, ...], size: int | None, preserve
     budget. A file that cannot be read or written is reported and the batch goes on; the exit
     code is 1 if any failed.
     """
-    from ..zoo import load
+    from ..models.zoo import load
 
     if size is not None and size < 16:
         raise PercepkitError(f"--size must be at least 16 pixels, got {size}")
@@ -60,7 +60,7 @@ def _resize(image, size: int):  # noqa: ANN001, ANN202 (torch tensors; torch is 
     """``--size``: the longer side resized to ``size``, after checking the result fits."""
     import torch
 
-    from ..images import resize_longer_side
+    from ..data.images import resize_longer_side
     from ..inference.memory import require_memory
 
     h, w = image.shape[-2:]

@@ -60,8 +60,8 @@ def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
     """Train a transform network from RECIPE (a YAML file), or resume a run with --resume."""
     from rich.markup import escape
 
-    from ..console import user_console
-    from ..recipe import load_recipe, parse_yaml, recipe_from_mapping
+    from ..recipes.recipe import load_recipe, parse_yaml, recipe_from_mapping
+    from ..runtime.console import user_console
     from ..train import Trainer, TrainingInterrupted, recipe_text_for_resume, resolve_resume
     from ..train.signals import TrainingAborted, exit_code
 
@@ -84,7 +84,7 @@ def command(recipe: str | None, overrides: tuple[str, ...], device: str | None,
         extra.append(f"train.init={init}")
 
     if out is not None:  # a file in the way, no permission: say so before any work
-        from ..files import check_output_folder
+        from ..runtime.files import check_output_folder
 
         check_output_folder("--out", Path(out))
     point = None

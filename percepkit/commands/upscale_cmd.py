@@ -14,12 +14,12 @@ def load_sr_model(model: str, scale: int | None):
     """A checkpoint path, a model name or a registered transform name -> an SR transform."""
     from rich.markup import escape
 
-    from ..console import user_console
     from ..registry import MODELS, TRANSFORMS
+    from ..runtime.console import user_console
 
     path = Path(model)
     if path.is_file() or model in MODELS:
-        from ..zoo import load
+        from ..models.zoo import load
 
         net = load(model)
         if getattr(net, "task", None) != "sr":
@@ -75,7 +75,7 @@ def command(model: str, inputs: tuple[str, ...], scale: int | None, match_histog
     """
     if scale is not None and scale < 1:
         raise PercepkitError(f"--scale must be a positive integer, got {scale}")
-    from ..postprocess import match_histogram as match
+    from ..inference.postprocess import match_histogram as match
 
     return run_predictor(inputs, load_sr_model(model, scale), options, what="upscaled images",
                          post=(lambda lr, sr: match(sr, lr)) if match_histogram else None)

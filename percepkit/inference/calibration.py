@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..precision import Precision
+from ..runtime.precision import Precision
 
 #: The budget, in levels of 255: mean |Δ| and the 99.9th percentile of |Δ|.
 MEAN_BUDGET = 0.5
@@ -41,7 +41,7 @@ def calibration_image(side: int = CALIBRATION_SIDE) -> torch.Tensor:
     """(1, 3, side, side) in [0, 1]: the centre of the built-in Set5 ``baby``."""
     from importlib import resources
 
-    from ..images import read_image
+    from ..data.images import read_image
 
     path = resources.files("percepkit") / "assets" / "Set5" / "baby.png"
     with resources.as_file(path) as p:
@@ -74,7 +74,7 @@ def network_key(model: nn.Module, precision: Precision, device: torch.device) ->
 
 def cached_verdict(key: str) -> bool | None:
     """The cached verdict for ``key`` (``None``: never measured, or an unreadable cache)."""
-    from ..files import cache_root
+    from ..runtime.files import cache_root
 
     try:
         record = json.loads((cache_root() / CACHE_FILE).read_text())
@@ -86,7 +86,7 @@ def cached_verdict(key: str) -> bool | None:
 
 def remember_verdict(key: str, drift: Drift) -> None:
     """Add ``drift`` to the cache (a read-only or full cache folder is no reason to fail)."""
-    from ..files import atomic_write, cache_root
+    from ..runtime.files import atomic_write, cache_root
 
     path = cache_root() / CACHE_FILE
     try:

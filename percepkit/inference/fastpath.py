@@ -23,8 +23,8 @@ class FastPathWarning(UserWarning):
 
 
 class FastTransform(nn.Module):
-    """The fast path of a :class:`~percepkit.transforms.JohnsonStyle` or
-    :class:`~percepkit.transforms.JohnsonSR` (same weights, same outputs; build it with
+    """The fast path of a :class:`~percepkit.nets.transforms.JohnsonStyle` or
+    :class:`~percepkit.nets.transforms.JohnsonSR` (same weights, same outputs; build it with
     :func:`fast_model`)."""
 
     def __init__(self, layers: list[nn.Module], output: str, scale: int, task: str | None
@@ -58,7 +58,7 @@ class FastTransform(nn.Module):
             p = self.layers[end].in_pad
             return h[..., p:h.shape[-2] - p, p:h.shape[-1] - p] if p else h
         if self.output == "bicubic_skip":
-            from ..imresize import imresize
+            from ..data.imresize import imresize
 
             assert start == 0, "the bicubic skip needs the network's input"
             return h.add_(imresize(x, scale=self.scale))
@@ -169,7 +169,7 @@ def _fuse(block: nn.Module) -> FusedConv:
 def _fused_layers(model: nn.Module, skip: bool, linear: bool) -> list[nn.Module]:
     """The fused layers of a JohnsonStyle / JohnsonSR ``model.net``, or :class:`_NotFusable`
     naming the first block that does not parse."""
-    from ..transforms import ResidualBlock
+    from ..nets.transforms import ResidualBlock
 
     mods = list(model.net)
     layers: list[nn.Module] = []
@@ -201,7 +201,7 @@ def fast_model(model: nn.Module) -> nn.Module:
     a block the fast path cannot fuse (edited by hand, or loaded with unusual layers) is
     returned too, with one :class:`FastPathWarning` naming the block.
     """
-    from ..transforms import JohnsonSR, JohnsonStyle
+    from ..nets.transforms import JohnsonSR, JohnsonStyle
 
     if type(model) not in (JohnsonStyle, JohnsonSR) or model.training:
         return model

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import resolve_device
 from ..errors import PercepkitError
-from ..precision import Precision, check_precision, native_bf16, resolve_precision
+from ..runtime.devices import resolve_device
+from ..runtime.precision import Precision, check_precision, native_bf16, resolve_precision
 from .calibration import reduced_precision_allowed
 from .fastpath import FastTransform, fast_model
 from .geometry import analyze

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import RecipeError
-from ..lossnets import LossNetwork
+from ..nets.lossnets import LossNetwork
 from ..registry import LOSSES
 
 

@@ -5,7 +5,8 @@
 (the keys are the terms' constructor arguments, exactly as in a recipe's ``losses:`` list) and
 the loss network they read (:func:`loss_network_for`: the recipe default, VGG16 with ImageNet
 weights, unless one is given). A given network is never changed: the composite loss works on a
-view of it cut after the deepest layer it reads (:meth:`~percepkit.lossnets.LossNetwork.truncated`).
+view of it cut after the deepest layer it reads
+(:meth:`~percepkit.nets.lossnets.LossNetwork.truncated`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import PercepkitError
-from ..lossnets import LossNetwork
+from ..nets.lossnets import LossNetwork
 from ..registry import DEFAULT_LOSS_NETWORK, LOSS_NETWORKS
 from .base import CompositeLoss, build_loss
 
@@ -77,7 +78,7 @@ def loss_network_for(specs: Sequence[Any], network: LossNetwork | Spec | None = 
     """The loss network for loss specs: ``network`` itself when it is one, built from it when
     it is a spec, else the default (:data:`~percepkit.registry.DEFAULT_LOSS_NETWORK`) when a
     term reads features, else None."""
-    from ..recipe_checks import term_layers
+    from ..recipes.checks import term_layers
 
     if isinstance(network, LossNetwork):
         return network
@@ -92,8 +93,8 @@ def create_loss(spec_or_list: Spec | Sequence[Spec],
     """A :class:`Loss` from a term name (``"feature"``; ``args`` are its constructor arguments),
     a mapping (``{"name": "feature", "layers": ["relu2_2"]}``) or a list of either.
 
-    ``loss_network``: a :class:`~percepkit.lossnets.LossNetwork` (shared, never changed), a spec
-    (``"vgg19"``, ``{"name": "timm:resnet50"}``), or None for VGG16 with ImageNet weights
+    ``loss_network``: a :class:`~percepkit.nets.lossnets.LossNetwork` (shared, never changed), a
+    spec (``"vgg19"``, ``{"name": "timm:resnet50"}``), or None for VGG16 with ImageNet weights
     (offline-first, as everywhere: ``PERCEPKIT_WEIGHTS``, torch's cache, a checked download)
     when a term reads features. Evaluation mode, on the CPU: move it with ``.to(device)``.
     """

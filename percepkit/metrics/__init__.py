@@ -12,8 +12,8 @@ Every metric is registered in :data:`percepkit.registry.METRICS`, so a plugin ca
 (``@METRICS.register("my_metric")``) and ``percepkit eval --metrics psnr,my_metric`` shows it. A
 metric is an ``nn.Module`` whose call maps ``(output, target)`` float tensors in [0, 1] shaped
 (B, C, H, W) to one value per image, shape (B,), and whose ``convention`` says exactly what it
-computes. Outputs are *not* rounded here; :mod:`percepkit.evaluate` rounds model outputs to
-8 bits first.
+computes. Outputs are *not* rounded here; :mod:`percepkit.evaluation.evaluate` rounds model outputs
+to 8 bits first.
 """
 
 from __future__ import annotations

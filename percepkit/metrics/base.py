@@ -12,9 +12,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..devices import threads
 from ..errors import PercepkitError
-from ..precision import Precision, autocast
+from ..runtime.devices import threads
+from ..runtime.precision import Precision, autocast
 
 __all__ = ["RGB_CONVENTION", "Y_CONVENTION", "Channel", "Metric", "PlaneMetric", "check_channel",
            "check_pair", "check_size", "crop", "rgb_to_y", "to_scored"]
@@ -47,7 +47,7 @@ class Metric(nn.Module):
     loss_form: Literal["value", "one_minus"] | None = None
     loss_instead: str = ""
     #: whether the metric runs a network (LPIPS, DISTS) that may run in bf16/fp16 autocast;
-    #: ``precision`` is set by :func:`percepkit.evaluate.build_metrics` (``None``: fp32)
+    #: ``precision`` is set by :func:`percepkit.evaluation.evaluate.build_metrics` (``None``: fp32)
     runs_network: bool = False
     precision: Precision | None = None
 
@@ -70,8 +70,9 @@ class PlaneMetric(Metric):
 
     ``planes`` converts an image pair once; ``score_planes`` scores the planes, so metrics with
     the same ``planes_key`` (channel and border crop) can share one conversion
-    (:func:`percepkit.evaluate.score_pair`). They run single-threaded: many small CPU ops (see
-    :func:`percepkit.devices.threads`).
+    (:func:`percepkit.evaluation.evaluate.score_pair`). They run single-threaded: many small CPU
+    ops (see
+    :func:`percepkit.runtime.devices.threads`).
     """
 
     def __init__(self, name: str, channel: Channel = "y", crop_border: int = 0) -> None:

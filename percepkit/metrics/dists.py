@@ -11,7 +11,7 @@ and each channel it compares global means (texture, ``S1``) and variances/covari
 
 ``alpha``/``beta`` ship in ``percepkit/assets/dists`` (converted from the wheel's
 ``weights.pt``; MIT licence and SHA-256 in the ``PROVENANCE.md`` there). The VGG16 weights come
-from :func:`percepkit.weights.torchvision_features_state`; missing weights raise
+from :func:`percepkit.models.weights.torchvision_features_state`; missing weights raise
 :class:`~percepkit.errors.MissingWeightsError`, never a random network.
 """
 
@@ -47,7 +47,7 @@ def dists_alpha_beta() -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' ``alpha`` and ``beta`` (each 1x1475x1x1 float32), checked by SHA-256."""
     from safetensors.torch import load_file
 
-    from ..files import sha256_file
+    from ..runtime.files import sha256_file
 
     path = _asset()
     if not path.is_file() or sha256_file(path) != ALPHA_BETA_SHA256:
@@ -84,9 +84,9 @@ class DISTSNetwork(nn.Module):
 
     def __init__(self, weights: str = "imagenet") -> None:
         super().__init__()
-        from .. import backbones
-        from ..lossnets import IMAGENET_MEAN, IMAGENET_STD
-        from ..weights import torchvision_features_state
+        from ..models.weights import torchvision_features_state
+        from ..nets import backbones
+        from ..nets.lossnets import IMAGENET_MEAN, IMAGENET_STD
 
         state = torchvision_features_state("vgg16", weights)  # raises MissingWeightsError
         features = backbones.features("vgg16")[:30]  # up to relu5_3

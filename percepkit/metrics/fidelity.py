@@ -13,7 +13,7 @@
 
 All on the planes of :func:`~percepkit.metrics.base.to_scored` (BT.601 studio-range Y by
 default). :func:`ssim_terms` and :func:`ms_ssim_values` are the one implementation of the SSIM
-map; the loss terms in :mod:`percepkit.metric_losses` call them on RGB in [0, 1] with L = 1.
+map; the loss terms in :mod:`percepkit.losses.metric_terms` call them on RGB in [0, 1] with L = 1.
 Libraries that use full-range YIQ luma (0.299 R + 0.587 G + 0.114 B, e.g. pyiqa, piq) report
 PSNR about 20 log10(255/219) = 1.32 dB lower than this convention on the same images.
 """

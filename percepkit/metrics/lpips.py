@@ -1,13 +1,13 @@
 """LPIPS v0.1 (Zhang et al. 2018) with real ImageNet backbones, as a metric.
 
 The linear heads ship in the ``lpips`` wheel (read from its files, not imported); the backbone
-(AlexNet or VGG16 ``features``, :mod:`percepkit.backbones`) comes from
-:func:`percepkit.weights.torchvision_features_state` (``PERCEPKIT_WEIGHTS``, the torch cache or
-torchvision's download); if it cannot be found that raises
+(AlexNet or VGG16 ``features``, :mod:`percepkit.nets.backbones`) comes from
+:func:`percepkit.models.weights.torchvision_features_state` (``PERCEPKIT_WEIGHTS``, the torch cache
+or torchvision's download); if it cannot be found that raises
 :class:`~percepkit.errors.MissingWeightsError`: LPIPS is never computed with random weights.
 The network equals ``lpips.LPIPS`` to float round-off (tested).
 :func:`build_lpips`, :func:`lpips_heads` and :func:`lpips_distance` also serve the ``lpips``
-loss term (:mod:`percepkit.metric_losses`).
+loss term (:mod:`percepkit.losses.metric_terms`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class LPIPSNetwork(nn.Module):
 
     def __init__(self, net: Literal["alex", "vgg"], state: dict[str, torch.Tensor]) -> None:
         super().__init__()
-        from .. import backbones
+        from ..nets import backbones
 
         arch = LPIPS_ARCH[net]
         ends = _SLICE_ENDS[arch]
@@ -93,7 +93,7 @@ class LPIPSNetwork(nn.Module):
 
 def build_lpips(net: Literal["alex", "vgg"] = "alex", weights: str = "imagenet") -> LPIPSNetwork:
     """A frozen LPIPS v0.1 network whose backbone holds real ImageNet weights."""
-    from ..weights import torchvision_features_state
+    from ..models.weights import torchvision_features_state
 
     if net not in LPIPS_ARCH:
         raise PercepkitError(f"lpips: net must be 'alex' or 'vgg', got {net!r}")
@@ -103,7 +103,7 @@ def build_lpips(net: Literal["alex", "vgg"] = "alex", weights: str = "imagenet")
 
 def lpips_heads(net: Literal["alex", "vgg"]) -> list[torch.Tensor]:
     """The five linear-head weights (1, C, 1, 1) of LPIPS v0.1 from the ``lpips`` wheel."""
-    from ..foreign import read_state_dict
+    from ..models.foreign import read_state_dict
 
     state = read_state_dict(_lpips_weights_dir() / f"{net}.pth")
     return [state[f"lin{k}.model.1.weight"].float() for k in range(5)]

@@ -13,13 +13,13 @@ One :class:`Trainer` runs one recipe into one run directory (layout in :mod:`.ru
 
 Checkpoints are safetensors (no pickle) holding the model, optimiser, scheduler, AMP scaler,
 EMA weights and every RNG state, plus metadata (recipe text, transform spec, step, versions);
-what they hold is defined in :mod:`percepkit.checkpoint`. They are written atomically, so a run
-killed at any moment resumes from the newest intact one.
+what they hold is defined in :mod:`percepkit.models.checkpoint`. They are written atomically, so a
+run killed at any moment resumes from the newest intact one.
 """
 
 from __future__ import annotations
 
-from ..devices import resolve_device
+from ..runtime.devices import resolve_device
 from .lock import RunLock
 from .loop import NonFiniteLossError, Trainer, TrainingInterrupted, TrainResult, train
 from .rundir import (

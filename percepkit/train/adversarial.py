@@ -13,8 +13,8 @@ A recipe with a ``gan`` term (:class:`percepkit.losses.adversarial.GANLoss`) tra
 During the warm-up (the first ``train.gan_start`` steps) the ``gan`` term is 0 and D is left
 alone. ``optimizer_d`` and ``scheduler_d`` default to the recipe's ``optimizer`` and
 ``scheduler``; ``scheduler_d`` spans the ``iterations - gan_start`` adversarial steps. D's
-weights, optimiser, schedule and scaler are checkpoint parts (:mod:`percepkit.checkpoint`), so
-a resumed run continues exactly.
+weights, optimiser, schedule and scaler are checkpoint parts (:mod:`percepkit.models.checkpoint`),
+so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import DISCRIMINATOR, OPTIMIZER_D, SCALER_D, SCHEDULER_D, Checkpoint
 from ..errors import CheckpointError, RecipeError
 from ..losses.adversarial import GANLoss
 from ..losses.base import CompositeLoss, full_precision
-from ..recipe import Recipe
+from ..models.checkpoint import DISCRIMINATOR, OPTIMIZER_D, SCALER_D, SCHEDULER_D, Checkpoint
+from ..recipes.recipe import Recipe
 from ..registry import DISCRIMINATORS, OPTIMIZERS, SCHEDULERS
 
 #: the log.csv / TensorBoard columns of the discriminator: its loss, its mean logits on targets
@@ -124,7 +124,7 @@ class Adversary:
     def check_target(self, target: torch.Tensor) -> None:
         """Raise :class:`RecipeError` unless D takes training targets of ``target``'s size
         (for datasets whose crop size ``recipe check`` cannot read from the recipe)."""
-        from ..discriminators import input_problem
+        from ..nets.discriminators import input_problem
 
         h, w = target.shape[-2:]
         why = input_problem(self.spec, h, w)

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import Checkpoint
 from ..errors import RecipeError
-from ..recipe import Recipe
+from ..models.checkpoint import Checkpoint
+from ..recipes.recipe import Recipe
 from ..registry import DATASETS
 from .signals import ignore_stop_signals
 from .tasks import Task
@@ -47,7 +47,7 @@ def training_loader(dataset: Any, recipe: Recipe, rank: int, world_size: int, st
     """``(sampler, DataLoader)`` continuing at this process's ``start``-th training key."""
     from torch.utils.data import DataLoader
 
-    from ..datasets import TrainSampler
+    from ..data.datasets import TrainSampler
 
     s = recipe.train
     sampler = TrainSampler(len(dataset), seed=s.seed, rank=rank, world_size=world_size,

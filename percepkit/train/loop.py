@@ -3,9 +3,9 @@
 The loop owns AMP, DDP, EMA, ``torch.compile``, NaN checks, the LR schedule and exact resume;
 what differs between tasks is a :class:`~percepkit.train.tasks.Task`, the files are a
 :class:`~percepkit.train.rundir.RunDir`, and what a checkpoint holds is defined in
-:mod:`percepkit.checkpoint`. Data order and augmentation depend only on (seed, epoch, index)
-(see :class:`percepkit.datasets.TrainSampler`), so on CPU a resumed run reproduces the losses of
-an uninterrupted one exactly.
+:mod:`percepkit.models.checkpoint`. Data order and augmentation depend only on (seed, epoch, index)
+(see :class:`percepkit.data.datasets.TrainSampler`), so on CPU a resumed run reproduces the losses
+of an uninterrupted one exactly.
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from rich.console import Console
 from rich.markup import escape
 from torch import nn
 
-from .. import distributed as D
-from ..checkpoint import Checkpoint, training_metadata
-from ..console import user_console
-from ..devices import resolve_device
 from ..errors import CheckpointError, PercepkitError, RecipeError, WriteError
-from ..files import is_write_error, write_error
-from ..precision import resolve_precision
-from ..recipe import Recipe
+from ..models.checkpoint import Checkpoint, training_metadata
+from ..recipes.recipe import Recipe
 from ..registry import DATASETS
+from ..runtime.console import user_console
+from ..runtime.devices import resolve_device
+from ..runtime.files import is_write_error, write_error
+from ..runtime.precision import resolve_precision
+from . import distributed as D
 from .adversarial import make_adversary
 from .data import preview_items, resume_position, training_loader, validation_items
 from .lock import RunLock
@@ -614,7 +614,7 @@ class Trainer:
         """Write ``samples/step_XXXXXXXX.png``: inputs, outputs (and targets) of fixed images."""
         if not self.dist.is_main:
             return
-        from ..images import write_image
+        from ..data.images import write_image
 
         model = self._eval_module()
         was_training = model.training

@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..errors import PercepkitError, RecipeError
 from ..inference.memory import available_memory, format_bytes, require_memory
-from ..recipe import Recipe
+from ..recipes.recipe import Recipe
 from .adversarial import attach_meta_discriminator
 
 PARAM_COPIES = 4  # parameter, gradient and the optimiser's two moments (Adam)

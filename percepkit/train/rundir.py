@@ -33,9 +33,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__
-from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..errors import CheckpointError, PercepkitError
-from ..files import append_text, atomic_write, make_folder
+from ..models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..runtime.files import append_text, atomic_write, make_folder
 
 CHECKPOINTS = "checkpoints"
 SAMPLES = "samples"
@@ -169,7 +169,7 @@ def recipe_text_for_resume(point: ResumePoint) -> tuple[str, str]:
             return text, f"{point.checkpoint} (stored recipe)"
     path = point.run_dir / "recipe.yaml"
     if path.is_file():
-        from ..recipe import read_recipe_text
+        from ..recipes.recipe import read_recipe_text
 
         return read_recipe_text(path), str(path)
     raise PercepkitError(f"{point.run_dir}: cannot find the run's recipe (no recipe.yaml and no "
@@ -205,7 +205,7 @@ class CSVLog:
 
     def write(self, row: Mapping[str, Any]) -> None:
         """Append one row (missing columns empty, floats to 6 significant digits), whole or
-        not at all (:func:`~percepkit.files.append_text`)."""
+        not at all (:func:`~percepkit.runtime.files.append_text`)."""
         append_text(self.path, _csv_line([_fmt(row.get(k, "")) for k in self.header]))
 
 
@@ -250,7 +250,7 @@ def open_tensorboard(folder: Path, wanted: bool | None = None) -> Any:
 
 def require_tensorboard() -> None:
     """Raise :class:`~percepkit.errors.MissingExtraError` unless TensorBoard can be written."""
-    from ..extras import import_optional
+    from ..runtime.extras import import_optional
 
     import_optional("tensorboard", "train.tensorboard: true (TensorBoard logs)")
     import_optional("torch.utils.tensorboard", "train.tensorboard: true (TensorBoard logs)")

@@ -1,6 +1,6 @@
 """The restorable training state: model, optimiser, scheduler, AMP scaler, EMA and RNG states.
 
-What each part is called inside a checkpoint is defined in :mod:`percepkit.checkpoint`.
+What each part is called inside a checkpoint is defined in :mod:`percepkit.models.checkpoint`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import EMA_MODEL, MODEL, OPTIMIZER, RNG, SCALER, SCHEDULER, Checkpoint
 from ..errors import CheckpointError, PercepkitError, RecipeError
+from ..models.checkpoint import EMA_MODEL, MODEL, OPTIMIZER, RNG, SCALER, SCHEDULER, Checkpoint
 
 
 def seed_everything(seed: int) -> None:
@@ -68,8 +68,8 @@ class EMA:
 
 def init_weights(model: nn.Module, spec: str) -> None:
     """Copy the weights of a model name or checkpoint (``train.init``) into ``model``."""
-    from ..checkpoint import state_dict_mismatch
-    from ..zoo import load
+    from ..models.checkpoint import state_dict_mismatch
+    from ..models.zoo import load
 
     try:
         source = load(spec)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import PercepkitError, RecipeError
-from ..recipe import Recipe, expand_path
+from ..recipes.recipe import Recipe, expand_path
 
 Item = Mapping[str, Any]
 
@@ -106,7 +106,7 @@ class SRTask(Task):
     def validate(self, model: nn.Module, items: Sequence[Item]) -> dict[str, float]:
         """Mean PSNR/SSIM (Y, border = scale), grid (period = scale) and blobs, exactly as
         ``percepkit eval`` computes them."""
-        from ..evaluate import run_transform
+        from ..evaluation.evaluate import run_transform
         from ..metrics import blobs, grid, psnr, ssim
 
         fns = {"psnr": psnr(crop_border=self.scale), "ssim": ssim(crop_border=self.scale),
@@ -120,7 +120,7 @@ class SRTask(Task):
         return {k: float(np.mean(v)) for k, v in values.items()}
 
     def baseline(self, items: Sequence[Item]) -> str | None:
-        from ..transforms import Bicubic
+        from ..nets.transforms import Bicubic
 
         base = self.validate(Bicubic(self.scale), items)
         return (f"validation baseline (bicubic): PSNR {base['psnr']:.2f} dB, "
@@ -129,8 +129,8 @@ class SRTask(Task):
     def preview(self, model: nn.Module, previews: Sequence[Item], val_items: Sequence[Item],
                 step: int) -> torch.Tensor:
         """One row per preview image: bicubic, the network's output, the target."""
-        from ..images import image_grid
-        from ..transforms import Bicubic
+        from ..data.images import image_grid
+        from ..nets.transforms import Bicubic
 
         bicubic = Bicubic(self.scale)
         rows = []
@@ -173,7 +173,7 @@ class StyleTask(Task):
     def validate(self, model: nn.Module, items: Sequence[Item]) -> dict[str, float]:
         """The mean loss and loss terms on the validation images, and the artifact metrics of
         the 8-bit outputs: grid (period 4) and blobs against the content image."""
-        from ..images import quantize
+        from ..data.images import quantize
         from ..metrics import blobs, grid
 
         artifacts = {"grid": grid(period=4), "blobs": blobs()}
@@ -192,7 +192,7 @@ class StyleTask(Task):
     def preview(self, model: nn.Module, previews: Sequence[Item], val_items: Sequence[Item],
                 step: int) -> torch.Tensor:
         """Contents and the style image above the stylised contents."""
-        from ..images import image_grid
+        from ..data.images import image_grid
 
         items = val_items or previews
         outs = [model(it["image"][None].to(self.device)).float().cpu().clamp(0, 1)[0]
@@ -227,16 +227,16 @@ def stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:
 def load_style_image(spec: str, size: int | None) -> torch.Tensor:
     """The style image (1, 3, H, W): a file (shorter side resized to ``size``) or ``synthetic[:N]``.
 
-    ``synthetic:N`` is a procedural texture from :func:`percepkit.datasets.synthetic_image`
+    ``synthetic:N`` is a procedural texture from :func:`percepkit.data.datasets.synthetic_image`
     (for tests and tiny recipes that must not depend on files).
     """
-    from ..datasets import synthetic_image
-    from ..images import resize_shorter_side
+    from ..data.datasets import synthetic_image
+    from ..data.images import resize_shorter_side
 
     if spec == "synthetic" or spec.startswith("synthetic:"):
         seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
         return synthetic_image(size or 256, seed)[None]
-    from ..images import read_image
+    from ..data.images import read_image
 
     try:
         img = read_image(expand_path(spec))

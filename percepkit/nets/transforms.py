@@ -1,0 +1,218 @@
+"""Image transformation networks: the paper's style and SR nets, SRCNN and the bicubic baseline.
+
+All transforms map float images in [0, 1] shaped (B, 3, H, W) to images in [0, 1]. SR
+transforms take the low-resolution image and return it ``scale`` times larger; the attribute
+``task`` is ``"sr"`` or ``"style"``.
+
+Layouts follow the paper's supplementary material (Johnson et al. 2016, Tables 1 and 2). Where
+we differ: every 3x3/9x9 convolution pads its input by reflection (the paper pads the style net's
+input by 40 px once and uses unpadded residual convs); the output activation is
+``(tanh(x) + 1) / 2`` for [0, 1] images instead of ``150 * tanh`` for [0, 255] images.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..data.imresize import imresize
+from ..registry import TRANSFORMS
+
+Norm = Literal["batch", "instance", "none"]
+Upsample = Literal["deconv", "resize_conv"]
+Output = Literal["tanh", "linear"]
+
+
+def _norm(kind: Norm, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    return nn.Identity()
+
+
+def conv_block(c_in: int, c_out: int, kernel: int, stride: int = 1, norm: Norm = "batch",
+               relu: bool = True) -> nn.Sequential:
+    """Reflection-padded convolution, normalisation, ReLU."""
+    layers: list[nn.Module] = [
+        nn.ReflectionPad2d(kernel // 2),
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, bias=norm == "none"),
+        _norm(norm, c_out),
+    ]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def upsample_block(c_in: int, c_out: int, mode: Upsample, norm: Norm) -> nn.Sequential:
+    """x2 upsampling: a 3x3 conv of stride 1/2 (``deconv``) or nearest x2 then a 3x3 conv."""
+    if mode == "deconv":
+        return nn.Sequential(
+            nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1,
+                               bias=norm == "none"),
+            _norm(norm, c_out),
+            nn.ReLU(inplace=True),
+        )
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                         *conv_block(c_in, c_out, 3, norm=norm))
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with normalisation; ReLU after the first only (paper, Fig. 1)."""
+
+    def __init__(self, channels: int, norm: Norm) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv_block(channels, channels, 3, norm=norm),
+                                  conv_block(channels, channels, 3, norm=norm, relu=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """Scaled tanh mapping to [0, 1] (the paper's output layer, for [0, 1] images)."""
+    return (torch.tanh(x) + 1) * 0.5
+
+
+@TRANSFORMS.register("johnson_style", aliases=("style_net",))
+class JohnsonStyle(nn.Module):
+    """The paper's style-transfer network: c9s1-32, d64, d128, 5xR128, u64, u32, c9s1-3.
+
+    ``output="tanh"`` is the paper's scaled tanh; ``"linear"`` returns the last convolution as
+    it is (pytorch/examples' ``TransformerNet``, whose images are clamped when saved).
+    ``decoder_channels`` sets the widths of the two upsampling layers (default: the encoder's
+    mirrored, ``(channels[1], channels[0])``).
+    """
+
+    task = "style"
+    scale = 1
+
+    def __init__(
+        self,
+        norm: Norm = "instance",
+        upsample: Upsample = "deconv",
+        channels: tuple[int, int, int] | list[int] = (32, 64, 128),
+        residual_blocks: int = 5,
+        output: Output = "tanh",
+        decoder_channels: tuple[int, int] | list[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if output not in ("tanh", "linear"):
+            raise ValueError(f"output must be 'tanh' or 'linear', got {output!r}")
+        self.output = output
+        c1, c2, c3 = channels
+        d2, d1 = decoder_channels if decoder_channels is not None else (c2, c1)
+        self.net = nn.Sequential(
+            conv_block(3, c1, 9, norm=norm),
+            conv_block(c1, c2, 3, stride=2, norm=norm),
+            conv_block(c2, c3, 3, stride=2, norm=norm),
+            *[ResidualBlock(c3, norm) for _ in range(residual_blocks)],
+            upsample_block(c3, d2, upsample, norm),
+            upsample_block(d2, d1, upsample, norm),
+            nn.ReflectionPad2d(4),
+            nn.Conv2d(d1, 3, 9),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        return _to_unit_range(y) if self.output == "tanh" else y
+
+
+@TRANSFORMS.register("johnson_style_fast")
+def johnson_style_fast(norm: Norm = "instance", upsample: Upsample = "resize_conv") -> JohnsonStyle:
+    """A lighter style net (32/64/64 channels, 5 residual blocks) for real-time CPU use."""
+    return JohnsonStyle(norm=norm, upsample=upsample, channels=(32, 64, 64))
+
+
+@TRANSFORMS.register("johnson_style_lite")
+def johnson_style_lite(norm: Norm = "instance", upsample: Upsample = "resize_conv") -> JohnsonStyle:
+    """A small style net (16/32/32 channels, decoder 16/8; ~8 GFLOP at 512²) for fast CPU use."""
+    return JohnsonStyle(norm=norm, upsample=upsample, channels=(16, 32, 32),
+                        decoder_channels=(16, 8))
+
+
+@TRANSFORMS.register("johnson_sr", aliases=("sr_net",))
+class JohnsonSR(nn.Module):
+    """The paper's super-resolution network: c9s1-64, 4xR64, log2(scale) x u64, c9s1-3.
+
+    ``skip=True`` (not in the paper) predicts a residual added to the bicubic upsampling of the
+    input, with the last convolution zero-initialised and no output tanh; it trains much faster
+    on small budgets. The paper's net is ``skip=False`` with batch normalisation.
+    """
+
+    task = "sr"
+
+    def __init__(
+        self,
+        scale: int = 4,
+        norm: Norm = "batch",
+        upsample: Upsample = "deconv",
+        channels: int = 64,
+        residual_blocks: int = 4,
+        skip: bool = False,
+    ) -> None:
+        super().__init__()
+        steps = int(round(math.log2(scale))) if scale >= 1 else -1
+        if scale < 1 or 2**steps != scale:
+            raise ValueError(f"johnson_sr needs a power-of-two scale (2, 4, 8), got {scale}")
+        self.scale = scale
+        self.skip = skip
+        self.net = nn.Sequential(
+            conv_block(3, channels, 9, norm=norm),
+            *[ResidualBlock(channels, norm) for _ in range(residual_blocks)],
+            *[upsample_block(channels, channels, upsample, norm) for _ in range(steps)],
+            nn.ReflectionPad2d(4),
+            nn.Conv2d(channels, 3, 9),
+        )
+        if skip:
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        if self.skip:
+            return imresize(x, scale=self.scale) + y
+        return _to_unit_range(y)
+
+
+@TRANSFORMS.register("srcnn")
+class SRCNN(nn.Module):
+    """SRCNN 9-1-5 (Dong et al. 2015) on the bicubic-upsampled RGB input, 'same' padding.
+
+    ``residual=True`` (not in SRCNN) adds the bicubic input to the output, which trains faster.
+    """
+
+    task = "sr"
+
+    def __init__(self, scale: int = 4, channels: tuple[int, int] | list[int] = (64, 32),
+                 residual: bool = False) -> None:
+        super().__init__()
+        self.scale = scale
+        self.residual = residual
+        c1, c2 = channels
+        self.net = nn.Sequential(
+            nn.Conv2d(3, c1, 9, padding=4, padding_mode="replicate"), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(c2, 3, 5, padding=2, padding_mode="replicate"),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        up = imresize(x, scale=self.scale)
+        return up + self.net(up) if self.residual else self.net(up)
+
+
+@TRANSFORMS.register("bicubic")
+class Bicubic(nn.Module):
+    """MATLAB-compatible bicubic upsampling: the baseline of every SR table. No parameters."""
+
+    task = "sr"
+
+    def __init__(self, scale: int = 4) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return imresize(x, scale=self.scale)
