@@ -30,6 +30,7 @@ from percepkit.bench.speed_table import device_name, matmul_throughput, time_cal
 from percepkit.data import benchmark_sets
 from percepkit.evaluation.evaluate import build_metrics, run_transform
 from percepkit.inference import Predictor
+from percepkit.inference.calibration import drift_between
 from percepkit.nets.transforms import Bicubic
 from percepkit.runtime.devices import resolve_device
 from percepkit.runtime.precision import native_bf16, resolve_precision
@@ -37,17 +38,10 @@ from percepkit.runtime.precision import native_bf16, resolve_precision
 REPO = Path(__file__).resolve().parents[1]
 
 
-def levels(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """Mean and 99.9th percentile of |a - b| in levels of 255."""
-    d = ((a.clamp(0, 1) - b.clamp(0, 1)).abs() * 255).flatten().double()
-    return float(d.mean()), float(torch.quantile(d, 0.999))
-
-
 def bench_matmul(dev: torch.device, low: str) -> dict:
-    fast = native_bf16(dev) or low == "fp16"
     fp32 = matmul_throughput(dev, torch.float32)
     low_rate = matmul_throughput(dev, resolve_precision(low, dev).dtype,
-                                 n=None if fast else 512, max_seconds=3.0)
+                                 max_seconds=3.0)
     return {"fp32_gflops": fp32 / 1e9, f"{low}_gflops": low_rate / 1e9,
             "ratio": low_rate / fp32}
 
@@ -78,10 +72,10 @@ def bench_inference(models: list[tuple[str, int]], dev: torch.device, low: str,
             out[p] = predictor(x)
             seconds[p] = time_call(lambda pr=predictor, x=x: pr(x), dev, repeats=repeats,
                                    max_seconds=60.0).median
-        mean, p999 = levels(out[low], out["fp32"])
+        drift = drift_between(out[low], out["fp32"])
         rows.append({"model": name, "input": side, "fp32_s": seconds["fp32"],
                      f"{low}_s": seconds[low], "speedup": seconds["fp32"] / seconds[low],
-                     "mean_levels": mean, "p999_levels": p999})
+                     "mean_levels": drift.mean, "p999_levels": drift.p999})
     return rows
 
 

@@ -51,14 +51,17 @@ def calibration_image(side: int = CALIBRATION_SIDE) -> torch.Tensor:
     return image[None, :, top:top + side, left:left + side].contiguous()
 
 
+def drift_between(out: torch.Tensor, ref: torch.Tensor) -> Drift:
+    """The drift of ``out`` from ``ref`` (both in [0, 1]; clamped as images are saved)."""
+    diff = ((out.clamp(0, 1) - ref.clamp(0, 1)).abs() * 255).flatten().double()
+    return Drift(float(diff.mean()), float(torch.quantile(diff, 0.999)))
+
+
 def measure_drift(run: Callable[[torch.Tensor, Precision], torch.Tensor],
                   reduced: Precision, image: torch.Tensor | None = None) -> Drift:
     """Run ``run(image, precision)`` in fp32 and in ``reduced``; the drift of the latter."""
     image = calibration_image() if image is None else image
-    ref = run(image, Precision("fp32", reduced.device_type)).clamp(0, 1)
-    out = run(image, reduced).clamp(0, 1)
-    diff = ((out - ref).abs() * 255).flatten().double()
-    return Drift(float(diff.mean()), float(torch.quantile(diff, 0.999)))
+    return drift_between(run(image, reduced), run(image, Precision("fp32", reduced.device_type)))
 
 
 def network_key(model: nn.Module, precision: Precision, device: torch.device) -> str:

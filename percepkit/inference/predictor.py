@@ -123,11 +123,12 @@ class Predictor:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.info = analyze(model, self.device)
-        if requested == "auto":
+        self.info = analyze(model, self.device, dtype_bytes=2 if requested in ("bf16", "fp16")
+                            else 4)
+        if requested == "auto":  # calibrated with the fp32 geometry; 16-bit activations if kept
             self.precision = self._auto_precision()
-        if self.precision.reduced:
-            self.info = analyze(model, self.device, dtype_bytes=2)
+            if self.precision.reduced:
+                self.info = analyze(model, self.device, dtype_bytes=2)
         self.scale = self.info.scale
         self.net = torch.compile(model) if compile else model
         # nets whose own hint says tiling changes their output run whole unless asked to tile
@@ -145,11 +146,6 @@ class Predictor:
     # -- the network itself --------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:
         return self.precision.autocast()
-
-    @property
-    def half(self) -> bool:
-        """Whether the net runs in a 16-bit autocast (bf16 or fp16)."""
-        return self.precision.reduced
 
     def _auto_precision(self) -> Precision:
         """``auto``: the device's fast reduced precision if this net stays within the budget
