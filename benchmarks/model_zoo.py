@@ -81,7 +81,7 @@ def _eval_json(name: str, extra: list[str]) -> dict[str, Any]:
 def _style_objective(name: str, size: int = 512) -> dict[str, float]:
     """Mean training objective (and its terms) of the model on the held-out content photos."""
     from percepkit.data.images import list_images, read_image, resize_longer_side
-    from percepkit.models.zoo import load
+    from percepkit.models.loader import load
 
     net, (loss, _) = load(name), _loss_of(name)
     rows = []
@@ -101,11 +101,11 @@ def _mod4(x: torch.Tensor) -> torch.Tensor:
 def _loss_of(name: str) -> tuple[Any, torch.Tensor | None]:
     """A zoo model's training loss (style targets set) and its style image (from its recipe)."""
     from percepkit.models.checkpoint import read_metadata
-    from percepkit.models.zoo import resolve
+    from percepkit.models.loader import resolve
     from percepkit.recipes.recipe import parse_yaml, recipe_from_mapping
     from percepkit.train import load_style_image
 
-    recipe = recipe_from_mapping(parse_yaml(read_metadata(resolve(name))["recipe"]), name)
+    recipe = recipe_from_mapping(parse_yaml(read_metadata(resolve(name).path)["recipe"]), name)
     loss = recipe.build_loss()
     if recipe.task != "style":
         return loss, None
@@ -259,7 +259,7 @@ def sr_crops(crop: int = 96) -> None:
     from percepkit.data.images import image_grid, read_image, stack_rows, write_image
     from percepkit.data.imresize import imresize, mod_crop
     from percepkit.evaluation.evaluate import _crop_box
-    from percepkit.models.zoo import load
+    from percepkit.models.loader import load
 
     bench = SHARED / "data" / "benchmarks"
     names = [bench / "Set14" / "baboon.png", bench / "Set14" / "zebra.png",
@@ -286,7 +286,7 @@ def fig5(name: str, iterations: int, size: int) -> None:
     """The paper's Fig. 5: the feed-forward net's objective vs L-BFGS from the content image."""
     from percepkit.data.images import read_image, resize_longer_side
     from percepkit.inference.gatys import stylize
-    from percepkit.models.zoo import load
+    from percepkit.models.loader import load
 
     bench = SHARED / "data" / "benchmarks" / "BSD100"
     photos = [*sorted(CONTENT.glob("*.jpg")), *[bench / n for n in HELD_OUT_BSD100]]

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from .errors import PercepkitError
 from .inference.padded import PaddedNet
 from .inference.predictor import Predictor
 from .losses.create import Loss, create_loss
@@ -24,23 +23,19 @@ __all__ = ["Loss", "MetricLoss", "PaddedNet", "Predictor", "create_loss", "creat
 
 def load(name_or_path: str | Path, task: str | None = None, scale: int | None = None,
          device: str | torch.device | None = None) -> PaddedNet:
-    """A trained network, ready for inference (eval mode, frozen), from a model name
-    (``"candy"``; :func:`list_models`), a percepkit checkpoint or a supported third-party file.
+    """A network ready for inference (eval mode, frozen) from, first match wins, a file (a
+    percepkit checkpoint or a supported third-party file), a trained model's name (``"candy"``;
+    :func:`list_models`) or a registered transform's name (``"bicubic"``, built with ``scale``,
+    default 4; weights as initialised) — :mod:`percepkit.models.loader`.
 
     The module maps RGB images in [0, 1], ``(B, 3, H, W)`` of any size, to ``(B, 3, scale H,
     scale W)``: it pads and crops as ``percepkit stylize`` / ``upscale`` do, so its output is
     theirs. ``task`` (``"style"``, ``"sr"``) and ``scale``, when given, are checked against the
     model's. ``device``: default the CPU.
     """
-    from .models.zoo import load as load_network
+    from .models.loader import load_network
 
-    net = load_network(name_or_path, device=device or "cpu")
-    got_task, got_scale = getattr(net, "task", None), int(getattr(net, "scale", 1))
-    if task is not None and got_task != task:
-        raise PercepkitError(f"{name_or_path}: a {got_task or 'unknown-task'} model, not a "
-                             f"{task} model")
-    if scale is not None and got_scale != scale:
-        raise PercepkitError(f"{name_or_path}: the model scales x{got_scale}, not x{scale}")
+    net = load_network(name_or_path, task=task, scale=scale, device=device or "cpu").net
     for p in net.parameters():
         p.requires_grad_(False)
     return PaddedNet(net).eval()

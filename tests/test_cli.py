@@ -70,7 +70,8 @@ def test_missing_weights_is_one_paragraph_exit_2(isolated_weights, tmp_path, cap
     code, _, err = run(["train", recipe, "--set", "loss_network.weights=imagenet",
                         "--out", str(tmp_path / "run"), "--no-progress"], capsys)
     assert code == 2
-    assert "ImageNet weights for vgg16 are missing" in err and "PERCEPKIT_WEIGHTS" in err
+    assert "ImageNet weights for vgg16 (" in err and "not found in" in err
+    assert "PERCEPKIT_WEIGHTS" in err
     assert "Traceback" not in err
 
 

@@ -22,8 +22,9 @@ from percepkit.models.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from percepkit.models.weights import hash_prefix
-from percepkit.models.zoo import ZooModel, cache_dir, package, resolve
+from percepkit.models.hub import hash_prefix
+from percepkit.models.loader import resolve
+from percepkit.models.zoo import ZooModel, cache_dir, package
 from percepkit.registry import MODELS, TRANSFORMS
 
 
@@ -75,7 +76,7 @@ def test_random_init_package_keeps_the_ema_weights_when_the_run_has_them(tmp_pat
 
 def test_random_init_model_by_name_through_python_api_and_cli(monkeypatch, tmp_path):
     path = _register(monkeypatch, tmp_path)
-    assert resolve("tiny_random_style") == path
+    assert resolve("tiny_random_style").path == path
     net = percepkit.load("tiny_random_style")
     assert not net.training
     image = tmp_path / "in.png"
@@ -125,7 +126,7 @@ def test_list_models_shows_the_card_headline(monkeypatch, tmp_path, capsys):
     assert run_cli(["list", "models"]) == 0
     out = capsys.readouterr().out
     assert "tiny_random_style" in out and "plumbing only" in out
-    assert read_metadata(resolve("tiny_random_style"))["card"]["headline"] == "plumbing only"
+    assert read_metadata(resolve("tiny_random_style").path)["card"]["headline"] == "plumbing only"
 
 
 def test_file_names_carry_a_hash_only_as_hex_digits():
@@ -143,7 +144,7 @@ def test_random_init_model_named_with_a_dash_downloads_checked_against_its_manif
     server.parent.mkdir()
     packaged.rename(server)
     monkeypatch.delenv("PERCEPKIT_OFFLINE")
-    assert resolve("my-style") == cache_dir() / "my-style.safetensors"
+    assert resolve("my-style").path == cache_dir() / "my-style.safetensors"
     (cache_dir() / "my-style.safetensors").unlink()
     server.write_bytes(b"not the model")  # the manifest's hash rejects other bytes
     with pytest.raises(CheckpointError, match="download from .* failed"):

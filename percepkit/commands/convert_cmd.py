@@ -26,14 +26,18 @@ def command(source: Path, output: Path, overwrite: bool) -> None:
     """
     from rich.markup import escape
 
-    from ..models.checkpoint import save_model
+    from ..models.checkpoint import is_checkpoint, save_model
     from ..models.foreign import convert
+    from ..models.loader import resolve
     from ..registry import TRANSFORMS
     from ..runtime.console import user_console
     from ..runtime.files import sha256_file
 
-    if not source.is_file():
-        raise PercepkitError(f"{source}: no such file")
+    found = resolve(source, transforms=False).path  # a file, or a model name's file
+    assert found is not None
+    if is_checkpoint(found):
+        raise PercepkitError(f"{source}: already a percepkit checkpoint; use it as it is")
+    source = found
     if output.suffix != ".safetensors":
         raise PercepkitError(f"{output}: the output must be a .safetensors file")
     if output.exists() and not overwrite:

@@ -49,56 +49,26 @@ def _model_info(path: Path, transform: Any) -> dict[str, Any]:
 def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
                 device: torch.device) -> tuple[Any, str, int, list[str], dict[str, Any]]:
     """The transform, its display name, the scale, warnings for the footer, and what the
-    results file records about the model's file."""
-    from ..registry import MODELS, TRANSFORMS
+    results file records about the model's file (:mod:`percepkit.models.loader`: --model takes
+    a file, a model name or a transform name, --checkpoint a file or a model name)."""
+    from ..models.loader import load_network
 
-    notes: list[str] = []
-    if model is not None and model in MODELS and not Path(model).is_file():
-        if checkpoint is not None:
-            raise PercepkitError("give either --model or --checkpoint, not both")
-        checkpoint = model  # a trained model of the zoo: scored like its checkpoint file
-        model = None
-    if checkpoint is not None:
-        if model is not None:
-            raise PercepkitError("give either --model or --checkpoint, not both")
-        from ..models.zoo import load, resolve
-
-        path = resolve(checkpoint)
-        transform = load(path, device=device)
-        name = checkpoint if checkpoint in MODELS else path.stem
-        info = _model_info(path, transform)
-        if info.get("purpose"):
-            notes.append(f"{path.name}: {info['architecture']} x{transform.scale} "
-                         f"({info['purpose']}), {info['format']}; {info['degradation']}")
-        ckpt_scale = getattr(transform, "scale", None)
-        if getattr(transform, "task", "sr") != "sr" or ckpt_scale is None:
-            raise PercepkitError(f"{checkpoint}: not a super-resolution checkpoint (its transform "
-                                 f"has no scale); eval scores SR models only")
-        if scale is not None and scale != ckpt_scale:
-            raise PercepkitError(f"{checkpoint}: the model upscales x{ckpt_scale}, but --scale "
-                                 f"{scale} was given; drop --scale or pass --scale {ckpt_scale}")
-        return transform, name, int(ckpt_scale), notes, info
-    name = model or "bicubic"
-    scale = 4 if scale is None else scale
-    task = getattr(TRANSFORMS.get(name), "task", "sr")
-    if task != "sr":
-        sr_names = [e.name for e in TRANSFORMS.entries() if getattr(e.obj, "task", "") == "sr"]
-        raise PercepkitError(f"--model {name} is a {task} transform; eval scores "
-                             f"super-resolution models ({', '.join(sr_names)})")
-    try:
-        transform = TRANSFORMS.build({"name": name, "scale": scale}, where=f"--model {name}")
-    except ValueError as e:  # the constructor's own check, e.g. johnson_sr's scales
-        raise PercepkitError(f"--model {name} with --scale {scale}: {e}") from None
-    if getattr(transform, "task", "sr") != "sr":
-        raise PercepkitError(f"--model {name}: not a super-resolution transform")
-    if isinstance(transform, torch.nn.Module):
-        n_params = sum(p.numel() for p in transform.parameters())
-        if n_params:
-            notes.append(f"--model {name} was built from scratch ({n_params:,} parameters, as "
-                         f"initialised): to score trained weights use --checkpoint CKPT")
-    return transform, name, scale, notes, {"architecture": type(transform).__name__}
-
-
+    if model is not None and checkpoint is not None:
+        raise PercepkitError("give either --model or --checkpoint, not both")
+    loaded = load_network(checkpoint or model or "bicubic", task="sr", scale=scale, device=device,
+                          transforms=checkpoint is None)
+    transform, name, notes = loaded.net, loaded.source.name, []
+    if loaded.source.path is None:  # a transform by name
+        if loaded.untrained_parameters:
+            notes.append(f"--model {name} was built from scratch "
+                         f"({loaded.untrained_parameters:,} parameters, as initialised): to "
+                         f"score trained weights use --checkpoint CKPT")
+        return transform, name, loaded.scale, notes, {"architecture": type(transform).__name__}
+    info = _model_info(loaded.source.path, transform)
+    if info.get("purpose"):
+        notes.append(f"{loaded.source.path.name}: {info['architecture']} x{loaded.scale} "
+                     f"({info['purpose']}), {info['format']}; {info['degradation']}")
+    return transform, name, loaded.scale, notes, info
 
 
 def _with_histogram_matching(transform: Any, device: torch.device) -> Any:

@@ -49,19 +49,21 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
 
     from ..models.checkpoint import Checkpoint, is_checkpoint
     from ..models.export import export
-    from ..models.zoo import load, resolve
+    from ..models.loader import FILE, read_network, resolve
     from ..runtime.console import user_console
     from ..runtime.files import check_output
 
-    path = resolve(checkpoint)
+    source = resolve(checkpoint, transforms=False)
+    path = source.path
+    assert path is not None  # files and models only
     suffix = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".weights.safetensors"}[fmt]
     # a model name exports into the current folder, never next to the installed package file
-    out = output or (path.with_suffix(suffix) if path == Path(checkpoint).expanduser()
+    out = output or (path.with_suffix(suffix) if source.kind == FILE
                      else Path(checkpoint + suffix))
     check_output("-o", out, overwrite)  # a folder, a file in the way, no permission: say so now
     if out.resolve() == path.resolve():
         raise PercepkitError("the output would replace the checkpoint; choose another -o")
-    model = load(path)
+    model = read_network(path)
     ckpt = Checkpoint.read(path, tensors=False) if is_checkpoint(path) else None
     transform = ckpt.transform if ckpt else \
         getattr(model, "architecture", type(model).__name__)

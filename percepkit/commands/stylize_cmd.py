@@ -42,15 +42,11 @@ def command(checkpoint: str, inputs: tuple[str, ...], size: int | None, preserve
     budget. A file that cannot be read or written is reported and the batch goes on; the exit
     code is 1 if any failed.
     """
-    from ..models.zoo import load
+    from ..models.loader import load_network
 
     if size is not None and size < 16:
         raise PercepkitError(f"--size must be at least 16 pixels, got {size}")
-    model = load(checkpoint)
-    if getattr(model, "task", None) != "style":
-        raise PercepkitError(f"{checkpoint}: not a style-transfer checkpoint (its transform is a "
-                             f"{getattr(model, 'task', 'unknown')!s} network); use percepkit "
-                             f"upscale for super-resolution checkpoints")
+    model = load_network(checkpoint, task="style", transforms=False).net
     return run_predictor(inputs, model, options,
                          prepare=(lambda im: _resize(im, size)) if size else None,
                          what="stylized images", post=_style_post(preserve_color, strength))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from ..errors import PercepkitError
@@ -11,46 +9,19 @@ from ._batch import inference_options, run_predictor
 
 
 def load_sr_model(model: str, scale: int | None):
-    """A checkpoint path, a model name or a registered transform name -> an SR transform."""
+    """A checkpoint path, a model name or a registered transform name -> an SR network
+    (:mod:`percepkit.models.loader`; a transform left as initialised is warned about)."""
     from rich.markup import escape
 
-    from ..registry import MODELS, TRANSFORMS
+    from ..models.loader import load_network
     from ..runtime.console import user_console
 
-    path = Path(model)
-    if path.is_file() or model in MODELS:
-        from ..models.zoo import load
-
-        net = load(model)
-        if getattr(net, "task", None) != "sr":
-            raise PercepkitError(f"{path}: not a super-resolution checkpoint; use percepkit "
-                                 f"stylize for style checkpoints")
-        if scale is not None and scale != net.scale:
-            raise PercepkitError(f"{path}: the checkpoint upscales x{net.scale}, but --scale "
-                                 f"{scale} was given; drop --scale")
-        return net
-    if model not in TRANSFORMS:
-        if path.suffix or "/" in model or path.exists():
-            raise PercepkitError(f"{model}: no such checkpoint file")
-        try:
-            TRANSFORMS.entry(model)
-        except PercepkitError as e:
-            hint = str(e).split(". ", 1)[-1].replace("Available:", "Available transforms:")
-            models = ", ".join(e.name for e in MODELS.entries() if e.obj.task == "sr")
-            raise PercepkitError(f"{model!r} is neither a checkpoint file, a model name "
-                                 f"({models or 'none'}) nor a transform name. {hint}") from None
-    try:
-        net = TRANSFORMS.build({"name": model, "scale": 4 if scale is None else scale},
-                               where=f"transform {model}")
-    except ValueError as e:  # the constructor's own check, e.g. johnson_sr's scales
-        raise PercepkitError(f"transform {model} with --scale {scale}: {e}") from None
-    if getattr(net, "task", None) != "sr":
-        raise PercepkitError(f"transform {model!r} is not a super-resolution transform")
-    if any(True for _ in net.parameters()):
+    loaded = load_network(model, task="sr", scale=scale)
+    if loaded.untrained_parameters:
         user_console(stderr=True).print(
             f"[yellow]warning:[/] {escape(model)} is built with random weights; pass a trained "
             f"checkpoint to get real results")
-    return net.eval()
+    return loaded.net
 
 
 @click.command("upscale")

@@ -19,7 +19,7 @@ Where the data comes from:
 from __future__ import annotations
 
 import re
-import urllib.request
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 
 from ..errors import ImageError, PercepkitError
-from ..models.weights import offline
+from ..models import hub
 from ..registry import DATASETS
-from ..runtime.files import atomic_write, cache_root, env_folders, sha256_file
+from ..runtime.files import env_folders, sha256_file
 from .images import list_images, quantize, read_image
 from .imresize import imresize, mod_crop
 
@@ -206,7 +206,7 @@ _BSD100_URL = ("https://raw.githubusercontent.com/jiny2001/dcscn-super-resolutio
 
 def cache_dir() -> Path:
     """Where downloaded datasets live: ``$PERCEPKIT_CACHE/datasets``."""
-    return cache_root("datasets")
+    return hub.cache_dir("datasets")
 
 
 def _set_folder(parent: Path, set_name: str) -> Path | None:
@@ -222,25 +222,18 @@ def _set_folder(parent: Path, set_name: str) -> Path | None:
 
 
 def download_benchmark(set_name: str, dest: Path) -> Path:
-    """Download Set14 or BSD100 file by file into ``dest``, verifying each SHA-256; returns dest."""
+    """Download Set14 or BSD100 file by file into ``dest`` (:func:`percepkit.models.hub.fetch`:
+    files already there and intact are kept), verifying each SHA-256; returns dest."""
+    if hub.offline():
+        raise hub.DownloadError(set_name, hub.OFFLINE_REASON)
     sums = reference_sums(set_name)
     dest.mkdir(parents=True, exist_ok=True)
     names = sorted(sums)  # BSD100 source files are img_NNN in lexicographic order of the ids
+    print(f"downloading {set_name} ({len(names)} files) to {dest}", file=sys.stderr)
     for index, name in enumerate(names, start=1):
-        target = dest / name
-        if target.is_file() and sha256_file(target) == sums[name]:
-            continue
         url = _SET14_URL.format(name=name) if set_name == "Set14" else \
             _BSD100_URL.format(index=index)
-
-        def check(tmp: Path, url: str = url, name: str = name) -> None:
-            got = sha256_file(tmp)
-            if got != sums[name]:
-                raise PercepkitError(f"{url}: checksum mismatch (sha256 {got[:12]}..., expected "
-                                     f"{sums[name][:12]}...); the download was not used")
-
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            atomic_write(target, lambda out, resp=resp: out.write(resp.read()), verify=check)
+        hub.fetch(url, dest / name, sha256=sums[name], announce=False)
     return dest
 
 
@@ -262,20 +255,17 @@ def locate_benchmark(set_name: str, root: str | Path | None = None,
         if found is not None:
             return found, label
         tried.append(f"{place} ({label})")
-    where = cache_dir() / set_name
-    if download and not offline():
-        try:
-            return download_benchmark(set_name, where), "downloaded"
-        except PercepkitError:
-            raise
-        except Exception as e:  # no network, DNS, HTTP error, disk full
-            reason = f"downloading it failed ({type(e).__name__}: {e})"
-    else:
-        reason = "downloads are off (PERCEPKIT_OFFLINE=1)" if download else "download=False"
-    raise PercepkitError(
-        f"{set_name} was not found in {', '.join(tried)} and {reason}: put a folder named "
-        f"{set_name}/ holding its HR images (PNG) in a directory and pass --data-dir DIR or set "
-        f"PERCEPKIT_DATA=DIR.")
+    try:
+        if not download:
+            raise hub.DownloadError(set_name, "downloading was turned off (download=False, "
+                                              "--no-download)")
+        return download_benchmark(set_name, cache_dir() / set_name), "downloaded"
+    except hub.DownloadError as e:
+        reason = e.reason
+    raise PercepkitError(hub.missing(
+        set_name, tried, reason,
+        f"put a folder named {set_name}/ holding its HR images (PNG) in a directory and pass "
+        f"--data-dir DIR or set PERCEPKIT_DATA=DIR"))
 
 
 def _checked_note(set_name: str, paths: Sequence[Path]) -> str:

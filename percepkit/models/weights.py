@@ -4,19 +4,15 @@ Search order for ``weights: imagenet``:
 
 1. every folder in ``PERCEPKIT_WEIGHTS`` (``os.pathsep``-separated),
 2. torch's hub cache (``$TORCH_HOME/hub/checkpoints``), where torchvision keeps its downloads,
-3. a download from torchvision's URL, checked against the SHA-256 prefix in its file name
-   (:func:`hash_prefix`)
-   (skipped when ``PERCEPKIT_OFFLINE=1``).
+3. a download from torchvision's URL into torch's cache by :mod:`percepkit.models.hub`, checked
+   against the SHA-256 prefix in its file name (skipped when ``PERCEPKIT_OFFLINE=1``).
 
 If none works, :class:`MissingWeightsError` says in one sentence which file is missing and how to
-supply it. Nothing here ever falls back to random weights.
+supply it (:func:`percepkit.models.hub.missing`). Nothing here ever falls back to random weights.
 """
 
 from __future__ import annotations
 
-import os
-import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +20,7 @@ import torch
 
 from ..errors import MissingWeightsError
 from ..runtime.files import env_folders
+from . import hub
 
 
 @dataclass(frozen=True)
@@ -62,11 +59,6 @@ def torch_cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def offline() -> bool:
-    """True when ``PERCEPKIT_OFFLINE`` forbids downloads."""
-    return os.environ.get("PERCEPKIT_OFFLINE", "").lower() in ("1", "true", "yes")
-
-
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Load a ``.safetensors`` or ``.pth`` state dict (tensors only: no pickled code runs).
 
@@ -94,32 +86,6 @@ def find_local(names: tuple[str, ...]) -> Path | None:
     return None
 
 
-#: a SHA-256 prefix at the end of a file's stem, as torchvision and timm name their files
-#: (``vgg16-397923af.pth``): a dash and 8 to 64 lowercase hex digits
-HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})$")
-
-
-def hash_prefix(name: str) -> str | None:
-    """The SHA-256 prefix a file name carries (``vgg16-397923af.pth`` -> ``397923af``), or None
-    when it carries none (``my-style.safetensors``: "style" is a word, not a hash)."""
-    match = HASH_IN_NAME.search(name.split(".")[0])
-    return match.group(1) if match else None
-
-
-def download(url: str, dest: Path, sha256: str | None = None) -> Path:
-    """Download ``url`` to ``dest`` atomically, checked against ``sha256`` (a manifest's full
-    digest) when given, else against the hash prefix in ``dest``'s name if it has one."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    prefix = sha256.lower() if sha256 else hash_prefix(dest.name)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(60)  # an unreachable host must fail, not hang
-    try:
-        torch.hub.download_url_to_file(url, str(dest), hash_prefix=prefix, progress=True)
-    finally:
-        socket.setdefaulttimeout(previous)
-    return dest
-
-
 def torchvision_features_state(arch: str, weights: str = "imagenet") -> dict[str, torch.Tensor]:
     """State dict of torchvision ``<arch>.features`` (keys ``features.N.weight``/``.bias``).
 
@@ -142,17 +108,13 @@ def torchvision_features_state(arch: str, weights: str = "imagenet") -> dict[str
 
 
 def _download_or_explain(known: KnownWeights) -> Path:
-    dest = torch_cache_dir() / known.cache_name
-    reason = "downloads are disabled (PERCEPKIT_OFFLINE=1)"
-    if not offline():
-        try:
-            return download(known.url, dest)
-        except Exception as e:  # no network, bad hash, disk full: explain, never go random
-            reason = f"the download from {known.url} failed ({type(e).__name__}: {e})"
+    try:
+        return hub.download(known.url, torch_cache_dir() / known.cache_name)
+    except hub.DownloadError as e:  # offline, no network, bad hash: explain, never go random
+        reason = e.reason
     dirs = ", ".join(str(d) for d in weights_dirs()) or "unset"
-    raise MissingWeightsError(
-        f"ImageNet weights for {known.arch} are missing: none of "
-        f"{', '.join(known.local_names)} is in PERCEPKIT_WEIGHTS ({dirs}) or {torch_cache_dir()}, "
-        f"and {reason}; put one of those files in a folder and set PERCEPKIT_WEIGHTS to it, "
-        f"or pass 'weights: /path/to/file'."
-    )
+    raise MissingWeightsError(hub.missing(
+        f"ImageNet weights for {known.arch} ({' or '.join(known.local_names)})",
+        [f"PERCEPKIT_WEIGHTS ({dirs})", str(torch_cache_dir())], reason,
+        "put one of those files in a folder and set PERCEPKIT_WEIGHTS to it, or pass "
+        "'weights: /path/to/file'"))

@@ -9,10 +9,12 @@ licence). Models are registered in :data:`percepkit.registry.MODELS` from
 1. the package's own ``assets/models`` folder (small models ship inside the package),
 2. every folder in ``PERCEPKIT_MODELS`` (``os.pathsep``-separated),
 3. the cache folder ``$PERCEPKIT_CACHE/models`` (default ``~/.cache/percepkit/models``),
-4. a download from the model's ``url`` (when it has one and ``PERCEPKIT_OFFLINE`` is unset).
+4. a download from the model's ``url`` into that cache (:mod:`percepkit.models.hub`, checked
+   against the manifest's SHA-256; not when ``PERCEPKIT_OFFLINE=1``).
 
 The file's SHA-256 is checked before use; a missing or damaged file is one clear sentence
-(:class:`~percepkit.errors.CheckpointError`), never a silent substitute.
+(:class:`~percepkit.errors.CheckpointError`), never a silent substitute. Names become networks
+through :mod:`percepkit.models.loader`, like every other name or file.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import torch
 
 from ..errors import CheckpointError
 from ..registry import MODELS
-from ..runtime.files import cache_root, env_folders, sha256_file
+from ..runtime.files import env_folders, sha256_file
+from . import hub
 
 MANIFEST = "manifest.json"
 
@@ -45,7 +48,7 @@ def models_dirs() -> list[Path]:
 
 def cache_dir() -> Path:
     """Where downloaded models are kept (``$PERCEPKIT_CACHE/models``)."""
-    return cache_root("models")
+    return hub.cache_dir("models")
 
 
 @dataclass
@@ -96,26 +99,17 @@ class ZooModel:
         return path
 
     def _download(self) -> Path:
-        from .weights import download, offline
-
-        where = ", ".join(str(c.parent) for c in self.candidates())
+        where = [str(c.parent) for c in self.candidates()]
         if self.url is None:
-            raise CheckpointError(
-                f"model {self.name!r}: {self.file} is in none of {where}, and it has no "
-                f"download address; put the file in a folder listed in PERCEPKIT_MODELS")
-        if offline():
-            raise CheckpointError(
-                f"model {self.name!r}: {self.file} is in none of {where}, and downloads are "
-                f"disabled (PERCEPKIT_OFFLINE=1); download {self.url} into a folder listed in "
-                f"PERCEPKIT_MODELS")
-        dest = cache_dir() / self.file
+            raise CheckpointError(hub.missing(
+                f"model {self.name!r} ({self.file})", where, "it has no download address",
+                "put the file in a folder listed in PERCEPKIT_MODELS"))
         try:
-            return download(self.url, dest, sha256=self.sha256)
-        except Exception as e:
-            raise CheckpointError(
-                f"model {self.name!r}: {self.file} is in none of {where}, and the download from "
-                f"{self.url} failed ({type(e).__name__}: {e}); download it by hand into a folder "
-                f"listed in PERCEPKIT_MODELS") from None
+            return hub.download(self.url, cache_dir() / self.file, sha256=self.sha256)
+        except hub.DownloadError as e:
+            raise CheckpointError(hub.missing(
+                f"model {self.name!r} ({self.file})", where, e.reason,
+                f"download {self.url} by hand into a folder listed in PERCEPKIT_MODELS")) from None
 
 
 def _register_builtin() -> None:
@@ -127,36 +121,6 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
-
-
-def resolve(spec: str | Path) -> Path:
-    """A checkpoint file or a model name -> the checkpoint file to load.
-
-    Files win over names (a file called ``candy`` in the current folder is that file).
-    """
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    name = str(spec)
-    if name in MODELS:
-        return MODELS.get(name).path()
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder; give a checkpoint file (e.g. "
-                              f"{path}/checkpoints/best.safetensors) or a model name")
-    hint = MODELS._suggest(name).replace("Available:", "Models:")
-    raise CheckpointError(f"{name}: no such checkpoint file or model name. {hint}")
-
-
-def load(spec: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """A ready network (eval mode) from a model name (``"candy"``), a percepkit checkpoint or a
-    supported third-party file (:mod:`percepkit.models.foreign`)."""
-    from .checkpoint import is_checkpoint, load_transform
-    from .foreign import load_foreign
-
-    path = resolve(spec)
-    if is_checkpoint(path):
-        return load_transform(path, device=device)
-    return load_foreign(path, device=device)
 
 
 def package(checkpoint: str | Path, out: str | Path, card: Mapping[str, Any]) -> str:

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ..errors import MissingWeightsError, PercepkitError
-from ..models.weights import load_state_file, offline, torchvision_features_state, weights_dirs
+from ..models.hub import offline
+from ..models.weights import load_state_file, torchvision_features_state, weights_dirs
 from ..registry import LOSS_NETWORKS
 from . import backbones
 

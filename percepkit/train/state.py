@@ -69,7 +69,7 @@ class EMA:
 def init_weights(model: nn.Module, spec: str) -> None:
     """Copy the weights of a model name or checkpoint (``train.init``) into ``model``."""
     from ..models.checkpoint import state_dict_mismatch
-    from ..models.zoo import load
+    from ..models.loader import load
 
     try:
         source = load(spec)
