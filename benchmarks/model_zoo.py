@@ -258,7 +258,7 @@ def sr_crops(crop: int = 96) -> None:
     from percepkit.data.benchmark_sets import quantize
     from percepkit.data.images import image_grid, read_image, stack_rows, write_image
     from percepkit.data.imresize import imresize, mod_crop
-    from percepkit.evaluation.evaluate import _crop_box
+    from percepkit.evaluation.evaluate import detail_box
     from percepkit.models.loader import load
 
     bench = SHARED / "data" / "benchmarks"
@@ -273,7 +273,7 @@ def sr_crops(crop: int = 96) -> None:
             outs = [quantize(imresize(lr.double(), scale=4).float())]
             outs += [quantize(net(lr[None])[0]) for net in nets.values()]
             outs.append(hr)
-            top, left = _crop_box(hr, crop)
+            top, left = detail_box(hr, crop)
             tiles = [o[:, top:top + crop, left:left + crop] for o in outs]
             rows.append(image_grid(tiles, labels=[f"bicubic ({path.stem})", *nets, "HR"],
                                    height=crop * 2))

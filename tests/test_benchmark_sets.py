@@ -82,10 +82,10 @@ def test_set5_samples_are_mod_cropped_and_lr_is_8bit():
 
 
 def test_damaged_set5_is_refused(tmp_path, monkeypatch):
-    src = bm._asset("Set5")
+    src = bm.asset_path("Set5")
     shutil.copytree(src, tmp_path / "Set5")
     (tmp_path / "Set5" / "bird.png").write_bytes(b"not the bird")
-    monkeypatch.setattr(bm, "_asset", lambda *parts: tmp_path.joinpath(*parts))
+    monkeypatch.setattr(bm, "asset_path", lambda *parts: tmp_path.joinpath(*parts))
     with pytest.raises(PercepkitError, match="bird.png"):
         bm.set5()
 

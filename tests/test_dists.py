@@ -47,8 +47,9 @@ def test_shipped_alpha_beta_equal_the_authors_file():
 
 def test_damaged_alpha_beta_refuse(monkeypatch, tmp_path):
     bad = tmp_path / "dists_alpha_beta.safetensors"
-    bad.write_bytes(dists_module._asset().read_bytes()[:-4] + b"\x01\x02\x03\x04")
-    monkeypatch.setattr(dists_module, "_asset", lambda: bad)
+    good = dists_module.asset_path("dists", "dists_alpha_beta.safetensors")
+    bad.write_bytes(good.read_bytes()[:-4] + b"\x01\x02\x03\x04")
+    monkeypatch.setattr(dists_module, "asset_path", lambda *parts: bad)
     with pytest.raises(MissingWeightsError, match="damaged"):
         dists_alpha_beta()
 

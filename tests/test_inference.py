@@ -6,7 +6,6 @@ normalisation are exercised): these are plumbing and equivalence tests, not qual
 
 from __future__ import annotations
 
-import io
 import warnings
 
 import numpy as np
@@ -15,7 +14,6 @@ import torch
 from cli_runner import run_cli
 from PIL import Image
 
-from percepkit.commands._batch import plan_batch
 from percepkit.errors import PercepkitError
 from percepkit.inference import (
     FastPathWarning,
@@ -145,18 +143,6 @@ def test_plain_instance_norm_statistics_protocol_random_init():
         assert seen == [(1, 32, 8, 8)]
     assert all("forward" not in vars(m) for m in norms)
     assert (model(x) - ref).abs().max() == 0
-
-
-def test_batch_summary_returns_the_exit_code_instead_of_exiting():
-    from rich.console import Console
-
-    from percepkit.commands._batch import BatchSummary
-
-    console = Console(file=io.StringIO())
-    assert BatchSummary().report(console, "done") == 0
-    failed = BatchSummary(failed=[("a.png", "unreadable")])
-    assert failed.report(console, "done") == 1
-    assert "1 failed" in console.file.getvalue()
 
 
 def test_moments_match_var_mean_and_survive_cancellation():
@@ -307,26 +293,35 @@ def test_half_precision_and_devices_are_checked():
         parse_memory("lots")
 
 
-def test_plan_batch_names_and_conflicts(tmp_path):
+def test_batch_output_names_and_conflicts_through_upscale(tmp_path, capsys):
+    """How a batch command pairs inputs with outputs: folders keep their sub-folders, the
+    extension becomes --ext, missing/empty/clashing inputs fail alone (exit 1, the rest is
+    written), one input may name its output file, several may not, nothing replaces an input."""
     (tmp_path / "in" / "sub").mkdir(parents=True)
     for p in ("in/a.jpg", "in/sub/b.png", "c.png", "other/a.png"):
         (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", (4, 4)).save(tmp_path / p)
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"
-    items = plan_batch([tmp_path / "in", tmp_path / "c.png", tmp_path / "missing.png",
-                        tmp_path / "empty", tmp_path / "other" / "a.png"], out)
-    by_label = {i.label: i for i in items}
-    assert by_label[str(tmp_path / "in" / "a.jpg")].target == out / "a.png"
-    assert by_label[str(tmp_path / "in" / "sub" / "b.png")].target == out / "sub" / "b.png"
-    assert by_label[str(tmp_path / "missing.png")].error == "no such file or folder"
-    assert "no image files" in by_label[str(tmp_path / "empty")].error
-    assert "same output file" in by_label[str(tmp_path / "other" / "a.png")].error
-    single = plan_batch([tmp_path / "c.png"], tmp_path / "result.jpg")
-    assert single[0].target == tmp_path / "result.jpg"
-    with pytest.raises(PercepkitError, match="several images"):
-        plan_batch([tmp_path / "in"], tmp_path / "result.jpg")
-    assert "replace the input" in plan_batch([tmp_path / "c.png"], tmp_path)[0].error
+    code = run_cli(["upscale", "bicubic", "--scale", "2", str(tmp_path / "in"),
+                    str(tmp_path / "c.png"), str(tmp_path / "missing.png"), str(tmp_path / "empty"),
+                    str(tmp_path / "other" / "a.png"), "-o", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1 and "3 failed" in captured.out + captured.err
+    err = " ".join(captured.err.split())
+    assert "missing.png: no such file or folder" in err
+    assert "no image files" in err and "same output file" in err
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "a.png", "c.png", "sub/b.png"]
+    assert Image.open(out / "sub" / "b.png").size == (8, 8)
+    assert run_cli(["upscale", "bicubic", str(tmp_path / "c.png"), "-o",
+                    str(tmp_path / "result.jpg"), "-q"]) == 0
+    assert (tmp_path / "result.jpg").is_file()
+    assert run_cli(["upscale", "bicubic", str(tmp_path / "in"), "-o",
+                    str(tmp_path / "result.jpg")]) == 2
+    assert "several images" in capsys.readouterr().err
+    assert run_cli(["upscale", "bicubic", str(tmp_path / "c.png"), "-o", str(tmp_path)]) == 1
+    assert "replace the input" in " ".join(capsys.readouterr().err.split())
 
 
 # -- the commands ------------------------------------------------------------------------------

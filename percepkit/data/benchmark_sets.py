@@ -22,7 +22,6 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from PIL import Image
 from ..errors import ImageError, PercepkitError
 from ..models import hub
 from ..registry import DATASETS
-from ..runtime.files import env_folders, sha256_file
+from ..runtime.files import asset_path, env_folders, sha256_file
 from .images import list_images, quantize, read_image
 from .imresize import imresize, mod_crop
 
@@ -167,14 +166,10 @@ def _read_sums(text: str) -> dict[str, str]:
     return sums
 
 
-def _asset(*parts: str) -> Path:
-    return Path(str(resources.files("percepkit").joinpath("assets", *parts)))
-
-
 def reference_sums(set_name: str) -> dict[str, str]:
     """SHA-256 of each file of the reference copy (``Set5``, ``Set14`` or ``BSD100``)."""
-    path = _asset("Set5", "SHA256SUMS") if set_name == "Set5" else \
-        _asset("checksums", f"{set_name}.sha256")
+    path = asset_path("Set5", "SHA256SUMS") if set_name == "Set5" else \
+        asset_path("checksums", f"{set_name}.sha256")
     return _read_sums(path.read_text())
 
 
@@ -282,7 +277,7 @@ def _checked_note(set_name: str, paths: Sequence[Path]) -> str:
 @DATASETS.register("set5")
 def set5(scale: int = 4, quantize_lr: bool = True, mod: int | None = None) -> SRBenchmark:
     """Set5 (Bevilacqua et al. 2012), shipped in the package; checksums verified at load."""
-    folder = _asset("Set5")
+    folder = asset_path("Set5")
     sums = reference_sums("Set5")
     paths = [folder / name for name in sorted(sums)]
     bad = [p.name for p in paths if not p.is_file() or sha256_file(p) != sums[p.name]]

@@ -241,7 +241,7 @@ def score_pair(metrics: dict[str, Metric], infos: Sequence[MetricInfo], output: 
     return values
 
 
-def _crop_box(hr: torch.Tensor, size: int) -> tuple[int, int]:
+def detail_box(hr: torch.Tensor, size: int) -> tuple[int, int]:
     """Top-left corner of the ``size`` window with the most HR detail (gradient energy)."""
     g = hr.mean(0, keepdim=True)
     energy = (g[:, 1:, :-1] - g[:, :-1, :-1]).abs() + (g[:, :-1, 1:] - g[:, :-1, :-1]).abs()
@@ -258,7 +258,7 @@ def comparison_grid(tiles: Sequence[torch.Tensor], labels: Sequence[str]) -> tor
     hr = tiles[-1]
     h, w = hr.shape[-2:]
     size = max(8, min(h, w) // 4)
-    top, left = _crop_box(hr, size)
+    top, left = detail_box(hr, size)
     marked, crops = [], []
     for t in tiles:
         t = t.expand(3, -1, -1) if t.shape[0] == 1 else t

@@ -17,15 +17,13 @@ from :func:`percepkit.models.weights.torchvision_features_state`; missing weight
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import MissingWeightsError
 from ..registry import METRICS
+from ..runtime.files import asset_path
 from .base import Metric, rgb_pair
 
 __all__ = ["DISTS", "DISTSNetwork", "L2Pool", "dists_alpha_beta"]
@@ -38,18 +36,13 @@ _TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
 _C1 = _C2 = 1e-6
 
 
-def _asset() -> Path:
-    return Path(str(resources.files("percepkit").joinpath("assets", "dists",
-                                                          "dists_alpha_beta.safetensors")))
-
-
 def dists_alpha_beta() -> tuple[torch.Tensor, torch.Tensor]:
     """The authors' ``alpha`` and ``beta`` (each 1x1475x1x1 float32), checked by SHA-256."""
     from safetensors.torch import load_file
 
     from ..runtime.files import sha256_file
 
-    path = _asset()
+    path = asset_path("dists", "dists_alpha_beta.safetensors")
     if not path.is_file() or sha256_file(path) != ALPHA_BETA_SHA256:
         raise MissingWeightsError(f"the DISTS parameters shipped in {path} are missing or damaged "
                                   f"(SHA-256 check failed); reinstall percepkit.")

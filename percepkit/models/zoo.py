@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..registry import MODELS
-from ..runtime.files import env_folders, sha256_file
+from ..runtime.files import asset_path, env_folders, sha256_file
 from . import hub
 
 MANIFEST = "manifest.json"
@@ -38,7 +37,7 @@ MANIFEST = "manifest.json"
 
 def package_models_dir() -> Path:
     """The folder of the models that ship inside the package."""
-    return Path(str(resources.files("percepkit") / "assets" / "models"))
+    return asset_path("models")
 
 
 def models_dirs() -> list[Path]:

@@ -23,6 +23,13 @@ def cache_root(kind: str = "") -> Path:
     return root.expanduser() / kind if kind else root.expanduser()
 
 
+def asset_path(*parts: str) -> Path:
+    """A file or folder shipped inside the package (``percepkit/assets/<parts>``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("percepkit").joinpath("assets", *parts)))
+
+
 def env_folders(name: str) -> list[Path]:
     """The folders listed in environment variable ``name`` (``os.pathsep``-separated)."""
     return [Path(p).expanduser() for p in os.environ.get(name, "").split(os.pathsep) if p]
