@@ -184,21 +184,31 @@ def test_a_closed_terminal_stops_with_a_checkpoint(tmp_path):
 
 
 def test_repeats_within_the_window_are_one_request_later_ones_abort():
+    """Real signals, raised in this process with the handlers installed."""
     now = [100.0]
     stops: list[int] = []
     handler = StopSignals(stops.append, clock=lambda: now[0])
-    with pytest.raises(TrainingAborted):  # not armed (set-up): nothing to finish, stop at once
-        handler._handle(signal.SIGTERM, None)
+    assert handler.install()
+    try:
+        with pytest.raises(TrainingAborted):  # not armed (set-up): nothing to finish, stop at once
+            signal.raise_signal(signal.SIGTERM)
+    finally:
+        handler.restore()
     handler = StopSignals(stops.append, clock=lambda: now[0])
-    handler.arm()
-    handler._handle(signal.SIGTERM, None)
-    now[0] += REPEAT_WINDOW / 2
-    handler._handle(signal.SIGTERM, None)  # timeout's second copy: ignored
-    assert stops == [signal.SIGTERM]
-    now[0] += REPEAT_WINDOW
-    with pytest.raises(TrainingAborted) as e:
-        handler._handle(signal.SIGINT, None)
+    assert handler.install()
+    try:
+        handler.arm()
+        signal.raise_signal(signal.SIGTERM)
+        now[0] += REPEAT_WINDOW / 2
+        signal.raise_signal(signal.SIGTERM)  # timeout's second copy: ignored
+        assert stops == [signal.SIGTERM]
+        now[0] += REPEAT_WINDOW
+        with pytest.raises(TrainingAborted) as e:
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        handler.restore()
     assert e.value.signum == signal.SIGINT and exit_code(e.value.signum) == 130
+    assert not isinstance(getattr(signal.getsignal(signal.SIGTERM), "__self__", None), StopSignals)
 
 
 # -- the run-directory lock ---------------------------------------------------------------------
