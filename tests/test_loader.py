@@ -112,3 +112,5 @@ def test_every_command_takes_the_same_names_random_init(tmp_path, monkeypatch, c
     assert "no such checkpoint file or model name" in capsys.readouterr().err
     assert run_cli(["convert", "tiny_loader_style", str(tmp_path / "c.safetensors")]) == 2
     assert "already a percepkit checkpoint" in capsys.readouterr().err
+    assert run_cli(["bench", "--checkpoint", "sr_x4_feat", "--sizes", "16"]) == 2
+    assert "a sr model, not a style model" in capsys.readouterr().err

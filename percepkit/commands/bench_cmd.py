@@ -94,9 +94,9 @@ def render(result, console) -> None:
               help="Optimisation iteration counts, comma-separated.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="Time this style checkpoint's network (default: a johnson_style net; speed "
-                   "does not depend on the weights).")
+@click.option("--checkpoint", default=None, metavar="MODEL|CKPT",
+              help="Time this style model's or checkpoint's network (default: a johnson_style "
+                   "net; speed does not depend on the weights).")
 @click.option("--transform", "transform_name", default="johnson_style", show_default=True,
               help="Registered transform to time when no checkpoint is given, e.g. "
                    "johnson_style_fast.")
@@ -123,7 +123,7 @@ def render(result, console) -> None:
               help="--train: untimed steps first.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="--train: override a recipe key, e.g. --set train.batch_size=8.")
-def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path | None,
+def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: str | None,
             transform_name: str, max_seconds: float | None, repeats: int,
             matmul_size: int | None, precision: str, half: bool | None, compile_: bool,
             threads: int | None, train_recipe: Path | None, steps: int, warmup: int,
@@ -154,13 +154,10 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
     dev = resolve_device(device)
     model = None
     if checkpoint is not None:
-        from ..models.checkpoint import load_transform
+        from ..models.loader import load_network
 
-        model = load_transform(checkpoint)
-        if getattr(model, "task", None) != "style":
-            raise PercepkitError(f"{checkpoint}: bench times style networks (the paper's "
-                                 "table); this checkpoint is not one")
-        transform_name = checkpoint.stem
+        loaded = load_network(checkpoint, task="style", transforms=False)  # the paper's table
+        model, transform_name = loaded.net, loaded.source.name
     console = user_console(stderr=True)
     with console.status("benchmarking") as status:
         result = run_bench(size_list, iter_list, device=dev, model=model,
