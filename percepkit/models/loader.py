@@ -1,5 +1,5 @@
 """From a name or a file to a network: the one way ``eval``, ``upscale``, ``stylize``, ``export``,
-``convert``, ``train --init`` and :func:`percepkit.load` take.
+``convert``, ``bench --checkpoint``, ``train --init`` and :func:`percepkit.load` take.
 
 A spec is resolved by one rule, the first match wins (:func:`resolve`):
 
@@ -141,7 +141,8 @@ def load_network(spec: str | Path, task: str | None = None, scale: int | None = 
 
     ``task`` (``"sr"``, ``"style"``, ...) and ``scale``, when given, must be the network's (a
     transform name is built with ``scale``); ``transforms=False`` refuses transform names
-    (callers that need trained weights: ``stylize``, ``export``, ``convert``, ``train --init``).
+    (callers that need trained weights: ``stylize``, ``export``, ``convert``, ``bench``,
+    ``train --init``).
     """
     source = resolve(spec, transforms=transforms)
     if source.kind == TRANSFORM:
