@@ -18,7 +18,14 @@ from rich.console import Console
 
 from percepkit.cli import main
 from percepkit.errors import CheckpointError, PercepkitError
-from percepkit.models.checkpoint import load_checkpoint, load_transform, save_checkpoint, save_model
+from percepkit.models.checkpoint import (
+    MODEL,
+    OPTIMIZER,
+    load_checkpoint,
+    load_transform,
+    save_checkpoint,
+    save_model,
+)
 from percepkit.recipes.recipe import load_recipe
 from percepkit.train import (
     NonFiniteLossError,
@@ -313,13 +320,15 @@ def test_resume_edge_cases_fresh_run_dir_and_older_checkpoint(tmp_path):
 def test_init_starts_from_given_weights_with_a_fresh_optimizer(tmp_path, capsys):
     _, first = run(TINY_SR, tmp_path / "a", "train.iterations=3")
     source = load_transform(first.last_checkpoint)
-    rec = load_recipe(TINY_SR, [*QUIET, "train.iterations=2",
-                                f"train.init={first.last_checkpoint}"])
-    trainer = Trainer(rec, out=tmp_path / "b", console=quiet(), progress=False)
-    trainer._setup()
-    for key, value in source.state_dict().items():
-        assert torch.equal(trainer.module.state_dict()[key], value), key
-    assert trainer.step == 0 and not trainer.optimizer.state  # fresh optimiser, step 0
+    # one step at learning rate 0: the parameters stay those it started from
+    _, second = run(TINY_SR, tmp_path / "b", "train.iterations=1", "optimizer.lr=0",
+                    f"train.init={first.last_checkpoint}")
+    state, meta = load_checkpoint(second.last_checkpoint)
+    assert meta["step"] == 1  # a new run, counted from 0
+    for name, value in source.named_parameters():
+        assert torch.equal(state[MODEL][name], value), name
+    steps = {int(s["step"]) for s in state[OPTIMIZER]["state"].values()}
+    assert steps == {1}  # a fresh optimiser: one step, not 3 + 1
     other = tmp_path / "style.safetensors"
     spec = {"name": "johnson_style", "channels": [4, 4, 4], "residual_blocks": 1}
     from percepkit.registry import TRANSFORMS
