@@ -218,7 +218,7 @@ def test_a_plugin_discriminator_is_found_checked_and_trained(tmp_path):
         assert set(state["discriminator"]) == {"conv.weight", "conv.bias", "head.weight",
                                                "head.bias"}
     finally:
-        DISCRIMINATORS._remove(DISCRIMINATORS.entry("pk_test_disc"))
+        DISCRIMINATORS.remove("pk_test_disc")
 
 
 # -- training --------------------------------------------------------------------------------------

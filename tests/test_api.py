@@ -141,14 +141,15 @@ def test_grid_as_loss_is_the_metric_with_a_gradient():
 
 
 # -- list_* --------------------------------------------------------------------------------------
-def test_lists_come_from_the_registries_plugins_included(monkeypatch):
+def test_lists_come_from_the_registries_plugins_included():
     assert {"candy", "sr_x4_feat"} <= set(percepkit.list_models())
     assert {"feature", "style", "tv", "lpips"} <= set(percepkit.list_losses())
     assert {"psnr", "ssim", "lpips", "dists"} <= set(percepkit.list_metrics())
     assert percepkit.list_metrics("psnr*") == ["psnr", "psnr_rgb"]
-    monkeypatch.setattr(LOSSES, "_entries", dict(LOSSES._entries))  # undone after the test
-    LOSSES.add(LOSSES.get("pixel"), "a_plugin_loss")
-    assert "a_plugin_loss" in percepkit.list_losses()
+    with LOSSES.restored():  # undone after the block
+        LOSSES.add(LOSSES.get("pixel"), "a_plugin_loss")
+        assert "a_plugin_loss" in percepkit.list_losses()
+    assert "a_plugin_loss" not in percepkit.list_losses()
 
 
 # -- load ----------------------------------------------------------------------------------------

@@ -352,7 +352,7 @@ def test_the_plugin_guide_degradation_works():
             build_pipeline([{"name": "bicubic"}, {"name": "example_salt_pepper",
                                                   "amount": [0.5, 0.1]}])
     finally:
-        DEGRADATIONS._remove(DEGRADATIONS.entry("example_salt_pepper"))
+        DEGRADATIONS.remove("example_salt_pepper")
 
 
 def test_the_recipe_schema_knows_degradation_lists():

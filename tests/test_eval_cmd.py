@@ -92,7 +92,7 @@ def test_plugin_metric_shows_up(tmp_path, isolated_weights):
     try:
         r = _run("--set5", "--metrics", "psnr,mae8", "--json", str(tmp_path / "r.json"))
     finally:
-        METRICS._remove(METRICS.entry("mae8"))
+        METRICS.remove("mae8")
     assert r.exit_code == 0, r.output
     assert "MAE8 ↓" in r.output
     data = json.loads((tmp_path / "r.json").read_text())

@@ -22,6 +22,13 @@ from percepkit.registry import MODELS, TRANSFORMS
 TINY_STYLE = {"name": "johnson_style", "channels": [8, 8, 8], "residual_blocks": 1}
 
 
+@pytest.fixture(autouse=True)
+def _models_restored():
+    """Models registered by a test are removed after it."""
+    with MODELS.restored():
+        yield
+
+
 def _style_file(path, seed=0):
     torch.manual_seed(seed)
     net = TRANSFORMS.build(TINY_STYLE)
@@ -35,7 +42,6 @@ def _register_model(monkeypatch, tmp_path, name):
     digest = package(_style_file(tmp_path / "t.safetensors"), folder / f"{name}.safetensors", {})
     monkeypatch.setenv("PERCEPKIT_MODELS", str(folder))
     monkeypatch.setenv("PERCEPKIT_OFFLINE", "1")
-    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
     MODELS.add(ZooModel(name, f"{name}.safetensors", digest, "style", "test"), name,
                override=True)
     return folder / f"{name}.safetensors"
@@ -57,8 +63,7 @@ def test_a_model_name_wins_over_a_transform_name_random_init(tmp_path, monkeypat
     path = _register_model(monkeypatch, tmp_path, "johnson_style")
     source = resolve("johnson_style")
     assert (source.kind, source.path) == (MODEL_KIND, path)
-    monkeypatch.setattr(MODELS, "_entries", {k: v for k, v in MODELS._entries.items()
-                                             if k != "johnson_style"})
+    MODELS.remove("johnson_style")
     assert resolve("johnson_style").kind == TRANSFORM
 
 

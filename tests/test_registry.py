@@ -283,3 +283,13 @@ def test_a_plugin_part_is_in_the_schema_list_and_recipe_check(plugin_env, capsys
     out = capsys.readouterr().out
     assert "Its second paragraph." in out and "percepkit_plugins.pk_schema_loss" in out
     assert "one of 'a', 'b'" in out
+
+
+def test_restored_undoes_additions_and_removals_and_remove_checks_the_name():
+    with LOSSES.restored():
+        LOSSES.add(LOSSES.get("pixel"), "tmp_loss", aliases=("tmp_alias",))
+        LOSSES.remove("tv")
+        assert "tmp_alias" in LOSSES and "tv" not in LOSSES
+    assert "tmp_loss" not in LOSSES and "tmp_alias" not in LOSSES and "tv" in LOSSES
+    with pytest.raises(PercepkitError, match="unknown loss"):
+        LOSSES.remove("no_such_loss")

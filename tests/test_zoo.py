@@ -28,6 +28,13 @@ from percepkit.models.zoo import ZooModel, cache_dir, package
 from percepkit.registry import MODELS, TRANSFORMS
 
 
+@pytest.fixture(autouse=True)
+def _models_restored():
+    """Models registered by a test are removed after it."""
+    with MODELS.restored():
+        yield
+
+
 def _random_style_checkpoint(path):
     """A training-style checkpoint (weights + optimiser state) of a random-init style net."""
     spec = {"name": "johnson_style", "channels": [8, 8, 8], "residual_blocks": 1}
@@ -48,7 +55,6 @@ def _register(monkeypatch, tmp_path, name="tiny_random_style", sha=None, url=Non
     monkeypatch.setenv("PERCEPKIT_CACHE", str(tmp_path / "cache"))
     MODELS.add(ZooModel(name, f"{name}.safetensors", sha or digest, "style", "a test model",
                         url=url), name, override=True)
-    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))  # undone after the test
     return folder / f"{name}.safetensors"
 
 

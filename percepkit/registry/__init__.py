@@ -133,6 +133,21 @@ class Registry:
         for alias in aliases:
             self._aliases[alias] = name
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` and its aliases (an unknown name is a :class:`PercepkitError`)."""
+        self._remove(self.entry(name))
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[Registry]:
+        """A block whose registrations, replacements and removals are undone at its end (tests,
+        a notebook trying a part); built-ins are loaded first."""
+        self._ensure_loaded()
+        entries, aliases = dict(self._entries), dict(self._aliases)
+        try:
+            yield self
+        finally:
+            self._entries, self._aliases = entries, aliases
+
     def _remove(self, entry: Entry) -> None:
         self._entries.pop(entry.name, None)
         for alias in entry.aliases:
