@@ -181,8 +181,8 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 @click.option("--scale", type=click.IntRange(1, 16), default=None,
               help="Upscaling factor (default 4, or the checkpoint's).")
 @click.option("--model", default=None,
-              help="A trained model (percepkit list models) or a registered transform by name "
-                   "(default bicubic).")
+              help="A model file, a trained model (percepkit list models) or a registered "
+                   "transform by name (default bicubic), in that order.")
 @click.option("--checkpoint", default=None,
               help="A trained percepkit checkpoint file (rebuilt from its stored recipe) or a "
                    "model name.")
