@@ -66,9 +66,9 @@ class ZooModel:
 
     def __call__(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The network, ready for inference (eval mode) on ``device``."""
-        from .checkpoint import load_transform
+        from .loader import read_network
 
-        return load_transform(self.path(), device=device)
+        return read_network(self.path(), device=device)
 
     def candidates(self) -> list[Path]:
         """Every place the file is looked for, in order."""
