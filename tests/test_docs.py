@@ -11,7 +11,9 @@ command must exit 0.
 
 The folder holds what the guides' examples name: ``photo.png``, ``photo.jpg``, ``photos/`` (two
 RGB images), ``hr/`` (two 48x48 images) and ``lr/`` (their MATLAB-bicubic x4 inputs), and
-``recipes/`` (the repository's). Downloads are off (``PERCEPKIT_OFFLINE=1``) and the cache is
+``recipes/`` (the repository's); ``../shared`` is the project's shared folder, as in a checkout
+(``PERCEPKIT_WEIGHTS`` points into it for blocks marked ``shared`` only, ``PERCEPKIT_DATA`` is
+unset). Downloads are off (``PERCEPKIT_OFFLINE=1``) and the cache is
 the folder's own. Keep tested blocks cheap (listings, checks, a few training steps of tiny
 recipes, tiny images): the whole file should run in well under a minute on 2 cores.
 """
@@ -106,17 +108,22 @@ def test_every_guide_has_tested_commands():
     for name in GUIDES:
         assert marked_blocks(DOCS / name), f"docs/{name} has no <!-- tested --> bash block"
     for guide in DOCS.glob("*.md"):  # a marker that does not match would silently test nothing
-        text = guide.read_text()
-        assert text.count("<!-- tested") == len(marked_blocks(guide)), \
+        markers = re.findall(r"^<!-- tested", guide.read_text(), re.M)
+        assert len(markers) == len(marked_blocks(guide)), \
             f"docs/{guide.name}: a <!-- tested --> marker is not directly before a ```bash block"
 
 
 @pytest.mark.parametrize("name", GUIDES)
 def test_guide_commands_run(name, tmp_path, monkeypatch, capsys):
-    _workdir(tmp_path)
-    monkeypatch.chdir(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    _workdir(work)
+    if SHARED.is_dir():  # the project's layout: ../shared beside the working folder
+        (tmp_path / "shared").symlink_to(SHARED, target_is_directory=True)
+    monkeypatch.chdir(work)
     monkeypatch.setenv("PERCEPKIT_OFFLINE", "1")
     monkeypatch.setenv("PERCEPKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("PERCEPKIT_DATA", raising=False)
     monkeypatch.setenv("PERCEPKIT_MODELS", "")
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
     skipped = []
@@ -125,6 +132,9 @@ def test_guide_commands_run(name, tmp_path, monkeypatch, capsys):
         if why:
             skipped.append(why)
             continue
+        # only blocks marked 'shared' may use the real weights: the others must run without
+        weights = SHARED / "weights" if "shared" in needs.split() else tmp_path / "no-weights"
+        monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(weights))
         for line in commands(body):
             _run(line, monkeypatch, capsys)
     if skipped and len(skipped) == len(marked_blocks(DOCS / name)):
