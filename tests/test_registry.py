@@ -182,7 +182,6 @@ def test_plugin_cannot_silently_replace_a_builtin(plugin_env):
 
 
 def test_plugin_override_is_explicit_and_warned(plugin_env):
-    original = LOSSES.entry("tv")
     _write(plugin_env / "pk_test_override.py", """
         from percepkit.losses import TVLoss
         from percepkit.registry import LOSSES
@@ -192,16 +191,12 @@ def test_plugin_override_is_explicit_and_warned(plugin_env):
             '''Replaced TV.'''
     """)
     _fake_distribution(plugin_env, "pk_test_override", {"override": "pk_test_override"})
-    reg.reset_plugins_for_tests()  # the lookup above already loaded plugins
-    try:
+    with LOSSES.restored():  # the built-in 'tv' is back after the block
+        reg.reset_plugins_for_tests()  # the lookup above already loaded plugins
         with pytest.warns(UserWarning, match="plugin override replaces the built-in loss 'tv'"):
             reg.load_plugins()
         assert LOSSES.entry("tv").source == "override"
-    finally:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            LOSSES.add(original.obj, "tv", aliases=original.aliases, override=True)
-        LOSSES._entries["tv"].source = "percepkit"
+    assert LOSSES.entry("tv").source == "percepkit"
 
 
 def test_plugin_that_exits_halfway_leaves_nothing_registered(plugin_env, capsys):
@@ -222,7 +217,6 @@ def test_plugin_that_exits_halfway_leaves_nothing_registered(plugin_env, capsys)
     with pytest.warns(UserWarning, match=r"plugin 'exits'.*skipped \(exit\(3\)\)"):
         assert run_cli(["list", "losses"]) == 0
     assert "pk_test_half_registered" not in LOSSES and "style" in LOSSES
-    import warnings
 
     # the CLI's warning format (set by percepkit.cli.main): no source line under a warning
     assert warnings.formatwarning("plugin x failed", UserWarning, "f.py", 3) == \

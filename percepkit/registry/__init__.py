@@ -140,7 +140,7 @@ class Registry:
     @contextlib.contextmanager
     def restored(self) -> Iterator[Registry]:
         """A block whose registrations, replacements and removals are undone at its end (tests,
-        a notebook trying a part); built-ins are loaded first."""
+        a notebook trying a part); built-ins and plugins are loaded before it starts."""
         self._ensure_loaded()
         entries, aliases = dict(self._entries), dict(self._aliases)
         try:
