@@ -182,17 +182,17 @@ def test_plugin_cannot_silently_replace_a_builtin(plugin_env):
 
 
 def test_plugin_override_is_explicit_and_warned(plugin_env):
-    _write(plugin_env / "pk_test_override.py", """
-        from percepkit.losses import TVLoss
-        from percepkit.registry import LOSSES
-
-        @LOSSES.register("tv", aliases=("total_variation",), override=True)
-        class MyTV(TVLoss):
-            '''Replaced TV.'''
-    """)
-    _fake_distribution(plugin_env, "pk_test_override", {"override": "pk_test_override"})
     with LOSSES.restored():  # the built-in 'tv' is back after the block
-        reg.reset_plugins_for_tests()  # the lookup above already loaded plugins
+        _write(plugin_env / "pk_test_override.py", """
+            from percepkit.losses import TVLoss
+            from percepkit.registry import LOSSES
+
+            @LOSSES.register("tv", aliases=("total_variation",), override=True)
+            class MyTV(TVLoss):
+                '''Replaced TV.'''
+        """)
+        _fake_distribution(plugin_env, "pk_test_override", {"override": "pk_test_override"})
+        reg.reset_plugins_for_tests()  # plugins were loaded when the block started
         with pytest.warns(UserWarning, match="plugin override replaces the built-in loss 'tv'"):
             reg.load_plugins()
         assert LOSSES.entry("tv").source == "override"
