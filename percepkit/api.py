@@ -7,6 +7,7 @@ imports this module on first use).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -26,7 +27,8 @@ def load(name_or_path: str | Path, task: str | None = None, scale: int | None = 
     """A network ready for inference (eval mode, frozen) from, first match wins, a file (a
     percepkit checkpoint or a supported third-party file), a trained model's name (``"candy"``;
     :func:`list_models`) or a registered transform's name (``"bicubic"``, built with ``scale``,
-    default 4; weights as initialised) — :mod:`percepkit.models.loader`.
+    default 4; weights as initialised, with a warning when it has any) —
+    :mod:`percepkit.models.loader`.
 
     The module maps RGB images in [0, 1], ``(B, 3, H, W)`` of any size, to ``(B, 3, scale H,
     scale W)``: it pads and crops as ``percepkit stylize`` / ``upscale`` do, so its output is
@@ -35,7 +37,12 @@ def load(name_or_path: str | Path, task: str | None = None, scale: int | None = 
     """
     from .models.loader import load_network
 
-    net = load_network(name_or_path, task=task, scale=scale, device=device or "cpu").net
+    loaded = load_network(name_or_path, task=task, scale=scale, device=device or "cpu")
+    if loaded.untrained_parameters:
+        warnings.warn(f"{name_or_path}: a transform built with random weights (weights as "
+                      f"initialised); give a checkpoint or a model name for trained ones",
+                      stacklevel=2)
+    net = loaded.net
     for p in net.parameters():
         p.requires_grad_(False)
     return PaddedNet(net).eval()

@@ -73,6 +73,8 @@ def test_a_transform_name_is_built_with_the_scale():
     assert net.scale == 3 and net(x).shape == (1, 3, 51, 57)
     assert torch.allclose(net(x), imresize(x, scale=3))
     assert percepkit.load("bicubic").scale == 4  # the default scale
+    with pytest.warns(UserWarning, match="random weights"):
+        assert percepkit.load("johnson_sr", scale=2).scale == 2
     loaded = load_network("srcnn", scale=2)
     assert loaded.source.kind == TRANSFORM and loaded.untrained_parameters > 0
 
