@@ -34,7 +34,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "percepkit.cli", "train", *args, "--no-progress", "--device", "cpu"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)  # hang guard
 
 
 def test_two_gloo_processes_match_one_process_and_resume(tmp_path):
