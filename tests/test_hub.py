@@ -162,3 +162,11 @@ def test_imagenet_weights_with_wrong_bytes_are_missing_weights_in_one_sentence(
     assert msg.startswith("ImageNet weights for vgg16 (vgg16_absent.safetensors): not found in")
     assert "checksum mismatch" in msg and "set PERCEPKIT_WEIGHTS" in msg and "\n" not in msg
     assert not (weights.torch_cache_dir() / src.name).exists()
+
+
+def test_http_404_is_a_download_error_naming_it(server, tmp_path, online):
+    _, base = server
+    with pytest.raises(hub.DownloadError, match="404") as err:
+        hub.download(f"{base}/absent.bin", tmp_path / "absent.bin")
+    assert err.value.reason.startswith(f"the download from {base}/absent.bin failed (HTTPError")
+    assert not (tmp_path / "absent.bin").exists()
