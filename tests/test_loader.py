@@ -121,3 +121,20 @@ def test_every_command_takes_the_same_names_random_init(tmp_path, monkeypatch, c
     assert "already a percepkit checkpoint" in capsys.readouterr().err
     assert run_cli(["bench", "--checkpoint", "sr_x4_feat", "--sizes", "16"]) == 2
     assert "a sr model, not a style model" in capsys.readouterr().err
+
+
+def test_eval_model_takes_a_file_and_checkpoint_refuses_transform_names_random_init(
+        tmp_path, capsys, isolated_weights):
+    spec = {"name": "johnson_sr", "scale": 2, "channels": 8, "residual_blocks": 1}
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "sr.safetensors",
+                           {MODEL: TRANSFORMS.build(spec).state_dict()},
+                           {"task": "sr", "transform": spec})
+    (tmp_path / "hr").mkdir()
+    write_image(tmp_path / "hr" / "a.png", torch.rand(3, 24, 24))
+    assert run_cli(["eval", "--model", str(ckpt), "--hr-dir", str(tmp_path / "hr"),
+                    "--metrics", "psnr", "--json", str(tmp_path / "r.json")]) == 0
+    assert '"scale": 2' in (tmp_path / "r.json").read_text()
+    capsys.readouterr()
+    assert run_cli(["eval", "--checkpoint", "bicubic", "--metrics", "psnr"]) == 2
+    assert "no such checkpoint file or model name" in capsys.readouterr().err
