@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 
 import percepkit.registry as reg
@@ -21,7 +22,13 @@ from percepkit.recipes.recipe import load_recipe
 from percepkit.recipes.schema import recipe_schema
 from percepkit.registry import TASKS
 from percepkit.train import Trainer
-from percepkit.train.tasks import SRTask, StyleTask, check_checkpoint_task, metric_direction
+from percepkit.train.tasks import (
+    SRTask,
+    StyleTask,
+    check_checkpoint_task,
+    make_task,
+    metric_direction,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SR = REPO / "recipes" / "tiny_sr.yaml"
@@ -56,6 +63,18 @@ def test_list_tasks_shows_the_protocol_and_validation_defaults(capsys):
     main(["list", "tasks", "style"])
     out = capsys.readouterr().out
     assert "train.best default: loss (lower" in out and "data.style_image" in out
+
+
+@pytest.mark.parametrize(("recipe", "metric", "higher"), [
+    *[(n, "lpips", False) for n in ("sr_x4_feat", "sr_x8_feat", "compact_x4_feat", "esrgan_x4",
+                                    "realesrgan_x4", "zoo/sr_x4_feat")],
+    *[(n, "psnr", True) for n in ("sr_x4_pixel", "sr_x8_pixel", "zoo/sr_x4_pixel")],
+    ("style_johnson2016", "loss", False),
+])
+def test_shipped_recipes_pick_their_best_checkpoint_by_the_right_metric(recipe, metric, higher):
+    task = make_task(load_recipe(REPO / "recipes" / f"{recipe}.yaml"), torch.device("cpu"))
+    assert (task.metric, task.higher_is_better) == (metric, higher)
+    assert metric in [*task.own_values, *task.val_metrics]
 
 
 def test_metric_directions_come_from_the_metrics():
