@@ -191,6 +191,16 @@ class RGBSuperResolution(SRTask):
     protocol = "pk_test_rgb"
     eval_channel = "rgb"
     eval_metrics = ("psnr",)
+    inputs = []
+
+    @classmethod
+    def eval_input(cls, sample, set_name):
+        cls.inputs.append((set_name, sample.name))
+        return sample.lr
+
+    @classmethod
+    def eval_data_convention(cls, scale):
+        return f"LR = MATLAB bicubic x{scale}, scored on RGB (a test protocol)"
 '''
 
 
@@ -225,6 +235,9 @@ def test_a_plugin_task_trains_is_listed_and_has_its_eval_protocol(plugin_task, t
     data = json.loads(out.read_text())
     assert data["protocol"] == "pk_test_rgb" and [m["name"] for m in data["metrics"]] == \
         ["psnr_rgb"]
+    assert data["convention"]["data"] == "LR = MATLAB bicubic x4, scored on RGB (a test protocol)"
+    names = [r["name"] for r in data["sets"][0]["per_image"]]
+    assert TASKS.get(plugin_task).inputs == [("set5", n) for n in names] and len(names) == 5
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:  # its checkpoint is not an sr checkpoint
         main(["eval", "--checkpoint", str(result.last_checkpoint)])

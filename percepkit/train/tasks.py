@@ -148,6 +148,12 @@ class Task(ABC):
         return f"a {task!r} network, not one for the {cls.name!r} task"
 
     @classmethod
+    def runs(cls, net: Any) -> bool:
+        """Whether ``net`` declares itself one of this task's networks (its ``task`` attribute
+        is in ``network_tasks``): what the task's own commands (upscale, stylize) accept."""
+        return getattr(net, "task", None) in cls.network_tasks
+
+    @classmethod
     def recipe_problems(cls, raw: Mapping[str, Any]) -> list[str]:
         """Problems of a recipe's task-specific keys: ``required_data``, ``val.metrics`` and
         ``train.best`` (each with its key path)."""
@@ -200,6 +206,13 @@ class Task(ABC):
     def eval_crop_border(cls, scale: int) -> int:
         """Pixels cropped at each border before PSNR/SSIM-like metrics."""
         return 0
+
+    @classmethod
+    def eval_data_convention(cls, scale: int) -> str | None:
+        """The exact statement of how the protocol makes inputs and targets (results files'
+        ``convention.data``); None: the SR statement of :mod:`percepkit.evaluation.evaluate`
+        (MATLAB-bicubic LR, or the given ``--lr-dir`` files)."""
+        return None
 
     @classmethod
     def eval_input(cls, sample: Any, set_name: str) -> torch.Tensor:
