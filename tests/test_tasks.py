@@ -158,6 +158,12 @@ def test_a_checkpoint_of_another_task_is_refused(tmp_path, capsys):
     assert e.value.code == 2 and "trained for the 'style' task" in err and "Traceback" not in err
     with pytest.raises(RecipeError, match="train.init: .*trained for the 'style' task"):
         run(tmp_path / "init", "train.iterations=1", f"train.init={path}")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(TINY_SR), "--resume", str(tmp_path / "style"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "trained for the 'style' task, but the recipe is for the 'sr'" \
+        in err and "Traceback" not in err
 
 
 def test_eval_task_writes_the_protocol_and_refuses_tasks_without_one(tmp_path, capsys):
