@@ -35,9 +35,10 @@ TINY_SR = REPO / "recipes" / "tiny_sr.yaml"
 QUIET = ["train.log_every=1", "train.sample_every=1000", "checkpoint.keep_last=0"]
 
 
-def run(out: Path | None, *overrides: str, recipe: Path = TINY_SR, **kwargs):
+def run(out: Path | None, *overrides: str, recipe: Path = TINY_SR, console: Console | None = None,
+        **kwargs):
     rec = load_recipe(recipe, [*QUIET, *overrides])
-    return Trainer(rec, out=out, console=Console(file=io.StringIO(), width=200),
+    return Trainer(rec, out=out, console=console or Console(file=io.StringIO(), width=200),
                    progress=False, **kwargs).run()
 
 
@@ -122,6 +123,16 @@ def test_best_by_ssim_with_mode_min_is_recorded_and_resumes_exactly(tmp_path):
         last = load_checkpoint(result.last_checkpoint, tensors=False)[1]
         assert last["best"] == meta["best"]
     assert val_rows(tmp_path / "split") == rows
+
+
+def test_resuming_with_another_best_metric_starts_the_best_over(tmp_path):
+    run(tmp_path / "run", "train.iterations=2", "train.val_every=2")
+    text = io.StringIO()
+    result = run(None, "train.iterations=4", "train.val_every=2", "train.best=ssim",
+                 resume=tmp_path / "run", console=Console(file=text, width=200))
+    assert "chosen by psnr; from now on by ssim" in text.getvalue()
+    meta = load_checkpoint(result.best_checkpoint, tensors=False)[1]
+    assert meta["best"]["metric"] == "ssim" and meta["best"]["step"] == 4
 
 
 def test_best_by_lpips_uses_the_metric_direction(tmp_path):
