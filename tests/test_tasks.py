@@ -54,6 +54,22 @@ def test_sr_and_style_are_the_registered_tasks():
     assert recipe_schema()["properties"]["task"]["enum"] == TASKS.names()
 
 
+def test_the_schema_knows_val_metrics_and_train_best():
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(recipe_schema())
+    base = {"transform": "bicubic", "losses": ["pixel"]}
+
+    def errors(**extra):
+        return [e.message for e in validator.iter_errors({**base, **extra})]
+
+    assert errors(val={"metrics": ["psnr", "lpips"]}, train={"best": {"metric": "lpips"}}) == []
+    assert errors(train={"best": "ssim"}) == [] and errors(train={"best": None}) == []
+    assert errors(train={"best": {"metric": "ssim", "mode": "up"}})
+    assert errors(val={"metric": ["psnr"]}) and errors(task="sr4")
+    assert errors(task="style")  # the style task needs data.style_image
+
+
 def test_list_tasks_shows_the_protocol_and_validation_defaults(capsys):
     main(["list", "tasks"])
     out = capsys.readouterr().out
