@@ -151,19 +151,24 @@ def test_resuming_with_another_best_metric_starts_the_best_over(tmp_path):
     assert meta["best"]["metric"] == "ssim" and meta["best"]["step"] == 4
 
 
-def test_best_by_lpips_uses_the_metric_direction(tmp_path):
+def test_best_by_lpips_uses_the_metric_direction(tmp_path, capsys):
     weights = Path(__import__("os").environ.get("PERCEPKIT_WEIGHTS", "/nonexistent"))
     if not (weights / "alexnet_features_imagenet1k_v1.safetensors").is_file():
         pytest.skip("needs the real AlexNet weights: set PERCEPKIT_WEIGHTS to ../shared/weights")
-    result = run(tmp_path / "run", "val.metrics=[psnr, lpips]", "train.best=lpips",
-                 "train.val_every=2", "train.iterations=4")
+    args = ["train", str(TINY_SR), "--out", str(tmp_path / "run"), "--no-progress"]
+    for s in [*QUIET, "val.metrics=[psnr, lpips]", "train.best=lpips", "train.val_every=2",
+              "train.iterations=4"]:
+        args += ["--set", s]
+    main(args)
     rows = val_rows(tmp_path / "run")
     assert list(rows[0]) == ["step", "psnr", "lpips"]
     lpips = {int(r["step"]): float(r["lpips"]) for r in rows}
     best_step = min(lpips, key=lambda s: (lpips[s], s))  # lower is better, first one kept
-    meta = load_checkpoint(result.best_checkpoint, tensors=False)[1]
+    best = tmp_path / "run" / "checkpoints" / "best.safetensors"
+    meta = load_checkpoint(best, tensors=False)[1]
     assert meta["best"] == {"metric": "lpips", "value": pytest.approx(lpips[best_step], 1e-5),
                             "step": best_step}
+    assert f"(lpips {lpips[best_step]:.4f} at step {best_step})" in capsys.readouterr().out
 
 
 def test_an_unavailable_validation_metric_is_one_paragraph_before_training(tmp_path,
