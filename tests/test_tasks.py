@@ -300,3 +300,26 @@ def test_a_plugin_task_trains_is_listed_and_has_its_eval_protocol(plugin_task, t
         main(["eval", "--checkpoint", str(result.last_checkpoint)])
     assert e.value.code == 2 and f"trained for the {plugin_task!r} task" in \
         capsys.readouterr().err
+
+
+def test_the_plugin_guide_task_works(tmp_path):
+    """The task in docs/plugins.md registers, is accepted by recipes, validates by RGB PSNR and
+    scores its own protocol with eval."""
+    import re
+
+    text = (REPO / "docs" / "plugins.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S)
+                if "TASKS.register" in block)
+    exec(compile(code, "docs/plugins.md", "exec"), {})
+    try:
+        recipe = load_recipe(TINY_SR, ["task=example_rgb_sr"])
+        task = make_task(recipe, torch.device("cpu"))
+        assert (task.val_metrics, task.metric, task.higher_is_better) == (["psnr_rgb"],
+                                                                          "psnr_rgb", True)
+        out = tmp_path / "r.json"
+        main(["eval", "--task", "example_rgb_sr", "--json", str(out)])
+        data = json.loads(out.read_text())
+        assert data["protocol"] == "example_rgb" and data["model"] == "bicubic"
+        assert [m["name"] for m in data["metrics"]] == ["psnr_rgb"]
+    finally:
+        TASKS._remove(TASKS.entry("example_rgb_sr"))
