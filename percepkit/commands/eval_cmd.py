@@ -106,10 +106,8 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
 
 
 
-def _task(name: str, args: tuple[str, ...] = ()) -> Any:
-    """The ``--task`` class with its ``--task-arg`` parameters set; unknown names and tasks
-    without a benchmark protocol are errors."""
-    from ..recipes.recipe import parse_yaml
+def _task(name: str) -> Any:
+    """The ``--task`` class; unknown names and tasks without a benchmark protocol are errors."""
     from ..registry import TASKS
     from ..train.tasks import task_class
 
@@ -118,13 +116,7 @@ def _task(name: str, args: tuple[str, ...] = ()) -> Any:
         scored = [e.name for e in TASKS.entries() if getattr(e.obj, "protocol", None)]
         raise PercepkitError(f"--task {name}: the {name} task has no benchmark protocol; eval "
                              f"scores {', '.join(scored)}")
-    values: dict[str, Any] = {}
-    for item in args:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise PercepkitError(f"--task-arg {item!r}: expected KEY=VALUE")
-        values[key.strip()] = parse_yaml(text, f"--task-arg {key.strip()}")
-    return task.with_parameters(values)
+    return task
 
 
 def _task_defaults(task: Any, metrics: str, channel: str) -> tuple[str, str]:
@@ -237,8 +229,6 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 @click.command("eval")
 @click.option("--task", "task_name", default="sr", show_default=True,
               help="The task whose benchmark protocol to score (percepkit list tasks).")
-@click.option("--task-arg", "task_args", multiple=True, metavar="KEY=VALUE",
-              help="A parameter of the task's protocol (percepkit list tasks NAME).")
 @click.option("--set5", "use_set5", is_flag=True, help="Set5 (ships with percepkit; default).")
 @click.option("--set14", "use_set14", is_flag=True, help="Set14 (--data-dir, PERCEPKIT_DATA "
               "or downloaded).")
@@ -281,8 +271,7 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 @precision_option("fp32", "Precision of the metric networks (LPIPS, DISTS): fp32 gives the "
                           "published values; bf16 (or auto, bf16 where the device has it) is "
                           "faster where the device runs bf16 natively. PSNR/SSIM stay float64.")
-def command(task_name: str, task_args: tuple[str, ...], use_set5: bool, use_set14: bool,
-            use_bsd100: bool, use_all: bool,
+def command(task_name: str, use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
             hr_dir: Path | None, lr_dir: Path | None, data_dir: Path | None, scale: int | None,
             model: str | None, checkpoint: str | None, match_histogram: bool, metrics: str,
             channel: str, lpips_net: str, crop_lpips: bool, device: str, threads: int | None,
@@ -304,7 +293,7 @@ def command(task_name: str, task_args: tuple[str, ...], use_set5: bool, use_set1
     from ..evaluation.evaluate import build_metrics, evaluate, write_csv, write_json
     from ..runtime.console import user_console
 
-    task_cls = _task(task_name, task_args)
+    task_cls = _task(task_name)
     metrics, channel = _task_defaults(task_cls, metrics, channel)
     use_cpu_threads(threads)
     for flag, path in (("--json", json_path), ("--csv", csv_path)):
@@ -345,7 +334,6 @@ def command(task_name: str, task_args: tuple[str, ...], use_set5: bool, use_set1
                           make_input=task_cls.eval_input)
     result.model_info = model_info
     result.task, result.protocol = task_cls.name, task_cls.protocol or ""
-    result.protocol_parameters = {k: getattr(task_cls, k) for k in task_cls.eval_parameters}
     result.data_note = task_cls.eval_data_convention(scale) or ""
     _render(console, result, per_image)
     _footer(console, result, notes, total, verbose)

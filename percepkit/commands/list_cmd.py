@@ -126,9 +126,6 @@ def _show_task(console: Any, task: Any) -> None:
         "eval protocol: " + (f"{task.protocol} ({task.protocol_summary})" if task.protocol
                              else "none (percepkit eval does not score this task)"),
     ]
-    if task.eval_parameters:
-        lines.append("eval parameters (--task-arg KEY=VALUE): " + ", ".join(
-            f"{k} (default {v!r})" for k, v in task.eval_parameters.items()))
     lines += [f"recipe needs data.{k}: {v}" for k, v in task.required_data.items()]
     console.print()
     for line in lines:

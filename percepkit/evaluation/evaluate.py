@@ -117,8 +117,6 @@ class EvalResult:
     #: the task (``percepkit eval --task``) and its benchmark protocol (``""``: not recorded)
     task: str = ""
     protocol: str = ""
-    #: the protocol's parameters (``--task-arg``), e.g. a noise level
-    protocol_parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: the protocol's own statement of how inputs are made (``""``: :func:`data_convention`)
     data_note: str = ""
 
@@ -126,10 +124,7 @@ class EvalResult:
     def convention(self) -> dict[str, Any]:
         """The exact data and metric conventions, as written into results files (with the
         task's protocol name when there is one)."""
-        protocol = {"task": self.task, "protocol": self.protocol,
-                    **({"protocol_parameters": self.protocol_parameters}
-                       if self.protocol_parameters else {})} if self.protocol else {}
-        return {**protocol,
+        return {**({"task": self.task, "protocol": self.protocol} if self.protocol else {}),
                 "data": self.data_note or data_convention(self.sets),
                 "metrics": {m.name: m.convention or f"n/a: {m.unavailable}" for m in self.metrics}}
 
@@ -400,8 +395,6 @@ def result_to_dict(result: EvalResult) -> dict[str, Any]:
         "model": result.model,
         **({"model_info": result.model_info} if result.model_info else {}),
         **({"task": result.task, "protocol": result.protocol} if result.protocol else {}),
-        **({"protocol_parameters": result.protocol_parameters}
-           if result.protocol_parameters else {}),
         "scale": result.scale,
         "device": result.device,
         "convention": result.convention,

@@ -122,9 +122,6 @@ class Task(ABC):
     eval_baseline: ClassVar[str] = "bicubic"
     eval_metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim", "lpips")
     eval_channel: ClassVar[str] = "y"
-    #: protocol parameters (name -> default; e.g. a noise level) that ``percepkit eval --task
-    #: NAME --task-arg KEY=VALUE`` sets; :meth:`with_parameters` makes them class attributes
-    eval_parameters: ClassVar[Mapping[str, Any]] = {}
     # percepkit optimize (the optimisation baseline of Gatys et al.)
     optimize_losses: ClassVar[tuple[Mapping[str, Any], ...]] = ()
     optimize_iterations: ClassVar[int] = 200
@@ -218,33 +215,6 @@ class Task(ABC):
     def memory_images(cls, recipe: Recipe) -> list[tuple[int, str]]:
         """Images made before the first step besides the data's: ``(side, recipe key)``."""
         return []
-
-    @classmethod
-    def with_parameters(cls, values: Mapping[str, Any]) -> type[Task]:
-        """This task with protocol parameters ``values`` set: a subclass whose class attributes
-        they are (the defaults of ``eval_parameters`` for the others). An unknown name, or a
-        value of another type than the default's, is a :class:`PercepkitError`."""
-        params = dict(cls.eval_parameters)
-        for key, value in values.items():
-            if key not in params:
-                close = close_matches(key, list(params), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise PercepkitError(f"--task-arg {key}: the {cls.name} task has no protocol "
-                                     f"parameter {key!r}{hint}; it has "
-                                     f"{', '.join(params) or 'none'}")
-            default = params[key]
-            numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
-            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-                  and (isinstance(default, float) or isinstance(value, int))) if numeric \
-                else default is None or isinstance(value, type(default))
-            if not ok:
-                raise PercepkitError(f"--task-arg {key}={value!r}: expected a "
-                                     f"{type(default).__name__} like the default {default!r}")
-            params[key] = float(value) if isinstance(default, float) else value
-        if not params:
-            return cls
-        return type(cls.__name__, (cls,), {"__doc__": cls.__doc__, "__module__": cls.__module__,
-                                           **params})
 
     @classmethod
     def eval_scale(cls, scale: int | None) -> int:
@@ -386,33 +356,6 @@ class SRTask(Task):
         if problem is None and not isinstance(net, type) and getattr(net, "scale", None) is None:
             problem = "not a super-resolution network (it has no scale)"
         return problem
-
-    @classmethod
-    def with_parameters(cls, values: Mapping[str, Any]) -> type[Task]:
-        """This task with protocol parameters ``values`` set: a subclass whose class attributes
-        they are (the defaults of ``eval_parameters`` for the others). An unknown name, or a
-        value of another type than the default's, is a :class:`PercepkitError`."""
-        params = dict(cls.eval_parameters)
-        for key, value in values.items():
-            if key not in params:
-                close = close_matches(key, list(params), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise PercepkitError(f"--task-arg {key}: the {cls.name} task has no protocol "
-                                     f"parameter {key!r}{hint}; it has "
-                                     f"{', '.join(params) or 'none'}")
-            default = params[key]
-            numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
-            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-                  and (isinstance(default, float) or isinstance(value, int))) if numeric \
-                else default is None or isinstance(value, type(default))
-            if not ok:
-                raise PercepkitError(f"--task-arg {key}={value!r}: expected a "
-                                     f"{type(default).__name__} like the default {default!r}")
-            params[key] = float(value) if isinstance(default, float) else value
-        if not params:
-            return cls
-        return type(cls.__name__, (cls,), {"__doc__": cls.__doc__, "__module__": cls.__module__,
-                                           **params})
 
     @classmethod
     def eval_scale(cls, scale: int | None) -> int:
