@@ -187,6 +187,9 @@ class Task(ABC):
                                   or not all(isinstance(n, str) for n in names)):
             return problems + [f"val.metrics: expected a list of metric names "
                                f"(percepkit list metrics), got {names!r}"]
+        if names == [] and not cls.own_values:
+            problems.append("val.metrics: an empty list; name at least one metric (percepkit "
+                            "list metrics), or leave it out for the task's default")
         validated = list(cls.default_val_metrics) if names is None else list(names)
         for i, name in enumerate(names or []):
             if name in cls.own_values:
