@@ -186,7 +186,7 @@ def test_load_has_the_input_size_and_the_cli_output_within_one_level(model, comm
 
 def test_load_checks_task_and_scale(monkeypatch):
     monkeypatch.setenv("PERCEPKIT_OFFLINE", "1")
-    with pytest.raises(PercepkitError, match="a style model, not a sr model"):
+    with pytest.raises(PercepkitError, match="a .style. network, not one for the .sr. task"):
         percepkit.load("candy", task="sr")
     with pytest.raises(PercepkitError, match="scales x4, not x2"):
         percepkit.load("sr_x4_pixel", task="sr", scale=2)

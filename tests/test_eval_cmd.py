@@ -167,7 +167,7 @@ def test_json_to_stdout_is_clean(isolated_weights):
     (["--set14", "--no-download"], "put a folder named Set14/"),
     (["--lr-dir", "."], "--lr-dir needs --hr-dir"),
     (["--model", "bicubik"], "Did you mean 'bicubic'"),
-    (["--model", "johnson_style"], "a style transform, not a sr transform"),
+    (["--model", "johnson_style"], "eval scores super-resolution models"),
     (["--metrics", "psnr,ssmi"], "Did you mean 'ssim'"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--metrics", ""], ""),
 ])

@@ -88,7 +88,7 @@ def test_transform_names_only_where_allowed_and_errors_name_the_problem(tmp_path
         load_network(str(tmp_path / "missing.safetensors"))
     with pytest.raises(CheckpointError, match="is a folder"):
         load_network(tmp_path)
-    with pytest.raises(PercepkitError, match="a style transform, not a sr transform"):
+    with pytest.raises(PercepkitError, match="a 'style' network, not one for the 'sr' task"):
         load_network("johnson_style", task="sr")
     with pytest.raises(PercepkitError, match="has no scale"):
         load_network("johnson_style", scale=2)
@@ -98,8 +98,10 @@ def test_transform_names_only_where_allowed_and_errors_name_the_problem(tmp_path
 
 def test_task_and_scale_are_checked_for_files_random_init(tmp_path):
     path = _style_file(tmp_path / "s.safetensors")
-    with pytest.raises(PercepkitError, match="a style model, not a sr model; percepkit stylize"):
+    with pytest.raises(PercepkitError, match="a 'style' network, not one for the 'sr' task$"):
         load_network(path, task="sr")
+    with pytest.raises(PercepkitError, match="trained for the 'style' task, but --task sr"):
+        load_network(path, task="sr", asked_by="--task sr")  # its recorded task, before loading
     with pytest.raises(PercepkitError, match="upscales x1, not x4"):
         load_network(path, scale=4)
     assert load_network(path, task="style", scale=1).task == "style"
@@ -112,7 +114,8 @@ def test_every_command_takes_the_same_names_random_init(tmp_path, monkeypatch, c
     out = tmp_path / "out"
     assert run_cli(["stylize", "tiny_loader_style", str(image), "-o", str(out), "-q"]) == 0
     assert run_cli(["upscale", "tiny_loader_style", str(image), "-o", str(out)]) == 2
-    assert "a style model, not a sr model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "a 'style' network, not one for the 'sr' task" in err and "percepkit stylize" in err
     assert run_cli(["upscale", "bicubic", str(image), "--scale", "2", "-o", str(out), "-q",
                     "--overwrite"]) == 0
     assert run_cli(["export", "bicubic", "--format", "torchscript"]) == 2
@@ -120,7 +123,7 @@ def test_every_command_takes_the_same_names_random_init(tmp_path, monkeypatch, c
     assert run_cli(["convert", "tiny_loader_style", str(tmp_path / "c.safetensors")]) == 2
     assert "already a percepkit checkpoint" in capsys.readouterr().err
     assert run_cli(["bench", "--checkpoint", "sr_x4_feat", "--sizes", "16"]) == 2
-    assert "a sr model, not a style model" in capsys.readouterr().err
+    assert "bench times style networks" in capsys.readouterr().err
 
 
 def test_eval_model_takes_a_file_and_checkpoint_refuses_transform_names_random_init(

@@ -156,7 +156,8 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: str 
     if checkpoint is not None:
         from ..models.loader import load_network
 
-        loaded = load_network(checkpoint, task="style", transforms=False)  # the paper's table
+        loaded = load_network(checkpoint, task="style", transforms=False,
+                              hint="bench times style networks (the paper's table)")
         model, transform_name = loaded.net, loaded.source.name
     console = user_console(stderr=True)
     with console.status("benchmarking") as status:

@@ -47,16 +47,20 @@ def _model_info(path: Path, transform: Any) -> dict[str, Any]:
 
 
 def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
-                device: torch.device) -> tuple[Any, str, int, list[str], dict[str, Any]]:
+                device: torch.device, task: Any
+                ) -> tuple[Any, str, int, list[str], dict[str, Any]]:
     """The transform, its display name, the scale, warnings for the footer, and what the
-    results file records about the model's file (:mod:`percepkit.models.loader`: --model takes
-    a file, a model name or a transform name, --checkpoint a file or a model name)."""
+    results file records about the model's file; ``task`` is the ``--task`` class
+    (:mod:`percepkit.models.loader`: --model takes a file, a model name or a transform name,
+    --checkpoint a file or a model name)."""
     from ..models.loader import load_network
 
     if model is not None and checkpoint is not None:
         raise PercepkitError("give either --model or --checkpoint, not both")
-    loaded = load_network(checkpoint or model or "bicubic", task="sr", scale=scale, device=device,
-                          transforms=checkpoint is None)
+    loaded = load_network(checkpoint or model or task.eval_baseline, task=task.name, scale=scale,
+                          device=device, transforms=checkpoint is None,
+                          asked_by=f"--task {task.name}",
+                          hint=f"eval scores {task.title or task.name} models")
     transform, name, notes = loaded.net, loaded.source.name, []
     if loaded.source.path is None:  # a transform by name
         if loaded.untrained_parameters:
@@ -69,6 +73,30 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
         notes.append(f"{loaded.source.path.name}: {info['architecture']} x{loaded.scale} "
                      f"({info['purpose']}), {info['format']}; {info['degradation']}")
     return transform, name, loaded.scale, notes, info
+
+
+def _task(name: str) -> Any:
+    """The ``--task`` class; unknown names and tasks without a benchmark protocol are errors."""
+    from ..registry import TASKS
+    from ..train.tasks import task_class
+
+    task = task_class(name, "--task")
+    if not task.protocol:
+        scored = [e.name for e in TASKS.entries() if getattr(e.obj, "protocol", None)]
+        raise PercepkitError(f"--task {name}: the {name} task has no benchmark protocol; eval "
+                             f"scores {', '.join(scored)}")
+    return task
+
+
+def _task_defaults(task: Any, metrics: str, channel: str) -> tuple[str, str]:
+    """``--metrics`` and ``--channel``: the task protocol's unless given on the command line."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return metrics, channel
+    given = {n for n in ("metrics", "channel")
+             if ctx.get_parameter_source(n) not in (click.core.ParameterSource.DEFAULT, None)}
+    return (metrics if "metrics" in given else ",".join(task.eval_metrics),
+            channel if "channel" in given else task.eval_channel)
 
 
 def _with_histogram_matching(transform: Any, device: torch.device) -> Any:
@@ -132,6 +160,8 @@ def _render(console: Any, result: Any, per_image: bool) -> None:
 
 def _short_convention(result: Any) -> str:
     parts = metric_conventions(result.metrics)
+    if result.data_note:  # a task protocol with its own statement
+        return "; ".join([*parts, result.data_note]) + ". Exact statement: -v, --json or --csv."
     crop = {s.scale for s in result.sets}
     mods = {s.mod_crop for s in result.sets}
     whole = whole_image_metrics(result.metrics)
@@ -166,6 +196,8 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 
 
 @click.command("eval")
+@click.option("--task", "task_name", default="sr", show_default=True,
+              help="The task whose benchmark protocol to score (percepkit list tasks).")
 @click.option("--set5", "use_set5", is_flag=True, help="Set5 (ships with percepkit; default).")
 @click.option("--set14", "use_set14", is_flag=True, help="Set14 (--data-dir, PERCEPKIT_DATA "
               "or downloaded).")
@@ -208,7 +240,7 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 @precision_option("fp32", "Precision of the metric networks (LPIPS, DISTS): fp32 gives the "
                           "published values; bf16 (or auto, bf16 where the device has it) is "
                           "faster where the device runs bf16 natively. PSNR/SSIM stay float64.")
-def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
+def command(task_name: str, use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
             hr_dir: Path | None, lr_dir: Path | None, data_dir: Path | None, scale: int | None,
             model: str | None, checkpoint: str | None, match_histogram: bool, metrics: str,
             channel: str, lpips_net: str, crop_lpips: bool, device: str, threads: int | None,
@@ -216,6 +248,8 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
             save_images: Path | None,
             mod: int | None, no_download: bool, overwrite: bool, precision: str) -> None:
     """Evaluate an SR model (or bicubic) with PSNR, SSIM and LPIPS, comparable to published tables.
+
+    --task NAME scores another task's benchmark protocol (percepkit list tasks).
 
     \b
     Examples:
@@ -228,6 +262,8 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     from ..evaluation.evaluate import build_metrics, evaluate, write_csv, write_json
     from ..runtime.console import user_console
 
+    task_cls = _task(task_name)
+    metrics, channel = _task_defaults(task_cls, metrics, channel)
     use_cpu_threads(threads)
     for flag, path in (("--json", json_path), ("--csv", csv_path)):
         check_output(flag, path, overwrite)  # before the evaluation, not after it
@@ -235,7 +271,8 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     to_stdout = str(json_path) == "-" or str(csv_path) == "-"
     console = user_console(stderr=to_stdout)
     dev = resolve_device(device)
-    transform, name, scale, notes, model_info = _load_model(model, checkpoint, scale, dev)
+    transform, name, scale, notes, model_info = _load_model(model, checkpoint, scale, dev,
+                                                            task_cls)
     if lr_dir is not None and "degradation" in model_info:  # the LR inputs are given files
         given = "LR = the given files (--lr-dir)"
         notes = [n.replace(model_info["degradation"], given) for n in notes]
@@ -249,7 +286,8 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
         sets = ["set5"]
     datasets = _datasets(sets, scale, data_dir, hr_dir, lr_dir, download=not no_download,
                          mod=mod)
-    built, infos = build_metrics(metric_names(metrics, channel, lpips_net), crop_border=scale,
+    built, infos = build_metrics(metric_names(metrics, channel, lpips_net),
+                                 crop_border=task_cls.eval_crop_border(scale),
                                  crop_whole_image=crop_lpips, device=dev, precision=precision,
                                  extra={"grid": {"period": scale}} if scale > 1 else None)
     total = sum(len(d) for d in datasets)
@@ -261,8 +299,11 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
             progress.update(task, advance=1, description=f"{set_name}/{image}")
 
         result = evaluate(transform, datasets, built, infos, model_name=name, device=dev,
-                          save_images=save_images, on_image=advance)
+                          save_images=save_images, on_image=advance,
+                          make_input=task_cls.eval_input)
     result.model_info = model_info
+    result.task, result.protocol = task_cls.name, task_cls.protocol or ""
+    result.data_note = task_cls.eval_data_convention(scale) or ""
     _render(console, result, per_image)
     _footer(console, result, notes, total, verbose)
     if json_path is not None:

@@ -46,7 +46,9 @@ def command(checkpoint: str, inputs: tuple[str, ...], size: int | None, preserve
 
     if size is not None and size < 16:
         raise PercepkitError(f"--size must be at least 16 pixels, got {size}")
-    model = load_network(checkpoint, task="style", transforms=False).net
+    model = load_network(checkpoint, task="style", transforms=False,
+                         hint="stylize runs style models; super-resolution models run with "
+                              "percepkit upscale").net
     return run_predictor(inputs, model, options,
                          prepare=(lambda im: _resize(im, size)) if size else None,
                          what="stylized images", post=_style_post(preserve_color, strength))

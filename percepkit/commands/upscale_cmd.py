@@ -16,7 +16,9 @@ def load_sr_model(model: str, scale: int | None):
     from ..models.loader import load_network
     from ..runtime.console import user_console
 
-    loaded = load_network(model, task="sr", scale=scale)
+    loaded = load_network(model, task="sr", scale=scale,
+                          hint="upscale runs super-resolution models; style models run with "
+                               "percepkit stylize")
     if loaded.untrained_parameters:
         user_console(stderr=True).print(
             f"[yellow]warning:[/] {escape(model)} is built with random weights; pass a trained "

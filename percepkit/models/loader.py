@@ -16,7 +16,8 @@ A spec is resolved by one rule, the first match wins (:func:`resolve`):
 
 So a file named ``candy`` in the current folder is that file, not the model. A folder, a missing
 path or an unknown name is one sentence (:class:`~percepkit.errors.CheckpointError`) with
-did-you-mean suggestions. ``task`` and ``scale``, when given, are checked against the network.
+did-you-mean suggestions. ``task`` (a registered task, :data:`~percepkit.registry.TASKS`) and
+``scale``, when given, are checked against the network.
 """
 
 from __future__ import annotations
@@ -31,10 +32,6 @@ from ..registry import MODELS, TRANSFORMS
 from ..registry.arguments import arguments, close_matches
 
 FILE, MODEL, TRANSFORM = "file", "model", "transform"
-
-#: which command runs a task's networks (hints in task-mismatch errors)
-TASK_COMMANDS = {"style": "percepkit stylize", "sr": "percepkit upscale or eval"}
-
 
 @dataclass(frozen=True)
 class Source:
@@ -112,20 +109,32 @@ def read_network(path: str | Path, device: str | torch.device = "cpu") -> torch.
     return load_foreign(path, device=device)
 
 
-def build_transform(name: str, scale: int | None = None, task: str | None = None
-                    ) -> torch.nn.Module:
-    """A registered transform by name, as initialised, with ``scale`` (default 4) when its
-    constructor takes one; ``task`` is checked before anything is built."""
+def _task(task: str | None):  # noqa: ANN202 (a Task class; train.tasks is imported late)
+    """The registered task class of ``task`` (:data:`~percepkit.registry.TASKS`), or None."""
+    if task is None:
+        return None
+    from ..train.tasks import task_class
+
+    return task_class(task)
+
+
+def build_transform(name: str, scale: int | None = None, task: str | None = None,
+                    hint: str = "") -> torch.nn.Module:
+    """A registered transform by name, as initialised, with ``scale`` when its constructor
+    takes one (default: the task's, :meth:`~percepkit.train.tasks.Task.eval_scale`, else 4);
+    a transform that does not fit ``task`` is refused before anything is built."""
     obj = TRANSFORMS.get(name)
-    got = getattr(obj, "task", None)
-    if task is not None and got is not None and got != task:
-        same = [e.name for e in TRANSFORMS.entries() if getattr(e.obj, "task", None) == task]
-        raise PercepkitError(f"{name}: a {got} transform, not a {task} transform ({task} "
-                             f"transforms: {', '.join(same) or 'none'})")
+    cls = _task(task)
+    problem = cls.network_problem(obj) if cls is not None else None
+    if problem:
+        fits = [e.name for e in TRANSFORMS.entries() if not cls.network_problem(e.obj)]
+        raise PercepkitError(f"{name}: {problem}" + (f"; {hint}" if hint else "")
+                             + f" ({', '.join(fits) or 'none registered'})")
     takes_scale = any(a.name == "scale" for a in arguments(obj))
     spec: dict = {"name": name}
     if takes_scale:
-        spec["scale"] = 4 if scale is None else scale
+        spec["scale"] = cls.eval_scale(scale) if cls is not None else 4 if scale is None \
+            else scale
     elif scale not in (None, 1):
         raise PercepkitError(f"transform {name} has no scale (it does not upscale); leave the "
                              f"scale out")
@@ -136,25 +145,33 @@ def build_transform(name: str, scale: int | None = None, task: str | None = None
 
 
 def load_network(spec: str | Path, task: str | None = None, scale: int | None = None,
-                 device: str | torch.device = "cpu", transforms: bool = True) -> Loaded:
+                 device: str | torch.device = "cpu", transforms: bool = True,
+                 asked_by: str | None = None, hint: str = "") -> Loaded:
     """The network ``spec`` names (precedence: module docstring), in eval mode on ``device``.
 
-    ``task`` (``"sr"``, ``"style"``, ...) and ``scale``, when given, must be the network's (a
-    transform name is built with ``scale``); ``transforms=False`` refuses transform names
-    (callers that need trained weights: ``stylize``, ``export``, ``convert``, ``bench``,
-    ``train --init``).
+    ``task`` (a registered task: ``"sr"``, ``"style"``, ...) must fit the network (the task's
+    :meth:`~percepkit.train.tasks.Task.network_problem`); with ``asked_by`` (``"--task sr"``,
+    ``"the recipe (train.init)"``) a checkpoint recorded as trained for another task is refused
+    too, before it is loaded. ``scale``, when given, must be the network's (a transform name is
+    built with it). ``transforms=False`` refuses transform names (callers that need trained
+    weights: ``stylize``, ``export``, ``convert``, ``bench``, ``train --init``). ``hint`` ends a
+    task-mismatch message (what the calling command runs instead).
     """
     source = resolve(spec, transforms=transforms)
     if source.kind == TRANSFORM:
-        net = build_transform(source.spec, scale, task)
+        net = build_transform(source.spec, scale, task, hint)
     else:
         assert source.path is not None
+        if task is not None and asked_by is not None:
+            from ..train.tasks import check_checkpoint_task
+
+            check_checkpoint_task(source.path, task, asked_by)
         net = read_network(source.path, device=device)
     loaded = Loaded(net.to(device).eval(), source)
-    if task is not None and loaded.task != task:
-        hint = TASK_COMMANDS.get(loaded.task or "")
-        raise PercepkitError(f"{spec}: a {loaded.task or 'unknown-task'} model, not a {task} "
-                             f"model" + (f"; {hint} runs it" if hint else ""))
+    cls = _task(task)
+    problem = cls.network_problem(loaded.net) if cls is not None else None
+    if problem:
+        raise PercepkitError(f"{spec}: {problem}" + (f"; {hint}" if hint else ""))
     if scale is not None and loaded.scale != scale:
         raise PercepkitError(f"{spec}: the model upscales x{loaded.scale}, not x{scale}; leave "
                              f"the scale out (the model knows it) or ask for x{loaded.scale}")

@@ -66,13 +66,15 @@ class EMA:
                 e.copy_(v)
 
 
-def init_weights(model: nn.Module, spec: str) -> None:
-    """Copy the weights of a model name or checkpoint (``train.init``) into ``model``."""
+def init_weights(model: nn.Module, spec: str, task: str | None = None) -> None:
+    """Copy the weights of a model name or checkpoint (``train.init``) into ``model``; one
+    trained for another task than ``task`` is refused."""
     from ..models.checkpoint import state_dict_mismatch
-    from ..models.loader import load
+    from ..models.loader import load_network
 
     try:
-        source = load(spec)
+        source = load_network(spec, task=task, transforms=False,
+                              asked_by="the recipe (train.init)").net
     except PercepkitError as e:
         raise RecipeError(f"train.init: {e}") from None
     try:
