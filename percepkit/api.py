@@ -32,8 +32,8 @@ def load(name_or_path: str | Path, task: str | None = None, scale: int | None = 
 
     The module maps RGB images in [0, 1], ``(B, 3, H, W)`` of any size, to ``(B, 3, scale H,
     scale W)``: it pads and crops as ``percepkit stylize`` / ``upscale`` do, so its output is
-    theirs. ``task`` (``"style"``, ``"sr"``) and ``scale``, when given, are checked against the
-    model's. ``device``: default the CPU.
+    theirs. ``task`` (a registered task: ``"style"``, ``"sr"``, ...; ``percepkit list tasks``)
+    and ``scale``, when given, are checked against the model's. ``device``: default the CPU.
     """
     from .models.loader import load_network
 
