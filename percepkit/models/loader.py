@@ -33,6 +33,7 @@ from ..registry.arguments import arguments, close_matches
 
 FILE, MODEL, TRANSFORM = "file", "model", "transform"
 
+
 @dataclass(frozen=True)
 class Source:
     """What a spec resolved to: its ``kind`` (:data:`FILE`, :data:`MODEL`, :data:`TRANSFORM`),
@@ -133,8 +134,8 @@ def build_transform(name: str, scale: int | None = None, task: str | None = None
     takes_scale = any(a.name == "scale" for a in arguments(obj))
     spec: dict = {"name": name}
     if takes_scale:
-        spec["scale"] = cls.eval_scale(scale) if cls is not None else 4 if scale is None \
-            else scale
+        default = 4 if scale is None else scale
+        spec["scale"] = cls.eval_scale(scale) if cls is not None else default
     elif scale not in (None, 1):
         raise PercepkitError(f"transform {name} has no scale (it does not upscale); leave the "
                              f"scale out")
