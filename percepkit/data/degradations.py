@@ -329,16 +329,18 @@ class GaussianNoise(Degradation):
 
     With probability ``gray_prob`` the noise is grey (one noise plane for all channels), else
     independent per channel ("colour"). ``prob`` is the chance the step is applied. Clipped to
-    [0, 1], not rounded (BasicSR's ``random_add_gaussian_noise_pt``).
+    [0, 1], not rounded (BasicSR's ``random_add_gaussian_noise_pt``); ``clip: false`` keeps the
+    values outside [0, 1], as the DnCNN/FFDNet test protocol does (the ``denoise`` task's).
     """
 
     name = "gaussian_noise"
 
     def __init__(self, sigma: Range = (1.0, 30.0), gray_prob: float = 0.0,
-                 prob: float = 1.0) -> None:
+                 prob: float = 1.0, clip: bool = True) -> None:
         self.sigma = _check_range(self.name, "sigma", sigma, 0.0, 255.0)
         self.gray_prob = _check_prob(self.name, "gray_prob", gray_prob)
         self.prob = _check_prob(self.name, "prob", prob)
+        self.clip = bool(clip)
 
     def __call__(self, image: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         _check_image(self.name, image)
@@ -349,7 +351,8 @@ class GaussianNoise(Degradation):
         noise = torch.randn((1 if gray else c, h, w), generator=rng, dtype=torch.float32)
         if not apply:
             return image
-        return (image + noise.to(image.dtype) * sigma).clamp(0, 1)
+        out = image + noise.to(image.dtype) * sigma
+        return out.clamp(0, 1) if self.clip else out
 
 
 def _gray(image: torch.Tensor) -> torch.Tensor:
