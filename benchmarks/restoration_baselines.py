@@ -134,7 +134,8 @@ def methods(protocol: Protocol) -> dict[str, tuple[Restorer, tuple[float, ...]]]
     if protocol.task == "denoise":
         return {"denoise_nl_means": (nl_means, (0.4, 0.5, 0.6, 0.8, 1.0)),
                 "denoise_wavelet": (wavelet, (0.0,)),
-                "denoise_tv_chambolle": (tv, (0.03, 0.05, 0.07, 0.1, 0.14, 0.2, 0.28))}
+                "denoise_tv_chambolle": (tv, (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2,
+                                                  0.28))}
     if protocol.task == "deblur":
         lv = protocol.level
         k = blur_kernel(int(lv["kernel_size"]), lv["sigma"], lv["sigma"], 0.0).numpy()
