@@ -89,7 +89,18 @@ def test_good_recipe_builds_its_parts():
         ({"trian": {}}, "unknown top-level key 'trian' (did you mean 'train'?)"),
         ({"losses": []}, "losses: expected a non-empty list"),
         ({"task": "style"}, "data.style_image: a style recipe needs a style image path"),
-        ({"task": "denoise"}, "task: expected 'sr' or 'style'"),
+        ({"task": "stlye"}, "task: unknown task 'stlye'. Did you mean 'style'?"),
+        ({"task": 4}, "task: expected a task name (percepkit list tasks), got 4"),
+        ({"val": {"metrics": ["psnr", "lpisp"]}},
+         "val.metrics[1]: unknown metric 'lpisp'. Did you mean 'lpips'"),
+        ({"val": {"metrics": "psnr"}}, "val.metrics: expected a list of metric names"),
+        ({"train": {"best": {"metric": "lpips"}}},
+         "train.best.metric: 'lpips' is not validated; add it to val.metrics (now: psnr, "
+         "ssim, grid, blobs)"),
+        ({"train": {"best": "ssmi"}},
+         "train.best.metric: 'ssmi' is not validated (did you mean 'ssim'?)"),
+        ({"train": {"best": {"metric": "ssim", "mode": "up"}}}, "train.best: key 'mode'"),
+        ({"train": {"best": {"mode": "min"}}}, "train.best: missing"),
     ],
 )
 def test_invalid_recipe_names_key_path_and_expectation(change, expected):

@@ -47,10 +47,12 @@ def _model_info(path: Path, transform: Any) -> dict[str, Any]:
 
 
 def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
-                device: torch.device) -> tuple[Any, str, int, list[str], dict[str, Any]]:
+                device: torch.device, task: Any
+                ) -> tuple[Any, str, int, list[str], dict[str, Any]]:
     """The transform, its display name, the scale, warnings for the footer, and what the
-    results file records about the model's file."""
+    results file records about the model's file; ``task`` is the ``--task`` class."""
     from ..registry import MODELS, TRANSFORMS
+    from ..train.tasks import check_checkpoint_task
 
     notes: list[str] = []
     if model is not None and model in MODELS and not Path(model).is_file():
@@ -64,6 +66,7 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
         from ..models.zoo import load, resolve
 
         path = resolve(checkpoint)
+        check_checkpoint_task(path, task.name, f"--task {task.name}")
         transform = load(path, device=device)
         name = checkpoint if checkpoint in MODELS else path.stem
         info = _model_info(path, transform)
@@ -71,26 +74,28 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
             notes.append(f"{path.name}: {info['architecture']} x{transform.scale} "
                          f"({info['purpose']}), {info['format']}; {info['degradation']}")
         ckpt_scale = getattr(transform, "scale", None)
-        if getattr(transform, "task", "sr") != "sr" or ckpt_scale is None:
-            raise PercepkitError(f"{checkpoint}: not a super-resolution checkpoint (its transform "
-                                 f"has no scale); eval scores SR models only")
+        problem = task.network_problem(transform)
+        if problem:
+            raise PercepkitError(f"{checkpoint}: {problem}; eval --task {task.name} scores "
+                                 f"{task.name} models")
         if scale is not None and scale != ckpt_scale:
             raise PercepkitError(f"{checkpoint}: the model upscales x{ckpt_scale}, but --scale "
                                  f"{scale} was given; drop --scale or pass --scale {ckpt_scale}")
-        return transform, name, int(ckpt_scale), notes, info
-    name = model or "bicubic"
-    scale = 4 if scale is None else scale
-    task = getattr(TRANSFORMS.get(name), "task", "sr")
-    if task != "sr":
-        sr_names = [e.name for e in TRANSFORMS.entries() if getattr(e.obj, "task", "") == "sr"]
-        raise PercepkitError(f"--model {name} is a {task} transform; eval scores "
-                             f"super-resolution models ({', '.join(sr_names)})")
+        return transform, name, int(ckpt_scale or 1), notes, info
+    name = model or task.eval_baseline
+    scale = task.eval_scale(scale)
+    problem = task.network_problem(TRANSFORMS.get(name))
+    if problem:
+        fits = [e.name for e in TRANSFORMS.entries() if not task.network_problem(e.obj)]
+        raise PercepkitError(f"--model {name} is {problem}; eval scores "
+                             f"{task.title or task.name} models ({', '.join(fits)})")
     try:
         transform = TRANSFORMS.build({"name": name, "scale": scale}, where=f"--model {name}")
     except ValueError as e:  # the constructor's own check, e.g. johnson_sr's scales
         raise PercepkitError(f"--model {name} with --scale {scale}: {e}") from None
-    if getattr(transform, "task", "sr") != "sr":
-        raise PercepkitError(f"--model {name}: not a super-resolution transform")
+    problem = task.network_problem(transform)
+    if problem:
+        raise PercepkitError(f"--model {name}: {problem}")
     if isinstance(transform, torch.nn.Module):
         n_params = sum(p.numel() for p in transform.parameters())
         if n_params:
@@ -99,6 +104,30 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
     return transform, name, scale, notes, {"architecture": type(transform).__name__}
 
 
+
+
+def _task(name: str) -> Any:
+    """The ``--task`` class; unknown names and tasks without a benchmark protocol are errors."""
+    from ..registry import TASKS
+    from ..train.tasks import task_class
+
+    task = task_class(name, "--task")
+    if not task.protocol:
+        scored = [e.name for e in TASKS.entries() if getattr(e.obj, "protocol", None)]
+        raise PercepkitError(f"--task {name}: the {name} task has no benchmark protocol; eval "
+                             f"scores {', '.join(scored)}")
+    return task
+
+
+def _task_defaults(task: Any, metrics: str, channel: str) -> tuple[str, str]:
+    """``--metrics`` and ``--channel``: the task protocol's unless given on the command line."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return metrics, channel
+    given = {n for n in ("metrics", "channel")
+             if ctx.get_parameter_source(n) not in (click.core.ParameterSource.DEFAULT, None)}
+    return (metrics if "metrics" in given else ",".join(task.eval_metrics),
+            channel if "channel" in given else task.eval_channel)
 
 
 def _with_histogram_matching(transform: Any, device: torch.device) -> Any:
@@ -196,6 +225,8 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 
 
 @click.command("eval")
+@click.option("--task", "task_name", default="sr", show_default=True,
+              help="The task whose benchmark protocol to score (percepkit list tasks).")
 @click.option("--set5", "use_set5", is_flag=True, help="Set5 (ships with percepkit; default).")
 @click.option("--set14", "use_set14", is_flag=True, help="Set14 (--data-dir, PERCEPKIT_DATA "
               "or downloaded).")
@@ -238,7 +269,7 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 @precision_option("fp32", "Precision of the metric networks (LPIPS, DISTS): fp32 gives the "
                           "published values; bf16 (or auto, bf16 where the device has it) is "
                           "faster where the device runs bf16 natively. PSNR/SSIM stay float64.")
-def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
+def command(task_name: str, use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
             hr_dir: Path | None, lr_dir: Path | None, data_dir: Path | None, scale: int | None,
             model: str | None, checkpoint: str | None, match_histogram: bool, metrics: str,
             channel: str, lpips_net: str, crop_lpips: bool, device: str, threads: int | None,
@@ -258,6 +289,8 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     from ..evaluation.evaluate import build_metrics, evaluate, write_csv, write_json
     from ..runtime.console import user_console
 
+    task_cls = _task(task_name)
+    metrics, channel = _task_defaults(task_cls, metrics, channel)
     use_cpu_threads(threads)
     for flag, path in (("--json", json_path), ("--csv", csv_path)):
         check_output(flag, path, overwrite)  # before the evaluation, not after it
@@ -265,7 +298,8 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
     to_stdout = str(json_path) == "-" or str(csv_path) == "-"
     console = user_console(stderr=to_stdout)
     dev = resolve_device(device)
-    transform, name, scale, notes, model_info = _load_model(model, checkpoint, scale, dev)
+    transform, name, scale, notes, model_info = _load_model(model, checkpoint, scale, dev,
+                                                            task_cls)
     if lr_dir is not None and "degradation" in model_info:  # the LR inputs are given files
         given = "LR = the given files (--lr-dir)"
         notes = [n.replace(model_info["degradation"], given) for n in notes]
@@ -279,7 +313,8 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
         sets = ["set5"]
     datasets = _datasets(sets, scale, data_dir, hr_dir, lr_dir, download=not no_download,
                          mod=mod)
-    built, infos = build_metrics(metric_names(metrics, channel, lpips_net), crop_border=scale,
+    built, infos = build_metrics(metric_names(metrics, channel, lpips_net),
+                                 crop_border=task_cls.eval_crop_border(scale),
                                  crop_whole_image=crop_lpips, device=dev, precision=precision,
                                  extra={"grid": {"period": scale}} if scale > 1 else None)
     total = sum(len(d) for d in datasets)
@@ -291,8 +326,10 @@ def command(use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
             progress.update(task, advance=1, description=f"{set_name}/{image}")
 
         result = evaluate(transform, datasets, built, infos, model_name=name, device=dev,
-                          save_images=save_images, on_image=advance)
+                          save_images=save_images, on_image=advance,
+                          make_input=task_cls.eval_input)
     result.model_info = model_info
+    result.task, result.protocol = task_cls.name, task_cls.protocol or ""
     _render(console, result, per_image)
     _footer(console, result, notes, total, verbose)
     if json_path is not None:

@@ -86,6 +86,9 @@ def _show_part(console: Any, kind: str, name: str) -> None:
     if kind == "models":
         _show_model(console, obj)
         return
+    if kind == "tasks":
+        _show_task(console, obj)
+        return
     from ..recipes.recipe import PART_BLOCKS
 
     supplied = next((sup for reg, sup in PART_BLOCKS.values() if reg is registry), ())
@@ -104,6 +107,29 @@ def _show_part(console: Any, kind: str, name: str) -> None:
         table.add_row(a.name, escape(a.type_text),
                       "[yellow]required[/]" if a.required else escape(_default_text(a.default)))
     console.print(table)
+
+
+def _show_task(console: Any, task: Any) -> None:
+    """A task: its samples, the networks it trains, validation defaults, its eval protocol."""
+    from rich.markup import escape
+
+    from ..train.tasks import metric_direction
+
+    best = task.default_best
+    higher = metric_direction(best, task.own_values)
+    lines = [
+        f"sample: input {task.input_key!r}, target {task.target_key!r}"
+        + (" (the data's scale is the transform's)" if task.uses_scale else ""),
+        f"networks: transforms whose task is {' or '.join(task.network_tasks) or 'any'}",
+        f"val.metrics default: {', '.join([*task.own_values, *task.default_val_metrics])}",
+        f"train.best default: {best} ({'higher' if higher else 'lower'} is better)",
+        "eval protocol: " + (f"{task.protocol} ({task.protocol_summary})" if task.protocol
+                             else "none (percepkit eval does not score this task)"),
+    ]
+    lines += [f"recipe needs data.{k}: {v}" for k, v in task.required_data.items()]
+    console.print()
+    for line in lines:
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def _show_model(console: Any, model: Any) -> None:

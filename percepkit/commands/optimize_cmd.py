@@ -75,7 +75,7 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
     import torch
 
     from ..data.images import read_image, resize_longer_side
-    from ..inference.gatys import build_objective, stylize, upscale
+    from ..inference.gatys import build_objective
     from ..runtime.console import user_console
     from ..runtime.devices import resolve_device
     from ..runtime.precision import resolve_precision
@@ -86,15 +86,13 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
                              "(super-resolution)")
     if style_path is not None and scale is not None:
         raise PercepkitError("give either --style or --scale, not both")
-    task = "style" if style_path is not None else "sr"
-    task, specs, net_spec = _losses(task, recipe, overrides)
-    if task == "style" and style_path is None:
-        raise PercepkitError("a style recipe needs --style STYLE")
-    if task == "sr" and scale is None:
-        raise PercepkitError("super-resolution needs --scale N")
-    if target is not None and (task != "sr" or len(inputs) != 1):
-        raise PercepkitError("--target is for super-resolution of one input image")
-    iterations = iters if iters is not None else (500 if task == "style" else 200)
+    from ..train.tasks import task_class
+
+    task, specs, net_spec = _losses("style" if style_path is not None else "sr", recipe,
+                                    overrides)
+    task_cls = task_class(task)
+    task_cls.optimize_check(style=style_path, scale=scale, target=target, inputs=len(inputs))
+    iterations = iters if iters is not None else task_cls.optimize_iterations
     if iterations < 1:
         raise PercepkitError(f"--iters must be at least 1, got {iterations}")
     for name, value in (("--size", size), ("--style-size", style_size)):
@@ -115,12 +113,9 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
             if progress is not None:
                 progress(it, iterations)
 
-        if task == "style":
-            result = stylize(image, style, loss, iterations=iterations, method=method, lr=lr,
-                             init=init, seed=seed, callback=step, precision=reduced)
-        else:
-            result = upscale(image, scale, loss, target=hr, iterations=iterations,
-                             method=method, lr=lr, callback=step, precision=reduced)
+        result = task_cls.optimize_image(
+            image, loss, style=style, scale=scale, target=hr, iterations=iterations,
+            method=method, lr=lr, init=init, seed=seed, callback=step, precision=reduced)
         return result.image
 
     prepare = (lambda im: resize_longer_side(im, size)) if size else None

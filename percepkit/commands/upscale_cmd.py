@@ -16,13 +16,16 @@ def load_sr_model(model: str, scale: int | None):
 
     from ..registry import MODELS, TRANSFORMS
     from ..runtime.console import user_console
+    from ..train.tasks import task_class
+
+    sr = task_class("sr")  # upscale runs super-resolution networks
 
     path = Path(model)
     if path.is_file() or model in MODELS:
         from ..models.zoo import load
 
         net = load(model)
-        if getattr(net, "task", None) != "sr":
+        if sr.network_problem(net):
             raise PercepkitError(f"{path}: not a super-resolution checkpoint; use percepkit "
                                  f"stylize for style checkpoints")
         if scale is not None and scale != net.scale:
@@ -36,7 +39,7 @@ def load_sr_model(model: str, scale: int | None):
             TRANSFORMS.entry(model)
         except PercepkitError as e:
             hint = str(e).split(". ", 1)[-1].replace("Available:", "Available transforms:")
-            models = ", ".join(e.name for e in MODELS.entries() if e.obj.task == "sr")
+            models = ", ".join(e.name for e in MODELS.entries() if e.obj.task == sr.name)
             raise PercepkitError(f"{model!r} is neither a checkpoint file, a model name "
                                  f"({models or 'none'}) nor a transform name. {hint}") from None
     try:
@@ -44,7 +47,7 @@ def load_sr_model(model: str, scale: int | None):
                                where=f"transform {model}")
     except ValueError as e:  # the constructor's own check, e.g. johnson_sr's scales
         raise PercepkitError(f"transform {model} with --scale {scale}: {e}") from None
-    if getattr(net, "task", None) != "sr":
+    if sr.network_problem(net):
         raise PercepkitError(f"transform {model!r} is not a super-resolution transform")
     if any(True for _ in net.parameters()):
         user_console(stderr=True).print(

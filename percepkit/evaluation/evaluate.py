@@ -114,11 +114,16 @@ class EvalResult:
     seconds: float = 0.0
     #: where the model came from: file, SHA-256, format, architecture (for the results file)
     model_info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the task (``percepkit eval --task``) and its benchmark protocol (``""``: not recorded)
+    task: str = ""
+    protocol: str = ""
 
     @property
     def convention(self) -> dict[str, Any]:
-        """The exact data and metric conventions, as written into results files."""
-        return {"data": data_convention(self.sets),
+        """The exact data and metric conventions, as written into results files (with the
+        task's protocol name when there is one)."""
+        return {**({"task": self.task, "protocol": self.protocol} if self.protocol else {}),
+                "data": data_convention(self.sets),
                 "metrics": {m.name: m.convention or f"n/a: {m.unavailable}" for m in self.metrics}}
 
 
@@ -293,9 +298,12 @@ def evaluate(
     device: str | torch.device = "cpu",
     save_images: str | Path | None = None,
     on_image: Callable[[str, str], None] | None = None,
+    make_input: Callable[[Any, str], torch.Tensor] | None = None,
 ) -> EvalResult:
     """Score ``transform`` on ``datasets``; unreadable/unusable images are skipped with a reason.
 
+    ``make_input(sample, set_name)`` makes the model's input of one benchmark image (a task's
+    :meth:`~percepkit.train.tasks.Task.eval_input`); default ``sample.lr``.
     ``on_image(set_name, image_name)`` is called after each image (for progress bars).
     ``save_images``: a folder; each set gets ``<set>/<image>.png`` comparison grids and
     ``<set>/sr/<image>.png``, the 8-bit output exactly as it was scored (``percepkit score``
@@ -322,11 +330,13 @@ def evaluate(
                 try:
                     with threads(1):  # reading, mod-crop, LR: small ops (see threads)
                         sample = ds.sample(i)
-                    sr = run_transform(transform, sample.lr, device)
+                    with threads(1):
+                        given = sample.lr if make_input is None else make_input(sample, ds.name)
+                    sr = run_transform(transform, given, device)
                     if sr.shape != sample.hr.shape:
                         raise PercepkitError(
                             f"{path}: {model_name} returned {tuple(sr.shape)} for an LR of "
-                            f"{tuple(sample.lr.shape)}, but the HR is {tuple(sample.hr.shape)}; "
+                            f"{tuple(given.shape)}, but the HR is {tuple(sample.hr.shape)}; "
                             f"is the scale (x{ds.scale}) the model's?")
                     values = score_pair(metrics, infos, sr, sample.hr)
                 except PercepkitError as e:
@@ -383,6 +393,7 @@ def result_to_dict(result: EvalResult) -> dict[str, Any]:
         "percepkit": __version__,
         "model": result.model,
         **({"model_info": result.model_info} if result.model_info else {}),
+        **({"task": result.task, "protocol": result.protocol} if result.protocol else {}),
         "scale": result.scale,
         "device": result.device,
         "convention": result.convention,

@@ -31,7 +31,7 @@ from ..errors import PercepkitError
 from ..losses import CompositeLoss, build_loss
 from ..runtime.precision import Precision, autocast
 
-Task = Literal["style", "sr"]
+Task = str  # a registered task with an optimisation baseline: "style", "sr"
 Method = Literal["lbfgs", "adam"]
 Callback = Callable[[int, float], None]
 
@@ -47,8 +47,10 @@ SR_LOSSES: list[dict[str, Any]] = [{"name": "feature", "layers": ["relu2_2"], "w
 
 
 def default_losses(task: Task) -> list[dict[str, Any]]:
-    """The paper's loss terms for ``task`` (copies, safe to edit)."""
-    return [dict(s) for s in (STYLE_LOSSES if task == "style" else SR_LOSSES)]
+    """The paper's loss terms for ``task`` (its ``optimize_losses``; copies, safe to edit)."""
+    from ..train.tasks import task_class
+
+    return [dict(s) for s in task_class(task).optimize_losses]
 
 
 def build_objective(

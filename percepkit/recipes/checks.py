@@ -37,6 +37,7 @@ from ..registry import (
     DISCRIMINATORS,
     LOSS_NETWORKS,
     LOSSES,
+    TASKS,
     TRANSFORMS,
     Entry,
     Registry,
@@ -111,11 +112,20 @@ def _check_transform(raw: Mapping[str, Any]) -> tuple[list[str], Any]:
         return [f"transform: {e}"], None
     except Exception:  # code that needs real tensor values: training itself will tell
         return [], None
-    wanted, task = raw.get("task", "sr"), getattr(net, "task", None)
-    if task in ("sr", "style") and wanted in ("sr", "style") and task != wanted:
-        return [f"task: the recipe says {wanted!r} but transform {entry.name!r} is a {task!r} "
-                f"network"], net
+    task = _task(raw)
+    problem = task.network_problem(net) if task is not None else None
+    if problem:
+        return [f"task: the recipe says {task.name!r} but transform {entry.name!r} is {problem}"
+                ], net
     return [], net
+
+
+def _task(raw: Mapping[str, Any]) -> Any:
+    """The recipe's registered task class (None: unknown, reported by the task check)."""
+    name = raw.get("task", "sr")
+    if not isinstance(name, str) or name not in TASKS:
+        return None
+    return TASKS.get(name)
 
 
 def term_layers(spec: Any) -> list[str]:
@@ -208,7 +218,8 @@ def _check_data(raw: Mapping[str, Any], transform: Any) -> list[str]:
     data = raw.get("data")
     if not isinstance(data, Mapping):
         return []
-    scale = getattr(transform, "scale", None) if raw.get("task", "sr") == "sr" else None
+    task = _task(raw)
+    scale = getattr(transform, "scale", None) if task is not None and task.uses_scale else None
     problems = []
     for split in DATA_SPLITS:
         part = _resolved(DATASETS, data.get(split))
@@ -227,8 +238,8 @@ def _check_data(raw: Mapping[str, Any], transform: Any) -> list[str]:
             continue
         value = kwargs.get("scale", None if arg.required else arg.default)
         if value is None:
-            problems.append(f"data.{split}.scale: the sr task needs LR/HR pairs; set scale: "
-                            f"{scale} (the transform's scale)")
+            problems.append(f"data.{split}.scale: the {task.name} task needs LR/HR pairs; set "
+                            f"scale: {scale} (the transform's scale)")
         elif value != scale:
             problems.append(f"data.{split}.scale: {value} is not the transform's scale {scale}")
     return problems

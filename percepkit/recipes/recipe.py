@@ -4,7 +4,7 @@ A recipe has these top-level keys (``{name: ..., **kwargs}`` blocks go to a regi
 other keys are constructor arguments)::
 
     name: sr_x4_feat             # optional; defaults to the file name
-    task: sr                     # sr | style
+    task: sr                     # a registered task: percepkit list tasks (sr, style, ...)
     transform: {name: johnson_sr, scale: 4}
     loss_network: {name: vgg16, weights: imagenet}   # needed if a loss term uses features
     losses:
@@ -18,6 +18,7 @@ other keys are constructor arguments)::
     scheduler: {name: constant}                      # optional
     train: {iterations: 200000, batch_size: 4, seed: 0}
     checkpoint: {every: 1000, keep_last: 3}
+    val: {metrics: [psnr, ssim, lpips]}              # optional; default: the task's
 
 A part named without arguments may be written by name alone: ``transform: bicubic``,
 ``losses: [feature, {name: tv, weight: 1.0e-5}]``, ``data: {val: set5}``; loading normalises
@@ -48,6 +49,7 @@ from ..registry import (
     LOSSES,
     OPTIMIZERS,
     SCHEDULERS,
+    TASKS,
     TRANSFORMS,
     Registry,
 )
@@ -104,6 +106,27 @@ class TrainSettings:
     d_steps: int = 1
     gan_start: int = 0
     tensorboard: bool | None = None
+    best: dict[str, Any] | None = None
+
+
+@dataclass
+class BestSettings:
+    """The ``train.best`` block: the validation metric that picks ``best.safetensors``."""
+
+    metric: str
+    mode: Literal["auto", "min", "max"] = "auto"
+
+
+@dataclass
+class ValSettings:
+    """The ``val:`` block: what validation computes.
+
+    ``metrics``: registered metrics (``percepkit list metrics``) computed on ``data.val`` at
+    every validation, one ``val.csv`` column each, as ``percepkit eval`` computes them (None:
+    the task's default, SR: psnr, ssim, grid, blobs).
+    """
+
+    metrics: list[str] | None = None
 
 
 @dataclass
@@ -114,7 +137,7 @@ class CheckpointSettings:
     SIGHUP and when validation improves). ``every_minutes``: also save when this many minutes
     have passed since the last checkpoint (None: off). ``keep_last``: step checkpoints kept (0:
     all). ``keep_best``: also keep ``best.safetensors``, the checkpoint with the best validation
-    metric (SR: PSNR; style: validation loss).
+    metric (``train.best``; by default SR: PSNR, style: validation loss).
     """
 
     every: int = 1000
@@ -134,8 +157,8 @@ class DataSettings:
 
 
 TOP_LEVEL = ("name", "task", "transform", "loss_network", "losses", "data", "optimizer",
-             "scheduler", "train", "checkpoint", "discriminator", "optimizer_d", "scheduler_d")
-TASKS = ("sr", "style")
+             "scheduler", "train", "checkpoint", "val", "discriminator", "optimizer_d",
+             "scheduler_d")
 
 #: Top-level keys that name one registered part, with the arguments percepkit supplies itself.
 #: (``losses`` is a list of LOSSES parts; ``data.train`` / ``data.val`` are DATASETS parts.)
@@ -159,11 +182,13 @@ def normalise(raw: dict[str, Any]) -> dict[str, Any]:
     ``losses``, ``loss_network``, ``optimizer``, ``scheduler``, ``data.train`` and ``data.val``.
     An empty settings block (``train:`` with nothing under it) becomes ``{}``.
     """
-    for key in ("train", "checkpoint", "data"):
+    for key in ("train", "checkpoint", "data", "val"):
         if key in raw and raw[key] is None:
             raw[key] = {}
     if isinstance(raw.get("train"), dict):
         _read_deprecated_amp(raw["train"])
+        if isinstance(raw["train"].get("best"), str):  # train.best: lpips
+            raw["train"]["best"] = {"metric": raw["train"]["best"]}
     for key in PART_BLOCKS:
         if isinstance(raw.get(key), str):
             raw[key] = {"name": raw[key]}
@@ -285,7 +310,8 @@ class Recipe:
         return str(self.raw.get("name") or Path(self.source).stem)
 
     @property
-    def task(self) -> Literal["sr", "style"]:
+    def task(self) -> str:
+        """The task's name in :data:`percepkit.registry.TASKS` (default ``sr``)."""
         return self.raw.get("task", "sr")
 
     @property
@@ -299,6 +325,10 @@ class Recipe:
     @property
     def data(self) -> DataSettings:
         return DataSettings(**self.raw.get("data", {}))
+
+    @property
+    def val(self) -> ValSettings:
+        return ValSettings(**self.raw.get("val", {}))
 
     def to_yaml(self) -> str:
         """The resolved recipe as YAML text (stored in run dirs and checkpoints)."""
@@ -434,8 +464,7 @@ def validate(raw: Mapping[str, Any]) -> list[str]:
             problems.append(f"missing required key {key!r}")
     if "name" in raw and not isinstance(raw["name"], str):
         problems.append(f"name: expected a string, got {raw['name']!r}")
-    if raw.get("task", "sr") not in TASKS:
-        problems.append(f"task: expected 'sr' or 'style', got {raw.get('task')!r}")
+    task = _task_class(raw.get("task", "sr"), problems)
     for key, (registry, supplied) in PART_BLOCKS.items():
         if key in raw:
             problems += _check_block(registry, raw[key], key, supplied)
@@ -448,16 +477,31 @@ def validate(raw: Mapping[str, Any]) -> list[str]:
     problems += _check_settings(TrainSettings, raw.get("train"), "train")
     problems += _check_settings(CheckpointSettings, raw.get("checkpoint"), "checkpoint")
     problems += _check_settings(DataSettings, raw.get("data"), "data")
+    problems += _check_settings(ValSettings, raw.get("val"), "val")
+    if isinstance(raw.get("train"), Mapping):
+        problems += _check_settings(BestSettings, raw["train"].get("best"), "train.best")
     data = raw.get("data") or {}
     if isinstance(data, Mapping):
         for split in DATA_SPLITS:
             if data.get(split):
                 problems += _check_block(DATASETS, data[split], f"data.{split}")
-        if raw.get("task") == "style" and not data.get("style_image"):
-            problems.append("data.style_image: a style recipe needs a style image path")
+    if task is not None:  # the task's own keys: data it needs, val.metrics, train.best
+        problems += task.recipe_problems(raw)
     for where, ranges in RANGES.items():
         problems += _check_ranges(raw.get(where), where, ranges)
     return problems + check_parts(raw)
+
+
+def _task_class(name: Any, problems: list[str]) -> Any:
+    """The registered class of task ``name``, or None with the problem (did-you-mean) added."""
+    if not isinstance(name, str):
+        problems.append(f"task: expected a task name (percepkit list tasks), got {name!r}")
+        return None
+    try:
+        return TASKS.get(name)
+    except PercepkitError as e:
+        problems.append(f"task: {e}")
+        return None
 
 
 #: Allowed ranges of numeric keys per block (None: unbounded); ``recipe check`` and the

@@ -135,7 +135,8 @@ def _settings_schema(cls: type, ranges: Mapping[str, tuple]) -> dict[str, Any]:
 
 def recipe_schema() -> dict[str, Any]:
     """The JSON Schema of a recipe, from the registries as they are now (plugins included)."""
-    from .recipe import PART_BLOCKS, RANGES, TASKS, CheckpointSettings, TrainSettings
+    from ..registry import TASKS
+    from .recipe import PART_BLOCKS, RANGES, CheckpointSettings, TrainSettings
 
     defs = {key: part_schema(registry, supplied, RANGES.get(key, {}))
             for key, (registry, supplied) in PART_BLOCKS.items()}
@@ -167,14 +168,27 @@ def recipe_schema() -> dict[str, Any]:
     }
     properties: dict[str, Any] = {
         "name": {"type": "string", "description": "the run's name (default: the file name)"},
-        "task": {"enum": list(TASKS), "default": "sr"},
+        "task": {"enum": TASKS.names(), "default": "sr",
+                 "description": "the restoration task (percepkit list tasks)"},
         **{key: {"$ref": f"#/definitions/{key}"} for key in PART_BLOCKS},
         "losses": {"type": "array", "minItems": 1, "items": {"$ref": "#/definitions/loss"},
                    "description": "loss terms, each {name: ..., weight: ...} or a name"},
         "data": data,
         "train": _settings_schema(TrainSettings, RANGES.get("train", {})),
         "checkpoint": _settings_schema(CheckpointSettings, RANGES.get("checkpoint", {})),
+        "val": {"type": ["object", "null"], "additionalProperties": False,
+                "description": "what validation computes",
+                "properties": {"metrics": {
+                    "type": ["array", "null"], "items": {"type": "string"},
+                    "description": "registered metrics (percepkit list metrics) or values the "
+                                   "task computes itself (style: loss); default: the task's"}}},
     }
+    properties["train"]["properties"]["best"] = {
+        "description": "the validation metric that picks best.safetensors",
+        "anyOf": [{"type": "null"}, {"type": "string"}, {
+            "type": "object", "additionalProperties": False, "required": ["metric"],
+            "properties": {"metric": {"type": "string"},
+                           "mode": {"enum": ["auto", "min", "max"], "default": "auto"}}}]}
     return {
         "$schema": DIALECT,
         "title": "percepkit recipe",
@@ -183,11 +197,12 @@ def recipe_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "required": ["transform", "losses"],
         "properties": properties,
-        "allOf": [{  # a style recipe needs a style image
-            "if": {"required": ["task"], "properties": {"task": {"const": "style"}}},
+        "allOf": [{  # the data a task needs (style: a style image)
+            "if": {"required": ["task"], "properties": {"task": {"enum": [e.name, *e.aliases]}}},
             "then": {"required": ["data"], "properties": {"data": {
-                "required": ["style_image"],
-                "properties": {"style_image": {"type": "string", "minLength": 1}}}}},
-        }],
+                "required": list(e.obj.required_data),
+                "properties": {k: {"type": "string", "minLength": 1}
+                               for k in e.obj.required_data}}}},
+        } for e in TASKS.entries() if getattr(e.obj, "required_data", None)],
         "definitions": defs,
     }

@@ -310,6 +310,9 @@ OPTIMIZERS = Registry("optimizer", ["percepkit.train.optimizers"])
 SCHEDULERS = Registry("scheduler", ["percepkit.train.optimizers"])
 MODELS = Registry("model", ["percepkit.models.zoo"])
 DISCRIMINATORS = Registry("discriminator", ["percepkit.nets.discriminators"])
+#: restoration problems (``task:`` in recipes, ``percepkit eval --task``): classes derived from
+#: :class:`percepkit.train.tasks.Task`
+TASKS = Registry("task", ["percepkit.train.tasks"])
 
 REGISTRIES: dict[str, Registry] = {
     "transforms": TRANSFORMS,
@@ -322,4 +325,5 @@ REGISTRIES: dict[str, Registry] = {
     "schedulers": SCHEDULERS,
     "models": MODELS,
     "discriminators": DISCRIMINATORS,
+    "tasks": TASKS,
 }

@@ -203,12 +203,12 @@ class Trainer:
             model = recipe.build_transform()
         except ValueError as e:
             raise RecipeError(f"transform: {e}") from None
-        task = getattr(model, "task", recipe.task)
-        if task != recipe.task:
+        problem = self.task.network_problem(model)
+        if problem:
             raise RecipeError(f"task: the recipe says {recipe.task!r} but transform "
-                              f"{self._transform_spec()['name']!r} is a {task!r} network")
+                              f"{self._transform_spec()['name']!r} is {problem}")
         if s.init is not None and point is None:  # a resumed run has its own weights
-            init_weights(model, s.init)
+            init_weights(model, s.init, recipe.task)
         self.loss = recipe.build_loss().to(self.device)
         self.module = model.to(self.device)
         # NHWC pays on CUDA and with the CPU's bf16 units (oneDNN's blocked bf16 kernels); fp32
@@ -318,8 +318,9 @@ class Trainer:
         """Restore everything from a checkpoint; returns whether RNG states were restored."""
         ckpt = Checkpoint.read(path)
         if ckpt.task not in (None, self.recipe.task):
-            raise CheckpointError(f"{path}: a {ckpt.task!r} checkpoint, but the recipe is "
-                                  f"a {self.recipe.task!r} recipe")
+            raise CheckpointError(f"{path}: this checkpoint was trained for the {ckpt.task!r} "
+                                  f"task, but the recipe is for the {self.recipe.task!r} task; "
+                                  f"resume it with a {ckpt.task} recipe")
         restore_training_state(ckpt, self.module, self.optimizer, self.scheduler, self.scaler,
                                self.ema, self._transform_spec())
         if self.adversary is not None:
@@ -327,6 +328,11 @@ class Trainer:
         self.step = ckpt.step or 0
         self._elapsed_before = float(ckpt.meta.get("elapsed_sec") or 0.0)
         self.best, self.best_step = ckpt.best
+        chosen_by = (ckpt.meta.get("best") or {}).get("metric")
+        if chosen_by not in (None, self.task.metric):  # the recipe now selects by another
+            self.best, self.best_step = None, None
+            self.console.print(f"[yellow]note:[/] the best checkpoint so far was chosen by "
+                               f"{chosen_by}; from now on by {self.task.metric}")
         self.best_checkpoint = self.run.best_checkpoint()
         self.last_checkpoint = path
         self._position, exact = resume_position(ckpt, self.dist.world_size,

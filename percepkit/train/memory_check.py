@@ -138,8 +138,10 @@ def check_data_memory(recipe: Recipe, dataset: Any) -> None:
     item of ``dataset`` (``data.train``), the validation items and the style image."""
     check_item_memory(_side(dataset), "data.train.size/patch_size")
     check_item_memory(_side(recipe.data.val or {}), "data.val.size/patch_size")
-    if recipe.task == "style" and recipe.data.style_size:
-        check_item_memory(int(recipe.data.style_size), "data.style_size")
+    from .tasks import task_class
+
+    for side, where in task_class(recipe.task).memory_images(recipe):
+        check_item_memory(side, where)
 
 
 def check_training_memory(recipe: Recipe, item: dict[str, Any], task: Any,

@@ -66,12 +66,16 @@ class EMA:
                 e.copy_(v)
 
 
-def init_weights(model: nn.Module, spec: str) -> None:
-    """Copy the weights of a model name or checkpoint (``train.init``) into ``model``."""
+def init_weights(model: nn.Module, spec: str, task: str | None = None) -> None:
+    """Copy the weights of a model name or checkpoint (``train.init``) into ``model``; one
+    trained for another task than ``task`` is refused."""
     from ..models.checkpoint import state_dict_mismatch
-    from ..models.zoo import load
+    from ..models.zoo import load, resolve
+    from .tasks import check_checkpoint_task
 
     try:
+        if task is not None:
+            check_checkpoint_task(resolve(spec), task, "the recipe (train.init)")
         source = load(spec)
     except PercepkitError as e:
         raise RecipeError(f"train.init: {e}") from None

@@ -1,10 +1,49 @@
-"""Training tasks: what differs between SR and style training, one class per task.
+"""Tasks: the restoration problems percepkit trains and evaluates, one class per task.
 
-A task says how a training batch becomes ``(input, target)``, what training and validation
-items must hold, what validation computes and which value is better, what a preview grid shows
-and what it needs before training (the style task: the style image's targets). The trainer
-picks the task from :data:`TASKS` by ``recipe.task``; a new task with the same losses (e.g.
-denoising) is one new class added there.
+Every task is a :class:`Task` subclass registered in :data:`percepkit.registry.TASKS`; a recipe
+names one (``task: sr``), ``percepkit eval --task NAME`` scores its benchmark protocol and
+``percepkit list tasks [NAME]`` shows them. Built in: ``sr`` (super-resolution) and ``style``
+(style transfer). A plugin adds one exactly as it adds a loss::
+
+    from percepkit.registry import TASKS
+    from percepkit.train.tasks import SRTask
+
+    @TASKS.register("denoise")
+    class DenoiseTask(SRTask):
+        '''Gaussian denoising: ...'''
+        network_tasks = ("sr",)     # image-to-image nets built at scale 1
+        ...
+
+Nothing outside the task classes asks which task it is: code reads these attributes and calls
+these methods instead.
+
+**Read without building anything** (recipe checks, the recipe schema, ``percepkit eval``,
+``percepkit list tasks``): class attributes and class methods.
+
+- What a sample is: ``input_key`` / ``target_key`` (keys of a training or validation item; the
+  same key when input and target are one image), ``uses_scale`` (the data's ``scale`` must be
+  the transform's), ``required_data`` (``data.*`` keys the recipe must set, with what they are).
+- Which networks fit: ``network_tasks`` (the ``task`` attributes of transforms this task trains)
+  and :meth:`Task.network_problem`.
+- Validation: ``default_val_metrics`` (``val.metrics`` when the recipe names none; registered
+  metrics), ``own_values`` (values the task computes itself, e.g. style's ``loss``, name ->
+  higher is better) and ``default_best`` (what picks ``best.safetensors`` unless ``train.best``
+  says otherwise). :meth:`Task.recipe_problems` checks a recipe's ``task``-specific keys.
+- Evaluation (``percepkit eval --task NAME``): ``protocol`` (its name, written into results files;
+  None: the task has no benchmark protocol), ``protocol_summary``, ``eval_baseline`` (the
+  transform scored when no model is given: SR scores bicubic), ``eval_metrics`` / ``eval_channel``
+  (the protocol's default metrics and Y or RGB), :meth:`Task.eval_scale`,
+  :meth:`Task.eval_crop_border` and :meth:`Task.eval_input` (how the degraded input of one
+  benchmark image is made; SR: the set's MATLAB-bicubic LR).
+- The optimisation baseline (``percepkit optimize``): ``optimize_losses`` /
+  ``optimize_iterations``.
+
+**One object per training run** (``Task(recipe, device)``, :func:`make_task`):
+:meth:`~Task.check_train_item`, :meth:`~Task.setup`, :meth:`~Task.unpack` (a batch to
+``(input, target)``), :meth:`~Task.val_columns`, :meth:`~Task.validate` (built on
+:meth:`~Task.val_pair`: the 8-bit output and the reference it is compared with),
+:meth:`~Task.baseline`, :meth:`~Task.preview` and :meth:`~Task.better`. ``metric`` and
+``higher_is_better`` are the run's best-checkpoint metric and its direction.
 """
 
 from __future__ import annotations
@@ -20,42 +59,221 @@ import torch
 from torch import nn
 
 from ..errors import PercepkitError, RecipeError
+from ..inference.gatys import SR_LOSSES, STYLE_LOSSES
 from ..recipes.recipe import Recipe, expand_path
+from ..registry import METRICS, TASKS
+from ..registry.arguments import built_class, close_matches
 
 Item = Mapping[str, Any]
 
 
-class Task(ABC):
-    """The task-specific part of training; a subclass per task, listed in :data:`TASKS`."""
+def metric_direction(name: str, own_values: Mapping[str, bool] | None = None) -> bool | None:
+    """Whether a higher value of ``name`` is better: a task's own value, or the registered
+    metric's ``higher_is_better`` (None: unknown name, or a metric that does not declare it)."""
+    if own_values and name in own_values:
+        return bool(own_values[name])
+    try:
+        obj = METRICS.get(name)
+    except PercepkitError:
+        return None
+    value = getattr(built_class(obj), "higher_is_better", None)
+    return None if value is None else bool(value)
 
-    name: ClassVar[str]
-    metric: ClassVar[str]             # the validation value that decides "best"
-    higher_is_better: ClassVar[bool]
-    input_key: ClassVar[str]          # the network input in a validation item
+
+def _best_spec(raw: Mapping[str, Any]) -> Any:
+    train = raw.get("train")
+    return train.get("best") if isinstance(train, Mapping) else None
+
+
+def _val_names(raw: Mapping[str, Any]) -> Any:
+    val = raw.get("val")
+    return val.get("metrics") if isinstance(val, Mapping) else None
+
+
+class Task(ABC):
+    """A restoration problem: what a sample is, how the input is made from the target, what
+    validation compares, what eval reports; a subclass per task, registered in ``TASKS``."""
+
+    name: ClassVar[str]               # the registered name
+    title: ClassVar[str] = ""         # in words, for messages ("super-resolution")
+    input_key: ClassVar[str]          # the network input in a training/validation item
+    target_key: ClassVar[str]         # the target in a training/validation item
+    network_tasks: ClassVar[tuple[str, ...]] = ()  # transform `task` attributes it trains
+    uses_scale: ClassVar[bool] = False  # the data's scale must be the transform's
+    required_data: ClassVar[Mapping[str, str]] = {}  # data.<key>: what it must name
     validates_on_previews: ClassVar[bool] = False  # validate without data.val
+    default_val_metrics: ClassVar[tuple[str, ...]] = ()
+    own_values: ClassVar[Mapping[str, bool]] = {}  # computed by the task: higher is better?
+    default_best: ClassVar[str]
+    # percepkit eval --task NAME
+    protocol: ClassVar[str | None] = None
+    protocol_summary: ClassVar[str] = ""
+    eval_baseline: ClassVar[str] = "bicubic"
+    eval_metrics: ClassVar[tuple[str, ...]] = ("psnr", "ssim", "lpips")
+    eval_channel: ClassVar[str] = "y"
+    # percepkit optimize (the optimisation baseline of Gatys et al.)
+    optimize_losses: ClassVar[tuple[Mapping[str, Any], ...]] = ()
+    optimize_iterations: ClassVar[int] = 200
 
     def __init__(self, recipe: Recipe, device: torch.device) -> None:
         self.recipe, self.device = recipe, device
+        named = _val_names(recipe.raw)
+        self.val_metrics: list[str] = [n for n in (named if named is not None
+                                                   else self.default_val_metrics)
+                                       if n not in self.own_values]
+        best = _best_spec(recipe.raw) or {}
+        metric = best.get("metric")
+        if metric is None:  # the task's default if validated, else the first validated value
+            validated = [*self.own_values, *self.val_metrics]
+            metric = self.default_best if self.default_best in validated or not validated \
+                else validated[0]
+        mode = best.get("mode") or "auto"
+        higher = {"max": True, "min": False}.get(mode, metric_direction(metric, self.own_values))
+        if higher is None:
+            raise RecipeError(f"train.best: metric {metric!r} does not declare whether higher "
+                              f"is better; set train.best.mode: min or max")
+        self.metric: str = metric
+        self.higher_is_better: bool = higher
+        self.metrics: dict[str, Any] = {}
+        self.infos: list[Any] = []
 
+    # -- read without building anything ----------------------------------------------------------
+    @classmethod
+    def network_problem(cls, net: Any) -> str | None:
+        """Why ``net`` (a transform, or a transform class) cannot be trained or scored for
+        this task, or None."""
+        task = getattr(net, "task", None)
+        if task is None or not cls.network_tasks or task in cls.network_tasks:
+            return None
+        return f"a {task!r} network, not one for the {cls.name!r} task"
+
+    @classmethod
+    def recipe_problems(cls, raw: Mapping[str, Any]) -> list[str]:
+        """Problems of a recipe's task-specific keys: ``required_data``, ``val.metrics`` and
+        ``train.best`` (each with its key path)."""
+        problems = []
+        data = raw.get("data") or {}
+        if isinstance(data, Mapping):
+            for key, what in cls.required_data.items():
+                if not data.get(key):
+                    problems.append(f"data.{key}: a {cls.name} recipe needs {what}")
+        names = _val_names(raw)
+        if names is not None and (not isinstance(names, list)
+                                  or not all(isinstance(n, str) for n in names)):
+            return problems + [f"val.metrics: expected a list of metric names "
+                               f"(percepkit list metrics), got {names!r}"]
+        validated = list(cls.default_val_metrics) if names is None else list(names)
+        for i, name in enumerate(names or []):
+            if name in cls.own_values:
+                continue
+            try:
+                METRICS.entry(name)
+            except PercepkitError as e:
+                problems.append(f"val.metrics[{i}]: {e}")
+        best = _best_spec(raw)
+        if not isinstance(best, Mapping) or not isinstance(best.get("metric"), str):
+            return problems  # missing/mistyped keys: the train.best settings check says so
+        metric, mode = best["metric"], best.get("mode") or "auto"
+        allowed = [*cls.own_values, *validated]
+        if metric not in allowed:
+            close = [] if metric in METRICS else \
+                close_matches(metric, [*allowed, *METRICS.names()], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"train.best.metric: {metric!r} is not validated{hint}; add it to "
+                            f"val.metrics (now: {', '.join(allowed) or 'none'})")
+        elif mode == "auto" and metric_direction(metric, cls.own_values) is None:
+            problems.append(f"train.best: metric {metric!r} does not declare whether higher "
+                            f"is better; set train.best.mode: min or max")
+        return problems
+
+    @classmethod
+    def memory_images(cls, recipe: Recipe) -> list[tuple[int, str]]:
+        """Images made before the first step besides the data's: ``(side, recipe key)``."""
+        return []
+
+    @classmethod
+    def eval_scale(cls, scale: int | None) -> int:
+        """The scale ``percepkit eval`` builds the benchmark sets at (``--scale``, if given)."""
+        return 1 if scale is None else scale
+
+    @classmethod
+    def eval_crop_border(cls, scale: int) -> int:
+        """Pixels cropped at each border before PSNR/SSIM-like metrics."""
+        return 0
+
+    @classmethod
+    def eval_input(cls, sample: Any, set_name: str) -> torch.Tensor:
+        """The model's input for one benchmark image (``sample.hr`` the target); seed anything
+        random from ``set_name`` and ``sample.name`` so every run scores the same inputs."""
+        return sample.lr
+
+    @classmethod
+    def optimize_check(cls, *, style: Any, scale: int | None, target: Any, inputs: int) -> None:
+        """Raise :class:`PercepkitError` when ``percepkit optimize``'s options do not fit."""
+        raise PercepkitError(f"the {cls.name} task has no optimisation baseline "
+                             f"(percepkit optimize)")
+
+    @classmethod
+    def optimize_image(cls, image: torch.Tensor, loss: nn.Module, **options: Any) -> Any:
+        """``percepkit optimize`` of one image (3xHxW): an
+        :class:`~percepkit.inference.gatys.OptimizeResult`. ``options``: ``style``, ``scale``,
+        ``target``, ``iterations``, ``method``, ``lr``, ``init``, ``seed``, ``callback``,
+        ``precision`` (each task takes what it needs)."""
+        raise PercepkitError(f"the {cls.name} task has no optimisation baseline "
+                             f"(percepkit optimize)")
+
+    # -- one object per training run ------------------------------------------------------------
     @abstractmethod
     def check_train_item(self, item: Item, dataset: str, module: nn.Module) -> None:
         """Raise :class:`RecipeError` if a training item does not fit this task."""
 
     @abstractmethod
     def setup(self, module: nn.Module, loss: nn.Module) -> None:
-        """Prepare what validation and the loss need before the first step."""
+        """Prepare what validation and the loss need before the first step (subclasses call
+        :meth:`build_val_metrics`)."""
 
-    @abstractmethod
     def unpack(self, batch: Item) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input, target)`` of a training batch (the same object when they are one)."""
+        return batch[self.input_key], batch[self.target_key]
 
-    @abstractmethod
+    def metric_arguments(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """``(crop_border, per-metric arguments)`` the validation metrics are built with."""
+        return 0, {}
+
+    def build_val_metrics(self) -> None:
+        """Build ``val_metrics`` on the device; a metric that cannot be built is an error."""
+        from ..evaluation.evaluate import build_metrics
+
+        crop, extra = self.metric_arguments()
+        self.metrics, self.infos = build_metrics(self.val_metrics, crop_border=crop, extra=extra,
+                                                 device=self.device)
+        for info in self.infos:
+            if info.unavailable:
+                raise PercepkitError(f"val.metrics: {info.name} is not available: "
+                                     f"{info.unavailable}")
+
     def val_columns(self, terms: Sequence[str]) -> list[str]:
-        """The metric columns of ``val.csv``."""
+        """The metric columns of ``val.csv``: the task's own values, then ``val.metrics``."""
+        return [*self.own_values, *self.val_metrics]
 
-    @abstractmethod
+    def val_pair(self, model: nn.Module, item: Item) -> tuple[torch.Tensor, torch.Tensor]:
+        """The 8-bit-rounded output (CxHxW, CPU) for one validation item and its reference."""
+        from ..evaluation.evaluate import run_transform
+
+        return run_transform(model, item[self.input_key], self.device), item[self.target_key]
+
+    @torch.no_grad()
     def validate(self, model: nn.Module, items: Sequence[Item]) -> dict[str, float]:
-        """Validation metrics of ``model`` on ``items`` (``metric`` among them)."""
+        """Mean validation values of ``model`` on ``items`` (``metric`` among them), each
+        metric computed as ``percepkit eval`` computes it."""
+        from ..evaluation.evaluate import score_pair
+
+        values: dict[str, list[float]] = {k: [] for k in self.val_metrics}
+        for item in items:
+            out, ref = self.val_pair(model, item)
+            for k, v in score_pair(self.metrics, self.infos, out, ref).items():
+                values[k].append(math.nan if v is None else v)
+        return {k: float(np.mean(v)) for k, v in values.items()}
 
     def baseline(self, items: Sequence[Item]) -> str | None:
         """A line about a reference result to beat, shown before training (or None)."""
@@ -75,13 +293,62 @@ class Task(ABC):
         return value > best if self.higher_is_better else value < best
 
 
+@TASKS.register("sr")
 class SRTask(Task):
-    """Super-resolution: LR input, HR target; validated by PSNR/SSIM as ``percepkit eval``."""
+    """Super-resolution: LR input (MATLAB bicubic of the HR), HR target; PSNR/SSIM on Y.
 
-    name = "sr"
-    metric = "psnr"
-    higher_is_better = True
-    input_key = "lr"
+    A sample is ``{"lr", "hr"}`` with HR = scale x LR (``sr_patches``, ``paired_folder``, the
+    benchmark sets). Validation and ``percepkit eval`` score the 8-bit output against the HR:
+    PSNR/SSIM on BT.601 Y with a border of ``scale`` pixels cropped, LPIPS on the whole RGB
+    image, ``grid``/``blobs`` for artifacts; best.safetensors is picked by PSNR unless
+    ``train.best`` says otherwise. Its protocol ``sr_bicubic`` is that of published SR tables
+    (Set5/Set14/BSD100, HR mod-cropped to the scale, LR = MATLAB imresize bicubic).
+    """
+
+    name, title = "sr", "super-resolution"
+    input_key, target_key = "lr", "hr"
+    network_tasks = ("sr",)
+    uses_scale = True
+    default_val_metrics = ("psnr", "ssim", "grid", "blobs")
+    default_best = "psnr"
+    protocol = "sr_bicubic"
+    protocol_summary = ("LR = MATLAB imresize(HR, 1/scale) bicubic, 8-bit; PSNR/SSIM on Y with "
+                        "a border of scale px cropped; LPIPS on the whole RGB image")
+    eval_baseline = "bicubic"
+    optimize_losses = tuple(SR_LOSSES)
+    optimize_iterations = 200
+
+    @classmethod
+    def network_problem(cls, net: Any) -> str | None:
+        problem = super().network_problem(net)
+        if problem is None and not isinstance(net, type) and getattr(net, "scale", None) is None:
+            problem = "not a super-resolution network (it has no scale)"
+        return problem
+
+    @classmethod
+    def eval_scale(cls, scale: int | None) -> int:
+        return 4 if scale is None else scale
+
+    @classmethod
+    def eval_crop_border(cls, scale: int) -> int:
+        return scale
+
+    @classmethod
+    def optimize_check(cls, *, style: Any, scale: int | None, target: Any, inputs: int) -> None:
+        if scale is None:
+            raise PercepkitError("super-resolution needs --scale N")
+        if target is not None and inputs != 1:
+            raise PercepkitError("--target is for super-resolution of one input image")
+
+    @classmethod
+    def optimize_image(cls, image: torch.Tensor, loss: nn.Module, **options: Any) -> Any:
+        """Super-resolve by optimisation (:func:`percepkit.inference.gatys.upscale`)."""
+        from ..inference.gatys import upscale
+
+        o = options
+        return upscale(image, o["scale"], loss, target=o.get("target"),
+                       iterations=o["iterations"], method=o["method"], lr=o.get("lr"),
+                       callback=o.get("callback"), precision=o.get("precision"))
 
     def check_train_item(self, item: Item, dataset: str, module: nn.Module) -> None:
         if not {"lr", "hr"} <= set(item):
@@ -95,36 +362,20 @@ class SRTask(Task):
 
     def setup(self, module: nn.Module, loss: nn.Module) -> None:
         self.scale = int(getattr(module, "scale", 1))
+        self.build_val_metrics()
 
-    def unpack(self, batch: Item) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch["lr"], batch["hr"]
-
-    def val_columns(self, terms: Sequence[str]) -> list[str]:
-        return ["psnr", "ssim", "grid", "blobs"]
-
-    @torch.no_grad()
-    def validate(self, model: nn.Module, items: Sequence[Item]) -> dict[str, float]:
-        """Mean PSNR/SSIM (Y, border = scale), grid (period = scale) and blobs, exactly as
-        ``percepkit eval`` computes them."""
-        from ..evaluation.evaluate import run_transform
-        from ..metrics import blobs, grid, psnr, ssim
-
-        fns = {"psnr": psnr(crop_border=self.scale), "ssim": ssim(crop_border=self.scale),
-               "grid": grid(period=max(2, self.scale)), "blobs": blobs()}
-        values: dict[str, list[float]] = {k: [] for k in fns}
-        for item in items:
-            out = run_transform(model, item["lr"], self.device)[None]
-            hr = item["hr"][None]
-            for k, fn in fns.items():
-                values[k].append(float(fn(out, hr)[0]))
-        return {k: float(np.mean(v)) for k, v in values.items()}
+    def metric_arguments(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """PSNR/SSIM (and SSIM-like metrics) crop ``scale`` pixels, as eval; ``grid`` looks at
+        period ``scale``; the artifact metrics see the whole image."""
+        return self.scale, {"grid": {"period": max(2, self.scale), "crop_border": 0},
+                            "blobs": {"crop_border": 0}}
 
     def baseline(self, items: Sequence[Item]) -> str | None:
         from ..nets.transforms import Bicubic
 
         base = self.validate(Bicubic(self.scale), items)
-        return (f"validation baseline (bicubic): PSNR {base['psnr']:.2f} dB, "
-                f"SSIM {base['ssim']:.4f} on {len(items)} image(s)")
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in base.items())
+        return f"validation baseline (bicubic) on {len(items)} image(s): {shown}"
 
     def preview(self, model: nn.Module, previews: Sequence[Item], val_items: Sequence[Item],
                 step: int) -> torch.Tensor:
@@ -142,14 +393,49 @@ class SRTask(Task):
         return stack_rows(rows)
 
 
+@TASKS.register("style")
 class StyleTask(Task):
-    """Style transfer: the content image is input and content target; validated by the loss."""
+    """Style transfer: the content image is input and content target; validated by the loss.
 
-    name = "style"
-    metric = "loss"
-    higher_is_better = False
-    input_key = "image"
+    A sample is ``{"image"}`` (``image_folder``); ``data.style_image`` gives the style targets.
+    Validation reports the loss and its terms on the validation (or preview) images, and the
+    artifact metrics of the 8-bit outputs against the content (``grid`` at period 4, ``blobs``);
+    best.safetensors is the lowest loss unless ``train.best`` says otherwise. There is no
+    benchmark protocol (``percepkit eval`` scores restoration tasks).
+    """
+
+    name, title = "style", "style transfer"
+    input_key = target_key = "image"
+    network_tasks = ("style",)
+    required_data = {"style_image": "a style image path"}
     validates_on_previews = True
+    default_val_metrics = ("grid", "blobs")
+    own_values = {"loss": False}
+    default_best = "loss"
+    optimize_losses = tuple(STYLE_LOSSES)
+    optimize_iterations = 500
+
+    @classmethod
+    def memory_images(cls, recipe: Recipe) -> list[tuple[int, str]]:
+        size = recipe.data.style_size
+        return [(int(size), "data.style_size")] if size else []
+
+    @classmethod
+    def optimize_check(cls, *, style: Any, scale: int | None, target: Any, inputs: int) -> None:
+        if style is None:
+            raise PercepkitError("a style recipe needs --style STYLE")
+        if target is not None:
+            raise PercepkitError("--target is for super-resolution of one input image")
+
+    @classmethod
+    def optimize_image(cls, image: torch.Tensor, loss: nn.Module, **options: Any) -> Any:
+        """Stylise by optimisation (:func:`percepkit.inference.gatys.stylize`)."""
+        from ..inference.gatys import stylize
+
+        o = options
+        return stylize(image, o["style"], loss, iterations=o["iterations"], method=o["method"],
+                       lr=o.get("lr"), init=o.get("init", "content"), seed=o.get("seed", 0),
+                       callback=o.get("callback"), precision=o.get("precision"))
 
     def check_train_item(self, item: Item, dataset: str, module: nn.Module) -> None:
         if "image" not in item:
@@ -162,32 +448,35 @@ class StyleTask(Task):
         style = load_style_image(data.style_image, data.style_size)
         loss.set_style(style.to(self.device))
         self.loss, self.style_image = loss, style[0]
+        self.build_val_metrics()
 
-    def unpack(self, batch: Item) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch["image"], batch["image"]
+    def metric_arguments(self) -> tuple[int, dict[str, dict[str, Any]]]:
+        """``grid`` at period 4 (the style net's upsampling stride)."""
+        return 0, {"grid": {"period": 4}}
 
     def val_columns(self, terms: Sequence[str]) -> list[str]:
-        return ["loss", *terms, "grid", "blobs"]
+        return ["loss", *terms, *self.val_metrics]
 
     @torch.no_grad()
     def validate(self, model: nn.Module, items: Sequence[Item]) -> dict[str, float]:
-        """The mean loss and loss terms on the validation images, and the artifact metrics of
-        the 8-bit outputs: grid (period 4) and blobs against the content image."""
+        """The mean loss and loss terms on the validation images, and ``val.metrics`` of the
+        8-bit outputs against the content image."""
         from ..data.images import quantize
-        from ..metrics import blobs, grid
+        from ..evaluation.evaluate import score_pair
 
-        artifacts = {"grid": grid(period=4), "blobs": blobs()}
-        totals: list[list[float]] = []
+        rows: list[list[float]] = []
         for item in items:
             x = item["image"][None].to(self.device)
             y = model(x)
             total, parts = self.loss(y, x)
-            out, content = quantize(y.float().cpu()), x.float().cpu()
-            totals.append([float(total), *(float(v) for v in parts.values()),
-                           *(float(fn(out, content)[0]) for fn in artifacts.values())])
-        mean = np.mean(np.array(totals), axis=0).tolist()
-        return {"loss": mean[0], **dict(zip(self.loss.terms.keys(), mean[1:])),
-                **dict(zip(artifacts, mean[-len(artifacts):]))}
+            out, content = quantize(y.float().cpu())[0], x.float().cpu()[0]
+            scores = score_pair(self.metrics, self.infos, out, content)
+            rows.append([float(total), *(float(v) for v in parts.values()),
+                         *(math.nan if scores[k] is None else scores[k]
+                           for k in self.val_metrics)])
+        mean = np.mean(np.array(rows), axis=0).tolist()
+        names = ["loss", *self.loss.terms.keys(), *self.val_metrics]
+        return dict(zip(names, mean))
 
     def preview(self, model: nn.Module, previews: Sequence[Item], val_items: Sequence[Item],
                 step: int) -> torch.Tensor:
@@ -204,17 +493,38 @@ class StyleTask(Task):
             image_grid(outs, [f"step {step}"] * len(outs), height=h)])
 
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (SRTask, StyleTask)}
+def task_class(name: str, where: str = "task") -> type[Task]:
+    """The registered task class ``name``; unknown names are a :class:`RecipeError` with
+    did-you-mean hints."""
+    try:
+        return TASKS.get(name)  # type: ignore[return-value]
+    except PercepkitError as e:
+        raise RecipeError(f"{where}: {e}") from None
 
 
 def make_task(recipe: Recipe, device: torch.device) -> Task:
     """The task object of ``recipe.task``."""
-    try:
-        cls = TASKS[recipe.task]
-    except KeyError:
-        raise RecipeError(f"task: unknown task {recipe.task!r}; one of "
-                          f"{', '.join(sorted(TASKS))}") from None
-    return cls(recipe, device)
+    return task_class(recipe.task)(recipe, device)
+
+
+def checkpoint_task(path: str | Path) -> str | None:
+    """The task a percepkit checkpoint (or zoo file) was trained for (None: not recorded)."""
+    from ..models.checkpoint import Checkpoint, is_checkpoint
+
+    path = Path(path)
+    if not path.is_file() or not is_checkpoint(path):
+        return None
+    return Checkpoint.read(path, tensors=False).task
+
+
+def check_checkpoint_task(path: str | Path, task: str, where: str) -> None:
+    """Raise :class:`PercepkitError` (one paragraph) when the checkpoint at ``path`` was
+    trained for another task than ``task``, which ``where`` (a recipe, ``--task``) asks for."""
+    trained = checkpoint_task(path)
+    if trained is not None and trained != task:
+        raise PercepkitError(
+            f"{path}: this checkpoint was trained for the {trained!r} task, but {where} is for "
+            f"the {task!r} task; use a {task} checkpoint, or set the task to {trained!r}")
 
 
 def stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:
