@@ -86,13 +86,17 @@ def test_non_power_of_two_scale_is_rejected():
 
 
 def test_restoration_nets_are_residual_and_scale_one():
-    """Random init (plumbing only): dncnn returns its input minus the net's output, so a zeroed
-    last conv is the identity; both restoration transforms are task 'restore', scale 1."""
-    net = TRANSFORMS.build({"name": "dncnn", "depth": 3, "channels": 8})
-    torch.nn.init.zeros_(net.net[-1].weight)
+    """Random init (plumbing only): dncnn returns its input minus the net's output, and its
+    last conv starts at zero, so the untrained net is the identity; both restoration
+    transforms are task 'restore', scale 1."""
     x = torch.rand(1, 3, 9, 9) * 1.4 - 0.2  # noisy inputs leave [0, 1]
-    with torch.no_grad():
-        torch.testing.assert_close(net(x), x)
+    for norm in ("batch", "none"):
+        net = TRANSFORMS.build({"name": "dncnn", "depth": 3, "channels": 8, "norm": norm}).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), x)
+        torch.nn.init.normal_(net.net[-1].weight)
+        with torch.no_grad():
+            assert not torch.allclose(net(x), x)
     for name in ("dncnn", "identity"):
         t = TRANSFORMS.build(name)
         assert (t.task, t.scale) == ("restore", 1)

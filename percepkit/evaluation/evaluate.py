@@ -117,13 +117,15 @@ class EvalResult:
     #: the task (``percepkit eval --task``) and its benchmark protocol (``""``: not recorded)
     task: str = ""
     protocol: str = ""
+    #: how the inputs were made, when the task's protocol says it (else the sets' statement)
+    data_statement: str | None = None
 
     @property
     def convention(self) -> dict[str, Any]:
         """The exact data and metric conventions, as written into results files (with the
         task's protocol name when there is one)."""
         return {**({"task": self.task, "protocol": self.protocol} if self.protocol else {}),
-                "data": data_convention(self.sets),
+                "data": self.data_statement or data_convention(self.sets),
                 "metrics": {m.name: m.convention or f"n/a: {m.unavailable}" for m in self.metrics}}
 
 
@@ -347,7 +349,8 @@ def evaluate(
                     res.rows.append(ImageRow(sample.name, values, sample.notes))
                     if save_images is not None:
                         folder = Path(save_images) / _safe_name(ds.name)
-                        _save_grid(folder, sample, sr, model_name, ds.scale)
+                        _save_grid(folder, dataclasses.replace(sample, lr=given), sr,
+                                   model_name, ds.scale)
                         write_image(folder / "sr" / f"{_file_stem(sample.name)}.png", sr)
                 if on_image is not None:
                     on_image(ds.name, path.name)
@@ -358,13 +361,17 @@ def evaluate(
 
 
 def _save_grid(folder: Path, sample: Any, sr: torch.Tensor, model_name: str, scale: int) -> None:
-    bicubic = quantize(imresize(sample.lr.double(), scale=scale).float())
-    if bicubic.shape != sample.hr.shape:  # paired LR files of another size convention
-        bicubic = quantize(imresize(sample.lr.double(), size=tuple(sample.hr.shape[-2:])).float())
-    if model_name == "bicubic":
-        tiles, labels = [bicubic, sample.hr], ["bicubic", "HR"]
+    if scale == 1:  # a same-size task: the degraded input as it is (8-bit for display)
+        first, label = quantize(sample.lr.clamp(0, 1).float()), "input"
     else:
-        tiles, labels = [bicubic, sr, sample.hr], ["bicubic", model_name, "HR"]
+        first, label = quantize(imresize(sample.lr.double(), scale=scale).float()), "bicubic"
+        if first.shape != sample.hr.shape:  # paired LR files of another size convention
+            first = quantize(imresize(sample.lr.double(),
+                                      size=tuple(sample.hr.shape[-2:])).float())
+    if model_name in ("bicubic", "identity"):
+        tiles, labels = [first, sample.hr], [label, "HR"]
+    else:
+        tiles, labels = [first, sr, sample.hr], [label, model_name, "HR"]
     write_image(folder / f"{_safe_name(sample.name)}.png", comparison_grid(tiles, labels))
 
 

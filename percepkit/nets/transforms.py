@@ -229,15 +229,16 @@ class DnCNN(nn.Module):
     first convolution only, the batch norms carrying the others' offsets: 558,400 parameters);
     smaller settings train on a CPU. ``norm: none`` gives every convolution a bias instead.
     Same size in and out (``scale`` 1); inputs need not lie in [0, 1] (the denoise protocol's
-    noisy images do not).
+    noisy images do not). The last convolution starts at zero, so the untrained net is the
+    identity (not in the paper: short CPU trainings start from the degraded input).
     """
 
     task = "restore"
-    scale = 1
 
     def __init__(self, depth: int = 17, channels: int = 64,
-                 norm: Literal["batch", "none"] = "batch") -> None:
+                 norm: Literal["batch", "none"] = "batch", scale: int = 1) -> None:
         super().__init__()
+        self.scale = _same_size("dncnn", scale)
         if depth < 2 or channels < 1:
             raise ValueError(f"dncnn needs depth >= 2 and channels >= 1, got depth {depth}, "
                              f"channels {channels}")
@@ -248,6 +249,9 @@ class DnCNN(nn.Module):
                        _norm(norm, channels), nn.ReLU(inplace=True)]
         layers.append(nn.Conv2d(channels, 3, 3, padding=1, bias=bias))
         self.net = nn.Sequential(*layers)
+        nn.init.zeros_(self.net[-1].weight)  # starts as the identity (not in the paper)
+        if self.net[-1].bias is not None:
+            nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.net(x)
@@ -259,7 +263,18 @@ class Identity(nn.Module):
     SR's). No parameters."""
 
     task = "restore"
-    scale = 1
+
+    def __init__(self, scale: int = 1) -> None:
+        super().__init__()
+        self.scale = _same_size("identity", scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
+
+
+def _same_size(name: str, scale: int) -> int:
+    """``scale`` of a same-size restoration net: 1 (the argument exists so that code building
+    any transform at a scale, such as ``percepkit eval``, builds these too)."""
+    if scale != 1:
+        raise ValueError(f"{name} restores at the input's size: scale must be 1, got {scale}")
+    return 1
