@@ -155,9 +155,10 @@ def command(sizes: str, iters: str, as_json: bool, device: str, checkpoint: Path
     model = None
     if checkpoint is not None:
         from ..models.checkpoint import load_transform
+        from ..train.tasks import task_class
 
         model = load_transform(checkpoint)
-        if getattr(model, "task", None) != "style":
+        if not task_class("style").runs(model):
             raise PercepkitError(f"{checkpoint}: bench times style networks (the paper's "
                                  "table); this checkpoint is not one")
         transform_name = checkpoint.stem

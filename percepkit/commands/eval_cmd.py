@@ -191,12 +191,8 @@ def _render(console: Any, result: Any, per_image: bool) -> None:
 
 def _short_convention(result: Any) -> str:
     parts = metric_conventions(result.metrics)
-    if result.data_statement:  # a task's own protocol (denoise, deblur, jpeg)
-        whole = whole_image_metrics(result.metrics)
-        parts.append(f"protocol {result.protocol}; no border crop"
-                     + (f" ({'/'.join(whole)}: whole image)" if whole else "")
-                     + "; outputs rounded to 8 bits")
-        return "; ".join(parts) + ". Exact statement: -v, --json or --csv."
+    if result.data_note:  # a task protocol with its own statement
+        return "; ".join([*parts, result.data_note]) + ". Exact statement: -v, --json or --csv."
     crop = {s.scale for s in result.sets}
     mods = {s.mod_crop for s in result.sets}
     whole = whole_image_metrics(result.metrics)
@@ -347,7 +343,7 @@ def command(task_name: str, use_set5: bool, use_set14: bool, use_bsd100: bool, u
                           make_input=task_cls.eval_input)
     result.model_info = model_info
     result.task, result.protocol = task_cls.name, task_cls.protocol or ""
-    result.data_statement = task_cls.eval_data_convention()
+    result.data_note = task_cls.eval_data_convention(scale) or ""
     _render(console, result, per_image)
     _footer(console, result, notes, total, verbose)
     if json_path is not None:

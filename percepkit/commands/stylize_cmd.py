@@ -43,11 +43,12 @@ def command(checkpoint: str, inputs: tuple[str, ...], size: int | None, preserve
     code is 1 if any failed.
     """
     from ..models.zoo import load
+    from ..train.tasks import task_class
 
     if size is not None and size < 16:
         raise PercepkitError(f"--size must be at least 16 pixels, got {size}")
     model = load(checkpoint)
-    if getattr(model, "task", None) != "style":
+    if not task_class("style").runs(model):
         raise PercepkitError(f"{checkpoint}: not a style-transfer checkpoint (its transform is a "
                              f"{getattr(model, 'task', 'unknown')!s} network); use percepkit "
                              f"upscale for super-resolution checkpoints")

@@ -25,7 +25,7 @@ def load_sr_model(model: str, scale: int | None):
         from ..models.zoo import load
 
         net = load(model)
-        if sr.network_problem(net):
+        if not sr.runs(net):
             raise PercepkitError(f"{path}: not a super-resolution checkpoint; use percepkit "
                                  f"stylize for style checkpoints")
         if scale is not None and scale != net.scale:
@@ -47,7 +47,7 @@ def load_sr_model(model: str, scale: int | None):
                                where=f"transform {model}")
     except ValueError as e:  # the constructor's own check, e.g. johnson_sr's scales
         raise PercepkitError(f"transform {model} with --scale {scale}: {e}") from None
-    if sr.network_problem(net):
+    if not sr.runs(net):
         raise PercepkitError(f"transform {model!r} is not a super-resolution transform")
     if any(True for _ in net.parameters()):
         user_console(stderr=True).print(

@@ -117,15 +117,15 @@ class EvalResult:
     #: the task (``percepkit eval --task``) and its benchmark protocol (``""``: not recorded)
     task: str = ""
     protocol: str = ""
-    #: how the inputs were made, when the task's protocol says it (else the sets' statement)
-    data_statement: str | None = None
+    #: the protocol's own statement of how inputs are made (``""``: :func:`data_convention`)
+    data_note: str = ""
 
     @property
     def convention(self) -> dict[str, Any]:
         """The exact data and metric conventions, as written into results files (with the
         task's protocol name when there is one)."""
         return {**({"task": self.task, "protocol": self.protocol} if self.protocol else {}),
-                "data": self.data_statement or data_convention(self.sets),
+                "data": self.data_note or data_convention(self.sets),
                 "metrics": {m.name: m.convention or f"n/a: {m.unavailable}" for m in self.metrics}}
 
 

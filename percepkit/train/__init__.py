@@ -3,7 +3,8 @@
 One :class:`Trainer` runs one recipe into one run directory (layout in :mod:`.rundir`):
 
 - :mod:`.loop` — the :class:`Trainer` (AMP, DDP, EMA, compile, NaN checks, LR schedule);
-- :mod:`.tasks` — what differs between SR and style training (:data:`TASKS`);
+- :mod:`.tasks` — the tasks registered in :data:`percepkit.registry.TASKS` (sr, style,
+  plugins): what differs between them;
 - :mod:`.rundir` — files, step/best checkpoints, pruning, resume points, logs;
 - :mod:`.state` — the restorable state (model, optimiser, scheduler, scaler, EMA, RNG);
 - :mod:`.data` — the training loader, preview and validation items;

@@ -73,7 +73,7 @@ class RestorationTask(Task):
         return cls.eval_protocol().degrade(sample.hr, sample.name)
 
     @classmethod
-    def eval_data_convention(cls) -> str | None:
+    def eval_data_convention(cls, scale: int) -> str | None:
         p = cls.eval_protocol()
         d = p.to_dict()
         return (f"{p.label}: {p.statement}; seed: {d['seed']}; targets: the 8-bit images as "

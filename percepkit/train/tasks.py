@@ -15,35 +15,46 @@ names one (``task: sr``), ``percepkit eval --task NAME`` scores its benchmark pr
         ...
 
 Nothing outside the task classes asks which task it is: code reads these attributes and calls
-these methods instead.
+these methods instead. ``name`` must be the registered name.
 
 **Read without building anything** (recipe checks, the recipe schema, ``percepkit eval``,
-``percepkit list tasks``): class attributes and class methods.
+``percepkit list tasks``, the task's own commands): class attributes and class methods.
 
 - What a sample is: ``input_key`` / ``target_key`` (keys of a training or validation item; the
   same key when input and target are one image), ``uses_scale`` (the data's ``scale`` must be
-  the transform's), ``required_data`` (``data.*`` keys the recipe must set, with what they are).
-- Which networks fit: ``network_tasks`` (the ``task`` attributes of transforms this task trains)
-  and :meth:`Task.network_problem`.
+  the transform's), ``required_data`` (``data.*`` keys the recipe must set, with what they are),
+  :meth:`Task.memory_images` (images made before the first step, for the memory check). In
+  training the dataset makes the input from the target (its ``degradations``); in evaluation
+  :meth:`Task.eval_input` does.
+- Which networks fit: ``network_tasks`` (the ``task`` attributes of transforms this task trains),
+  :meth:`Task.network_problem` (why a network does not fit a recipe or ``eval --task``) and
+  :meth:`Task.runs` (strict: what ``upscale``/``stylize`` accept).
 - Validation: ``default_val_metrics`` (``val.metrics`` when the recipe names none; registered
   metrics), ``own_values`` (values the task computes itself, e.g. style's ``loss``, name ->
   higher is better) and ``default_best`` (what picks ``best.safetensors`` unless ``train.best``
-  says otherwise). :meth:`Task.recipe_problems` checks a recipe's ``task``-specific keys.
+  says otherwise). :meth:`Task.recipe_problems` checks a recipe's task-specific keys.
 - Evaluation (``percepkit eval --task NAME``): ``protocol`` (its name, written into results files;
   None: the task has no benchmark protocol), ``protocol_summary``, ``eval_baseline`` (the
   transform scored when no model is given: SR scores bicubic), ``eval_metrics`` / ``eval_channel``
-  (the protocol's default metrics and Y or RGB), :meth:`Task.eval_scale`,
-  :meth:`Task.eval_crop_border` and :meth:`Task.eval_input` (how the degraded input of one
-  benchmark image is made; SR: the set's MATLAB-bicubic LR).
-- The optimisation baseline (``percepkit optimize``): ``optimize_losses`` /
-  ``optimize_iterations``.
+  (the protocol's default ``--metrics`` and ``--channel``), :meth:`Task.eval_scale`,
+  :meth:`Task.eval_crop_border`, :meth:`Task.eval_input` (how the degraded input of one
+  benchmark image is made; SR: the set's MATLAB-bicubic LR) and
+  :meth:`Task.eval_data_convention` (the exact statement written into results files).
+- The optimisation baseline (``percepkit optimize``): ``optimize_losses``,
+  ``optimize_iterations``, :meth:`Task.optimize_check`, :meth:`Task.optimize_image`.
+- ``title``: the task in words, for messages.
 
 **One object per training run** (``Task(recipe, device)``, :func:`make_task`):
-:meth:`~Task.check_train_item`, :meth:`~Task.setup`, :meth:`~Task.unpack` (a batch to
-``(input, target)``), :meth:`~Task.val_columns`, :meth:`~Task.validate` (built on
-:meth:`~Task.val_pair`: the 8-bit output and the reference it is compared with),
+:meth:`~Task.check_train_item`, :meth:`~Task.setup` (calls :meth:`~Task.build_val_metrics`),
+:meth:`~Task.unpack` (a batch to ``(input, target)``), :meth:`~Task.val_columns`,
+:meth:`~Task.validate` (built on :meth:`~Task.val_pair`: the 8-bit output and the reference it
+is compared with, and :meth:`~Task.metric_arguments`: border crop and per-metric arguments),
 :meth:`~Task.baseline`, :meth:`~Task.preview` and :meth:`~Task.better`. ``metric`` and
-``higher_is_better`` are the run's best-checkpoint metric and its direction.
+``higher_is_better`` are the run's best-checkpoint metric and its direction; ``val_metrics``
+the registered metrics it validates.
+
+Checkpoints record ``recipe.task``; :func:`check_checkpoint_task` refuses one trained for another
+task (``eval --task``, ``train.init``).
 """
 
 from __future__ import annotations
@@ -148,6 +159,12 @@ class Task(ABC):
         return f"a {task!r} network, not one for the {cls.name!r} task"
 
     @classmethod
+    def runs(cls, net: Any) -> bool:
+        """Whether ``net`` declares itself one of this task's networks (its ``task`` attribute
+        is in ``network_tasks``): what the task's own commands (upscale, stylize) accept."""
+        return getattr(net, "task", None) in cls.network_tasks
+
+    @classmethod
     def recipe_problems(cls, raw: Mapping[str, Any]) -> list[str]:
         """Problems of a recipe's task-specific keys: ``required_data``, ``val.metrics`` and
         ``train.best`` (each with its key path)."""
@@ -202,6 +219,13 @@ class Task(ABC):
         return 0
 
     @classmethod
+    def eval_data_convention(cls, scale: int) -> str | None:
+        """The exact statement of how the protocol makes inputs and targets (results files'
+        ``convention.data``); None: the SR statement of :mod:`percepkit.evaluation.evaluate`
+        (MATLAB-bicubic LR, or the given ``--lr-dir`` files)."""
+        return None
+
+    @classmethod
     def eval_input(cls, sample: Any, set_name: str) -> torch.Tensor:
         """The model's input for one benchmark image (``sample.hr`` the target); seed anything
         random from ``set_name`` and ``sample.name`` so every run scores the same inputs."""
@@ -216,12 +240,6 @@ class Task(ABC):
             raise PercepkitError(f"--{given[0]} does not apply to the {cls.name} task (it sets "
                                  f"the level of the denoise/deblur/jpeg protocols)")
         return cls
-
-    @classmethod
-    def eval_data_convention(cls) -> str | None:
-        """How the benchmark inputs are made, for results files (None: the sets' own
-        statement, SR's MATLAB bicubic)."""
-        return None
 
     @classmethod
     def optimize_check(cls, *, style: Any, scale: int | None, target: Any, inputs: int) -> None:
