@@ -135,7 +135,7 @@ def methods(protocol: Protocol) -> dict[str, tuple[Restorer, tuple[float, ...]]]
         return {"denoise_nl_means": (nl_means, (0.4, 0.5, 0.6, 0.8, 1.0)),
                 "denoise_wavelet": (wavelet, (0.0,)),
                 "denoise_tv_chambolle": (tv, (0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2,
-                                                  0.28))}
+                                                  0.28, 0.4, 0.56))}
     if protocol.task == "deblur":
         lv = protocol.level
         k = blur_kernel(int(lv["kernel_size"]), lv["sigma"], lv["sigma"], 0.0).numpy()
@@ -241,6 +241,9 @@ def main() -> int:
     ap.add_argument("--tune-size", type=int, default=256)
     ap.add_argument("--json", type=Path, required=True)
     ap.add_argument("--md", type=Path, default=None, help="also write the tables as Markdown")
+    ap.add_argument("--append", action="store_true",
+                    help="keep the results already in --json (a row measured again replaces its "
+                         "old one); the machine record lists every run")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -259,6 +262,11 @@ def main() -> int:
                           f"{args.tune_size}x{args.tune_size} crops",
                    "criterion": "mean PSNR under the protocol"},
         "results": []}
+    if args.append and args.json.is_file():
+        old = json.loads(args.json.read_text())
+        result["results"] = old["results"]
+        runs = old.get("runs", [old["machine"]])
+        result["runs"] = [*runs, result["machine"]]
     for task in args.tasks.split(","):
         levels = LEVELS.get(task, (None,))
         for level in levels:
@@ -287,13 +295,29 @@ def main() -> int:
                 entry = {"task": task, "protocol": protocol.to_dict(), "set": set_name,
                          "tuning": chosen, "rows": rows,
                          "seconds": time.perf_counter() - started}
+                result["results"] = [e for e in result["results"] if _key(e) != _key(entry)]
                 result["results"].append(entry)
+                result["results"].sort(key=_order)
                 print(format_entry(entry), flush=True)
                 result["machine"]["load_average_end"] = os.getloadavg()[0]
                 write(args.json, json.dumps(result, indent=1))
                 if args.md:
                     write(args.md, markdown(result))
     return 0
+
+
+def _key(entry: dict) -> tuple:
+    return entry["task"], json.dumps(entry["protocol"], sort_keys=True), entry["set"]
+
+
+def _order(entry: dict) -> tuple:
+    """Tasks in PLAN order, then level, then the set's place in the plan."""
+    tasks = list(PLAN)
+    sets = [name for name, _ in PLAN.get(entry["task"], [])]
+    p = entry["protocol"]
+    level = p.get("sigma", p.get("quality", 0))
+    return (tasks.index(entry["task"]) if entry["task"] in tasks else 99, level,
+            sets.index(entry["set"]) if entry["set"] in sets else 99)
 
 
 def write(path: Path, text: str) -> None:
