@@ -36,20 +36,40 @@ import torch
 
 from percepkit.bench.speed_table import device_name
 from percepkit.data.benchmark_sets import SRBenchmark, quantize
-from percepkit.data.degradations import blur_kernel
+from percepkit.data.degradations import blur_kernel, load_kernels
 from percepkit.data.images import list_images, read_image
 from percepkit.evaluation.evaluate import build_metrics, score_pair
 from percepkit.evaluation.protocols import LEVELS, Protocol, ProtocolSet, make_protocol
 from percepkit.registry import DATASETS
 from percepkit.runtime.files import atomic_write
 
-#: which sets each task runs on, and at which levels (None: every level of the task)
-PLAN: dict[str, list[tuple[str, tuple[float, ...] | None]]] = {
+#: which sets each task runs on, and at which levels (None: every level of the task; a level
+#: is named by level_tag: the sigma, the quality, "gaussian" or the Levin kernel)
+PLAN: dict[str, list[tuple[str, tuple[str, ...] | None]]] = {
     "denoise": [("set5", None), ("set14", None), ("cbsd68", None), ("set12", None),
-                ("bsd100", (25,))],
-    "deblur": [("set5", None), ("set14", None), ("cbsd68", None), ("bsd100", None)],
-    "jpeg": [("set5", None), ("set14", None), ("cbsd68", None), ("bsd100", (20,))],
+                ("bsd100", ("25",))],
+    "deblur": [("set5", None), ("set14", ("gaussian",)), ("cbsd68", ("gaussian",)),
+               ("bsd100", ("gaussian",))],
+    "jpeg": [("set5", None), ("set14", None), ("cbsd68", None), ("bsd100", ("20",))],
 }
+
+
+def task_levels(task: str, levin: bool) -> list[dict[str, Any]]:
+    """The protocol arguments of each level of ``task`` (deblur: the Gaussian, and with
+    ``levin`` the 8 motion kernels of Levin et al. 2009)."""
+    if task == "denoise":
+        return [{"sigma": s} for s in LEVELS["denoise"]]
+    if task == "jpeg":
+        return [{"quality": q} for q in LEVELS["jpeg"]]
+    return [{}] + ([{"kernel": f"levin09:{i}"} for i in range(1, 9)] if levin else [])
+
+
+def level_tag(level: dict[str, Any]) -> str:
+    """``25``, ``20``, ``gaussian`` or ``levin09:3``: how --levels and PLAN name a level."""
+    for key in ("sigma", "quality"):
+        if key in level:
+            return f"{level[key]:g}"
+    return str(level.get("kernel", "gaussian"))
 
 Restorer = Callable[[np.ndarray, float], np.ndarray]
 
@@ -138,9 +158,12 @@ def methods(protocol: Protocol) -> dict[str, tuple[Restorer, tuple[float, ...]]]
                                                   0.28, 0.4, 0.56))}
     if protocol.task == "deblur":
         lv = protocol.level
-        k = blur_kernel(int(lv["kernel_size"]), lv["sigma"], lv["sigma"], 0.0).numpy()
+        if "kernel" in lv:
+            k = load_kernels("levin09")[int(str(lv["kernel"]).split(":")[1]) - 1].numpy()
+        else:
+            k = blur_kernel(int(lv["kernel_size"]), lv["sigma"], lv["sigma"], 0.0).numpy()
         return {"richardson_lucy": (richardson_lucy(k), (10, 20, 30, 40, 60)),
-                "wiener": (wiener(k), (0.001, 0.003, 0.01, 0.03, 0.1)),
+                "wiener": (wiener(k), (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)),
                 "unsupervised_wiener": (unsupervised_wiener(k), (0.0,))}
     if protocol.task == "jpeg":
         return {"denoise_tv_chambolle": (tv, (0.005, 0.01, 0.02, 0.03, 0.05, 0.08)),
@@ -233,7 +256,10 @@ def _tuning_sample(base: TuneSet, protocol: Protocol, i: int) -> Any:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", default="denoise,deblur,jpeg")
-    ap.add_argument("--levels", default=None, help="only these levels (sigma / quality)")
+    ap.add_argument("--levels", default=None,
+                    help="only these levels: sigma, quality, gaussian or levin09:N")
+    ap.add_argument("--levin", action="store_true",
+                    help="deblur also with the 8 Levin et al. 2009 kernels (on Set5)")
     ap.add_argument("--sets", default=None, help="only these sets (default: the plan)")
     ap.add_argument("--limit", type=int, default=None, help="images per set (for a quick look)")
     ap.add_argument("--lpips", action="store_true", help="also LPIPS (AlexNet, whole image)")
@@ -250,7 +276,7 @@ def main() -> int:
     warnings.filterwarnings("ignore", category=UserWarning)
     shared = Path(os.environ.get("PERCEPKIT_SHARED", "../shared"))
     tune_set = TuneSet(shared / "data" / "train" / "BSD200", args.tune_images, args.tune_size)
-    only_levels = {float(v) for v in args.levels.split(",")} if args.levels else None
+    only_levels = set(args.levels.split(",")) if args.levels else None
     only_sets = set(args.sets.split(",")) if args.sets else None
     import skimage
 
@@ -268,12 +294,11 @@ def main() -> int:
         runs = old.get("runs", [old["machine"]])
         result["runs"] = [*runs, result["machine"]]
     for task in args.tasks.split(","):
-        levels = LEVELS.get(task, (None,))
-        for level in levels:
-            if only_levels and level is not None and float(level) not in only_levels:
+        for level in task_levels(task, args.levin):
+            tag = level_tag(level)
+            if only_levels and tag not in only_levels:
                 continue
-            key = {"denoise": "sigma", "jpeg": "quality"}.get(task)
-            protocol = make_protocol(task, **({key: level} if key else {}))
+            protocol = make_protocol(task, **level)
             names = ["psnr", "ssim"] + (["lpips"] if args.lpips else [])
             metrics, infos = build_metrics(names, extra=protocol.metric_specs(names))
             started = time.perf_counter()
@@ -285,7 +310,7 @@ def main() -> int:
             for set_name, set_levels in PLAN[task]:
                 if only_sets and set_name not in only_sets:
                     continue
-                if set_levels is not None and level not in set_levels:
+                if set_levels is not None and tag not in set_levels:
                     continue
                 ds = ProtocolSet(DATASETS.build({"name": set_name, "download": False}
                                                 if set_name != "set5" else {"name": "set5"}),
@@ -315,7 +340,8 @@ def _order(entry: dict) -> tuple:
     tasks = list(PLAN)
     sets = [name for name, _ in PLAN.get(entry["task"], [])]
     p = entry["protocol"]
-    level = p.get("sigma", p.get("quality", 0))
+    number = p.get("sigma", p.get("quality", 0))
+    level = (1, p["kernel"]) if "kernel" in p else (0, f"{number:08.2f}")
     return (tasks.index(entry["task"]) if entry["task"] in tasks else 99, level,
             sets.index(entry["set"]) if entry["set"] in sets else 99)
 
@@ -326,8 +352,8 @@ def write(path: Path, text: str) -> None:
 
 def format_entry(entry: dict) -> str:
     p = entry["protocol"]
-    lines = [f"{entry['set']}: {entry['task']} {p.get('sigma', p.get('quality', ''))} "
-             f"({entry['seconds']:.0f} s)"]
+    level = p.get("kernel", p.get("sigma", p.get("quality", "")))
+    lines = [f"{entry['set']}: {entry['task']} {level} ({entry['seconds']:.0f} s)"]
     for name, row in entry["rows"].items():
         vals = " ".join(f"{k} {row[k]:.4f}" for k in ("psnr", "ssim", "lpips") if k in row)
         lines.append(f"  {name:22s} param={row['param']} {vals} "
@@ -352,8 +378,14 @@ def markdown(result: dict) -> str:
         out.append("| --- | --- | " + " | ".join("---" for _ in names) + " |")
         for e in entries:
             p = e["protocol"]
-            level = (f"σ {p['sigma']:g}" if task == "denoise" else f"q {p['quality']}"
-                     if task == "jpeg" else f"σ {p['sigma']:g}, noise {p['noise']:g}")
+            if task == "denoise":
+                level = f"σ {p['sigma']:g}"
+            elif task == "jpeg":
+                level = f"q {p['quality']}"
+            elif "kernel" in p:
+                level = f"Levin k{p['kernel'].split(':')[1]}, noise {p['noise']:g}"
+            else:
+                level = f"Gaussian σ {p['sigma']:g}, noise {p['noise']:g}"
             cells = []
             for n in names:
                 r = e["rows"][n]
@@ -367,10 +399,10 @@ def markdown(result: dict) -> str:
         params = []
         for e in entries:
             p = e["protocol"]
-            lv = p.get("sigma", p.get("quality"))
+            lv = p.get("kernel", p.get("sigma", p.get("quality")))
             for n, t in e["tuning"].items():
                 item = f"{n} {t['param']:g}" + ("" if t["tuned"] else " (not tuned)")
-                tag = f"{lv:g}: " if isinstance(lv, (int, float)) else ""
+                tag = f"{lv:g}: " if isinstance(lv, (int, float)) else f"{lv}: "
                 if f"{tag}{item}" not in params:
                     params.append(f"{tag}{item}")
         out.append("Parameters (level: method value): " + "; ".join(params) + ".")

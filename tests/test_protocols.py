@@ -114,3 +114,43 @@ def test_protocol_statement_is_written_for_results_files() -> None:
     assert d["task"] == "denoise" and d["sigma"] == 50
     assert d["degradations"] == [{"name": "gaussian_noise", "sigma": 50.0, "clip": False}]
     assert "not clipped" in d["input"] and "sha256" in d["seed"]
+
+
+def test_kernel_blur_draws_levin_kernels_from_the_sample_generator(tmp_path) -> None:
+    import numpy as np
+
+    from percepkit.data.degradations import load_kernels
+    from percepkit.registry import DEGRADATIONS
+
+    bank = load_kernels("levin09")
+    assert [k.shape[0] for k in bank] == [19, 17, 15, 27, 13, 21, 23, 23]
+    assert all(abs(float(k.sum()) - 1) < 1e-12 for k in bank)
+    step = DEGRADATIONS.build({"name": "kernel_blur", "index": [2, 3]})
+    drawn = {step.draw_kernel(torch.Generator().manual_seed(s)).shape[0] for s in range(40)}
+    assert drawn == {17, 15}  # k2 and k3 only
+    x = _image(4)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(step(x, g1), step(x, g2))
+    with pytest.raises(PercepkitError, match="index must be between 1 and 8"):
+        DEGRADATIONS.build({"name": "kernel_blur", "index": 9})
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, k=np.ones((4, 4)))
+    with pytest.raises(PercepkitError, match="odd side"):
+        load_kernels(str(bad))
+    own = tmp_path / "own.npz"
+    np.savez(own, a=np.ones((3, 3)), b=np.eye(5))
+    assert [k.shape[0] for k in load_kernels(str(own))] == [3, 5]
+
+
+def test_deblur_with_a_levin_kernel() -> None:
+    p = deblur_protocol(kernel="levin09:4")
+    assert p.level == {"kernel": "levin09:4", "noise": 2.55}
+    assert p.steps[0] == {"name": "kernel_blur", "kernels": "levin09", "index": 4}
+    assert p.label == "deblur kernel levin09:4 noise 2.55"
+    x = _image(6)
+    assert torch.equal(p.degrade(x, "a"), p.degrade(x, "a"))
+    assert not torch.equal(p.degrade(x, "a"), deblur_protocol().degrade(x, "a"))
+    with pytest.raises(PercepkitError, match="either a Gaussian blur"):
+        deblur_protocol(sigma=2.0, kernel="levin09:1")
+    with pytest.raises(PercepkitError, match="levin09:N with N from 1 to 8"):
+        deblur_protocol(kernel="levin09:0")

@@ -58,6 +58,9 @@ def test_tasks_are_registered_with_their_protocols():
         task = TASKS.get(name)
         assert task.eval_baseline == "identity" and task.eval_crop_border(4) == 0
     assert TASKS.get("denoise").with_level(sigma=50).eval_protocol().level == {"sigma": 50.0}
+    levin = TASKS.get("deblur").with_level(kernel="levin09:2")
+    assert levin.eval_protocol().level == {"kernel": "levin09:2", "noise": 2.55}
+    assert levin.protocol == "deblur kernel levin09:2 noise 2.55"
     with pytest.raises(PercepkitError, match="--quality does not apply to the denoise task"):
         TASKS.get("denoise").with_level(quality=20)
     with pytest.raises(PercepkitError, match="--sigma does not apply to the sr task"):

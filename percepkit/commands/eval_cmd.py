@@ -244,6 +244,9 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
                    "--task deblur: the blur's sigma in px (default 1.6).")
 @click.option("--quality", type=int, default=None,
               help="--task jpeg: the JPEG quality (10, 20, 30, 40; default 20).")
+@click.option("--kernel", default=None,
+              help="--task deblur: levin09:N blurs with the N-th (1-8) motion kernel of Levin et "
+                   "al. 2009 instead of the Gaussian.")
 @click.option("--hr-dir", type=click.Path(path_type=Path), default=None,
               help="Any folder of HR images (LR made by MATLAB bicubic).")
 @click.option("--lr-dir", type=click.Path(path_type=Path), default=None,
@@ -282,6 +285,7 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
                           "faster where the device runs bf16 natively. PSNR/SSIM stay float64.")
 def command(task_name: str, use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
             use_cbsd68: bool, use_set12: bool, sigma: float | None, quality: int | None,
+            kernel: str | None,
             hr_dir: Path | None, lr_dir: Path | None, data_dir: Path | None, scale: int | None,
             model: str | None, checkpoint: str | None, match_histogram: bool, metrics: str,
             channel: str, lpips_net: str, crop_lpips: bool, device: str, threads: int | None,
@@ -301,7 +305,7 @@ def command(task_name: str, use_set5: bool, use_set14: bool, use_bsd100: bool, u
     from ..evaluation.evaluate import build_metrics, evaluate, write_csv, write_json
     from ..runtime.console import user_console
 
-    task_cls = _task(task_name).with_level(sigma=sigma, quality=quality)
+    task_cls = _task(task_name).with_level(sigma=sigma, quality=quality, kernel=kernel)
     metrics, channel = _task_defaults(task_cls, metrics, channel)
     use_cpu_threads(threads)
     for flag, path in (("--json", json_path), ("--csv", csv_path)):

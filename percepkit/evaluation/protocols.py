@@ -78,7 +78,8 @@ class Protocol:
     @property
     def label(self) -> str:
         """A short name: ``denoise sigma 25``, ``jpeg quality 20``."""
-        return " ".join([self.task] + [f"{k} {v:g}" for k, v in self.level.items()])
+        return " ".join([self.task] + [f"{k} {v:g}" if isinstance(v, (int, float)) else
+                                       f"{k} {v}" for k, v in self.level.items()])
 
     def generator(self, name: str) -> torch.Generator:
         """The generator of image ``name`` (:func:`image_seed`)."""
@@ -133,14 +134,38 @@ def denoise_protocol(sigma: float = 25) -> Protocol:
                    f"from a generator seeded by the image's name; {_SCORED['rgb']}"))
 
 
-def deblur_protocol(sigma: float = 1.6, kernel_size: int = 25, noise: float = 2.55) -> Protocol:
-    """An isotropic Gaussian blur of ``sigma`` (``kernel_size`` taps, reflect padding) and
-    Gaussian noise of ``noise`` (0-255 scale), float, unclipped; RGB PSNR/SSIM."""
-    sigma = _number("deblur", "sigma", sigma, 0.1, 50.0)
-    kernel_size = int(_number("deblur", "kernel_size", kernel_size, 3, 101, integer=True))
+def deblur_protocol(sigma: float | None = None, kernel_size: int | None = None,
+                    noise: float = 2.55, kernel: str | None = None) -> Protocol:
+    """A blur, then Gaussian noise of ``noise`` (0-255 scale), float, unclipped; RGB PSNR/SSIM.
+
+    The blur is an isotropic Gaussian of ``sigma`` px (default 1.6) with ``kernel_size`` taps
+    (default 25), or ``kernel: levin09:N``, the N-th (1-8) motion kernel of Levin et al. 2009;
+    reflect padding either way."""
+    noise = _number("deblur", "noise", noise, 0.0, 255.0)
+    noise_text = (f"+ N(0, ({noise:g}/255)^2) per pixel and channel in float32, neither clipped "
+                  f"nor rounded, noise drawn from a generator seeded by the image's name; "
+                  f"{_SCORED['rgb']}")
+    if kernel is not None:
+        if sigma is not None or kernel_size is not None:
+            raise PercepkitError("deblur: give either a Gaussian blur (sigma, kernel_size) or "
+                                 "kernel: levin09:N, not both")
+        name, _, index = str(kernel).partition(":")
+        if name != "levin09" or not index.isdigit() or not 1 <= int(index) <= 8:
+            raise PercepkitError(f"deblur: kernel must be levin09:N with N from 1 to 8 (the "
+                                 f"motion kernels of Levin et al. 2009), got {kernel!r}")
+        return Protocol(
+            "deblur", {"kernel": f"levin09:{int(index)}", "noise": noise},
+            ({"name": "kernel_blur", "kernels": "levin09", "index": int(index)},
+             {"name": "gaussian_noise", "sigma": noise, "clip": False}),
+            channel="rgb", rounded=False,
+            statement=(f"input = target convolved with motion kernel k{int(index)} of Levin et "
+                       f"al. 2009 (normalised, reflect padding), clipped to [0, 1], "
+                       + noise_text))
+    sigma = _number("deblur", "sigma", 1.6 if sigma is None else sigma, 0.1, 50.0)
+    kernel_size = int(_number("deblur", "kernel_size", 25 if kernel_size is None else kernel_size,
+                              3, 101, integer=True))
     if kernel_size % 2 == 0:
         raise PercepkitError(f"deblur: kernel_size must be odd, got {kernel_size}")
-    noise = _number("deblur", "noise", noise, 0.0, 255.0)
     return Protocol(
         "deblur", {"sigma": sigma, "kernel_size": kernel_size, "noise": noise},
         ({"name": "gaussian_blur", "sigma": sigma, "kernel_size": kernel_size},
@@ -148,9 +173,7 @@ def deblur_protocol(sigma: float = 1.6, kernel_size: int = 25, noise: float = 2.
         channel="rgb", rounded=False,
         statement=(f"input = target convolved with an isotropic Gaussian kernel (sigma {sigma:g} "
                    f"px, {kernel_size}x{kernel_size} taps, normalised, reflect padding), clipped "
-                   f"to [0, 1], + N(0, ({noise:g}/255)^2) per pixel and channel in float32, "
-                   f"neither clipped nor rounded, noise drawn from a generator seeded by the "
-                   f"image's name; {_SCORED['rgb']}"))
+                   f"to [0, 1], " + noise_text))
 
 
 def jpeg_protocol(quality: int = 20) -> Protocol:

@@ -65,7 +65,11 @@ class RestorationTask(Task):
     @classmethod
     def level_keys(cls) -> tuple[str, ...]:
         """The protocol's level arguments (``sigma``, ``quality``...)."""
-        return tuple(cls.eval_protocol().level)
+        import inspect
+
+        from ..evaluation.protocols import PROTOCOLS
+
+        return tuple(inspect.signature(PROTOCOLS[cls.name]).parameters)
 
     @classmethod
     def eval_input(cls, sample: Any, set_name: str) -> torch.Tensor:
@@ -218,7 +222,8 @@ class DeblurTask(RestorationTask):
     reflect padding) + Gaussian noise sigma 2.55, float, unclipped; PSNR/SSIM on RGB, no crop.
 
     ``val.protocol`` / ``percepkit eval --task deblur --sigma S`` set the blur's sigma
-    (``kernel_size`` and ``noise`` in ``val.protocol``).
+    (``kernel_size`` and ``noise`` in ``val.protocol``); ``--kernel levin09:N`` (``val.protocol:
+    {kernel: levin09:N}``) blurs with the N-th motion kernel of Levin et al. 2009 instead.
     """
 
     name, title = "deblur", "deblurring"
