@@ -35,9 +35,10 @@ TINY_SR = REPO / "recipes" / "tiny_sr.yaml"
 QUIET = ["train.log_every=1", "train.sample_every=1000", "checkpoint.keep_last=0"]
 
 
-def run(out: Path | None, *overrides: str, recipe: Path = TINY_SR, **kwargs):
+def run(out: Path | None, *overrides: str, recipe: Path = TINY_SR, console: Console | None = None,
+        **kwargs):
     rec = load_recipe(recipe, [*QUIET, *overrides])
-    return Trainer(rec, out=out, console=Console(file=io.StringIO(), width=200),
+    return Trainer(rec, out=out, console=console or Console(file=io.StringIO(), width=200),
                    progress=False, **kwargs).run()
 
 
@@ -51,6 +52,22 @@ def test_sr_and_style_are_the_registered_tasks():
     assert TASKS.get("sr") is SRTask and TASKS.get("style") is StyleTask
     assert SRTask.protocol == "sr_bicubic" and StyleTask.protocol is None
     assert recipe_schema()["properties"]["task"]["enum"] == TASKS.names()
+
+
+def test_the_schema_knows_val_metrics_and_train_best():
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(recipe_schema())
+    base = {"transform": "bicubic", "losses": ["pixel"]}
+
+    def errors(**extra):
+        return [e.message for e in validator.iter_errors({**base, **extra})]
+
+    assert errors(val={"metrics": ["psnr", "lpips"]}, train={"best": {"metric": "lpips"}}) == []
+    assert errors(train={"best": "ssim"}) == [] and errors(train={"best": None}) == []
+    assert errors(train={"best": {"metric": "ssim", "mode": "up"}})
+    assert errors(val={"metric": ["psnr"]}) and errors(task="sr4")
+    assert errors(task="style")  # the style task needs data.style_image
 
 
 def test_list_tasks_shows_the_protocol_and_validation_defaults(capsys):
@@ -124,19 +141,34 @@ def test_best_by_ssim_with_mode_min_is_recorded_and_resumes_exactly(tmp_path):
     assert val_rows(tmp_path / "split") == rows
 
 
-def test_best_by_lpips_uses_the_metric_direction(tmp_path):
+def test_resuming_with_another_best_metric_starts_the_best_over(tmp_path):
+    run(tmp_path / "run", "train.iterations=2", "train.val_every=2")
+    text = io.StringIO()
+    result = run(None, "train.iterations=4", "train.val_every=2", "train.best=ssim",
+                 resume=tmp_path / "run", console=Console(file=text, width=200))
+    assert "chosen by psnr; from now on by ssim" in text.getvalue()
+    meta = load_checkpoint(result.best_checkpoint, tensors=False)[1]
+    assert meta["best"]["metric"] == "ssim" and meta["best"]["step"] == 4
+
+
+def test_best_by_lpips_uses_the_metric_direction(tmp_path, capsys):
     weights = Path(__import__("os").environ.get("PERCEPKIT_WEIGHTS", "/nonexistent"))
     if not (weights / "alexnet_features_imagenet1k_v1.safetensors").is_file():
         pytest.skip("needs the real AlexNet weights: set PERCEPKIT_WEIGHTS to ../shared/weights")
-    result = run(tmp_path / "run", "val.metrics=[psnr, lpips]", "train.best=lpips",
-                 "train.val_every=2", "train.iterations=4")
+    args = ["train", str(TINY_SR), "--out", str(tmp_path / "run"), "--no-progress"]
+    for s in [*QUIET, "val.metrics=[psnr, lpips]", "train.best=lpips", "train.val_every=2",
+              "train.iterations=4"]:
+        args += ["--set", s]
+    main(args)
     rows = val_rows(tmp_path / "run")
     assert list(rows[0]) == ["step", "psnr", "lpips"]
     lpips = {int(r["step"]): float(r["lpips"]) for r in rows}
     best_step = min(lpips, key=lambda s: (lpips[s], s))  # lower is better, first one kept
-    meta = load_checkpoint(result.best_checkpoint, tensors=False)[1]
+    best = tmp_path / "run" / "checkpoints" / "best.safetensors"
+    meta = load_checkpoint(best, tensors=False)[1]
     assert meta["best"] == {"metric": "lpips", "value": pytest.approx(lpips[best_step], 1e-5),
                             "step": best_step}
+    assert f"(lpips {lpips[best_step]:.4f} at step {best_step})" in capsys.readouterr().out
 
 
 def test_an_unavailable_validation_metric_is_one_paragraph_before_training(tmp_path,
@@ -158,6 +190,12 @@ def test_a_checkpoint_of_another_task_is_refused(tmp_path, capsys):
     assert e.value.code == 2 and "trained for the 'style' task" in err and "Traceback" not in err
     with pytest.raises(RecipeError, match="train.init: .*trained for the 'style' task"):
         run(tmp_path / "init", "train.iterations=1", f"train.init={path}")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["train", str(TINY_SR), "--resume", str(tmp_path / "style"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "trained for the 'style' task, but the recipe is for the 'sr'" \
+        in err and "Traceback" not in err
 
 
 def test_eval_task_writes_the_protocol_and_refuses_tasks_without_one(tmp_path, capsys):
@@ -243,3 +281,26 @@ def test_a_plugin_task_trains_is_listed_and_has_its_eval_protocol(plugin_task, t
         main(["eval", "--checkpoint", str(result.last_checkpoint)])
     assert e.value.code == 2 and f"trained for the {plugin_task!r} task" in \
         capsys.readouterr().err
+
+
+def test_the_plugin_guide_task_works(tmp_path):
+    """The task in docs/plugins.md registers, is accepted by recipes, validates by RGB PSNR and
+    scores its own protocol with eval."""
+    import re
+
+    text = (REPO / "docs" / "plugins.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S)
+                if "TASKS.register" in block)
+    exec(compile(code, "docs/plugins.md", "exec"), {})
+    try:
+        recipe = load_recipe(TINY_SR, ["task=example_rgb_sr"])
+        task = make_task(recipe, torch.device("cpu"))
+        assert (task.val_metrics, task.metric, task.higher_is_better) == (["psnr_rgb"],
+                                                                          "psnr_rgb", True)
+        out = tmp_path / "r.json"
+        main(["eval", "--task", "example_rgb_sr", "--json", str(out)])
+        data = json.loads(out.read_text())
+        assert data["protocol"] == "example_rgb" and data["model"] == "bicubic"
+        assert [m["name"] for m in data["metrics"]] == ["psnr_rgb"]
+    finally:
+        TASKS._remove(TASKS.entry("example_rgb_sr"))

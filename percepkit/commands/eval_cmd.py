@@ -77,7 +77,7 @@ def _load_model(model: str | None, checkpoint: str | None, scale: int | None,
         problem = task.network_problem(transform)
         if problem:
             raise PercepkitError(f"{checkpoint}: {problem}; eval --task {task.name} scores "
-                                 f"{task.name} models")
+                                 f"{task.title or task.name} models")
         if scale is not None and scale != ckpt_scale:
             raise PercepkitError(f"{checkpoint}: the model upscales x{ckpt_scale}, but --scale "
                                  f"{scale} was given; drop --scale or pass --scale {ckpt_scale}")
@@ -293,6 +293,8 @@ def command(task_name: str, use_set5: bool, use_set14: bool, use_bsd100: bool, u
             save_images: Path | None,
             mod: int | None, no_download: bool, overwrite: bool, precision: str) -> None:
     """Evaluate an SR model (or bicubic) with PSNR, SSIM and LPIPS, comparable to published tables.
+
+    --task NAME scores another task's benchmark protocol (percepkit list tasks).
 
     \b
     Examples:

@@ -31,6 +31,7 @@ def check(files: tuple[Path, ...], overrides: tuple[str, ...], skip_data: bool) 
     from rich.markup import escape
 
     from ..runtime.console import user_console
+    from ..train.tasks import task_class
 
     console = user_console()
     errors = []
@@ -41,8 +42,10 @@ def check(files: tuple[Path, ...], overrides: tuple[str, ...], skip_data: bool) 
             errors.append(str(e))
             continue
         terms = ", ".join(f"{s['name']}×{s.get('weight', 1.0):g}" for s in recipe.raw["losses"])
+        _, best, higher = task_class(recipe.task).selection(recipe.raw)
         console.print(f"[green]ok[/] {escape(str(path))}: {recipe.task} · "
-                      f"{recipe.raw['transform']['name']} · {terms}", soft_wrap=True)
+                      f"{recipe.raw['transform']['name']} · {terms} · best: "
+                      f"{'highest' if higher else 'lowest'} {best}", soft_wrap=True)
     if errors:
         raise RecipeError(("\n" if len(errors) > 1 else "").join(errors))
 

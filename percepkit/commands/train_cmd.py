@@ -119,7 +119,9 @@ def _summary(console: Console, result: TrainResult) -> None:
     if result.last_checkpoint:
         lines.append(f"last checkpoint: {result.last_checkpoint}")
     if result.best_checkpoint:
-        lines.append(f"best checkpoint: {result.best_checkpoint} ({result.best_metric:.4f})")
+        value = "" if result.best_metric is None else f" {result.best_metric:.4f}"
+        lines.append(f"best checkpoint: {result.best_checkpoint} ({result.best_by}{value}"
+                     f"{'' if result.best_step is None else f' at step {result.best_step}'})")
     if result.val:
         lines.append("last validation: " + ", ".join(f"{k} {v:.4f}" for k, v in
                                                       result.val.items()))

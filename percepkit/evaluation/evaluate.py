@@ -330,9 +330,8 @@ def evaluate(
             for i in range(len(ds)):
                 path = ds.hr_paths[i]
                 try:
-                    with threads(1):  # reading, mod-crop, LR: small ops (see threads)
+                    with threads(1):  # reading, mod-crop, LR, input: small ops (see threads)
                         sample = ds.sample(i)
-                    with threads(1):
                         given = sample.lr if make_input is None else make_input(sample, ds.name)
                     sr = run_transform(transform, given, device)
                     if sr.shape != sample.hr.shape:

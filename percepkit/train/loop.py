@@ -86,7 +86,9 @@ class TrainResult:
     step_times: list[float] = field(default_factory=list)
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None
-    best_metric: float | None = None
+    best_metric: float | None = None  # the best validation value (of ``best_by``)
+    best_by: str | None = None        # the metric that picks the best checkpoint
+    best_step: int | None = None
     val: dict[str, float] = field(default_factory=dict)
 
     def images_per_second(self, batch: int, skip: int = 0) -> float:
@@ -551,6 +553,7 @@ class Trainer:
         result.last_checkpoint = self.last_checkpoint
         result.best_checkpoint = self.best_checkpoint
         result.best_metric = self.best
+        result.best_by, result.best_step = self.task.metric, self.best_step
         result.val = dict(self.last_val)
         return result
 

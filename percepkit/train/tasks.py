@@ -128,18 +128,7 @@ class Task(ABC):
 
     def __init__(self, recipe: Recipe, device: torch.device) -> None:
         self.recipe, self.device = recipe, device
-        named = _val_names(recipe.raw)
-        self.val_metrics: list[str] = [n for n in (named if named is not None
-                                                   else self.default_val_metrics)
-                                       if n not in self.own_values]
-        best = _best_spec(recipe.raw) or {}
-        metric = best.get("metric")
-        if metric is None:  # the task's default if validated, else the first validated value
-            validated = [*self.own_values, *self.val_metrics]
-            metric = self.default_best if self.default_best in validated or not validated \
-                else validated[0]
-        mode = best.get("mode") or "auto"
-        higher = {"max": True, "min": False}.get(mode, metric_direction(metric, self.own_values))
+        self.val_metrics, metric, higher = self.selection(recipe.raw)
         if higher is None:
             raise RecipeError(f"train.best: metric {metric!r} does not declare whether higher "
                               f"is better; set train.best.mode: min or max")
@@ -147,6 +136,25 @@ class Task(ABC):
         self.higher_is_better: bool = higher
         self.metrics: dict[str, Any] = {}
         self.infos: list[Any] = []
+
+    @classmethod
+    def selection(cls, raw: Mapping[str, Any]) -> tuple[list[str], str, bool | None]:
+        """``(registered metrics validated, best metric, higher is better)`` of a valid
+        recipe: ``val.metrics`` (default ``default_val_metrics``) and ``train.best`` (default:
+        ``default_best`` if validated, else the first validated value); the direction from
+        ``train.best.mode``, else from the metric (None: undeclared)."""
+        named = _val_names(raw)
+        metrics = [n for n in (named if named is not None else cls.default_val_metrics)
+                   if n not in cls.own_values]
+        best = _best_spec(raw) or {}
+        metric = best.get("metric")
+        if metric is None:
+            validated = [*cls.own_values, *metrics]
+            metric = cls.default_best if cls.default_best in validated or not validated \
+                else validated[0]
+        mode = best.get("mode") or "auto"
+        higher = {"max": True, "min": False}.get(mode, metric_direction(metric, cls.own_values))
+        return metrics, metric, higher
 
     # -- read without building anything ----------------------------------------------------------
     @classmethod
