@@ -162,8 +162,8 @@ def methods(protocol: Protocol) -> dict[str, tuple[Restorer, tuple[float, ...]]]
             k = load_kernels("levin09")[int(str(lv["kernel"]).split(":")[1]) - 1].numpy()
         else:
             k = blur_kernel(int(lv["kernel_size"]), lv["sigma"], lv["sigma"], 0.0).numpy()
-        return {"richardson_lucy": (richardson_lucy(k), (10, 20, 30, 40, 60)),
-                "wiener": (wiener(k), (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)),
+        return {"richardson_lucy": (richardson_lucy(k), (5, 10, 20, 30, 40, 60)),
+                "wiener": (wiener(k), (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)),
                 "unsupervised_wiener": (unsupervised_wiener(k), (0.0,))}
     if protocol.task == "jpeg":
         return {"denoise_tv_chambolle": (tv, (0.005, 0.01, 0.02, 0.03, 0.05, 0.08)),
