@@ -94,6 +94,7 @@ def test_good_recipe_builds_its_parts():
         ({"val": {"metrics": ["psnr", "lpisp"]}},
          "val.metrics[1]: unknown metric 'lpisp'. Did you mean 'lpips'"),
         ({"val": {"metrics": "psnr"}}, "val.metrics: expected a list of metric names"),
+        ({"val": {"metrics": []}}, "val.metrics: an empty list; name at least one metric"),
         ({"train": {"best": {"metric": "lpips"}}},
          "train.best.metric: 'lpips' is not validated; add it to val.metrics (now: psnr, "
          "ssim, grid, blobs)"),

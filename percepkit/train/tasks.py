@@ -137,6 +137,7 @@ class Task(ABC):
         self.metrics: dict[str, Any] = {}
         self.infos: list[Any] = []
 
+    # -- read without building anything ----------------------------------------------------------
     @classmethod
     def selection(cls, raw: Mapping[str, Any]) -> tuple[list[str], str, bool | None]:
         """``(registered metrics validated, best metric, higher is better)`` of a valid
@@ -144,8 +145,9 @@ class Task(ABC):
         ``default_best`` if validated, else the first validated value); the direction from
         ``train.best.mode``, else from the metric (None: undeclared)."""
         named = _val_names(raw)
-        metrics = [n for n in (named if named is not None else cls.default_val_metrics)
-                   if n not in cls.own_values]
+        metrics = list(dict.fromkeys(n for n in (named if named is not None
+                                                 else cls.default_val_metrics)
+                                     if n not in cls.own_values))  # each once, in order
         best = _best_spec(raw) or {}
         metric = best.get("metric")
         if metric is None:
@@ -156,7 +158,6 @@ class Task(ABC):
         higher = {"max": True, "min": False}.get(mode, metric_direction(metric, cls.own_values))
         return metrics, metric, higher
 
-    # -- read without building anything ----------------------------------------------------------
     @classmethod
     def network_problem(cls, net: Any) -> str | None:
         """Why ``net`` (a transform, or a transform class) cannot be trained or scored for
@@ -187,6 +188,9 @@ class Task(ABC):
                                   or not all(isinstance(n, str) for n in names)):
             return problems + [f"val.metrics: expected a list of metric names "
                                f"(percepkit list metrics), got {names!r}"]
+        if names == [] and not cls.own_values:
+            problems.append("val.metrics: an empty list; name at least one metric (percepkit "
+                            "list metrics), or leave it out for the task's default")
         validated = list(cls.default_val_metrics) if names is None else list(names)
         for i, name in enumerate(names or []):
             if name in cls.own_values:
