@@ -102,3 +102,20 @@ def test_restoration_nets_are_residual_and_scale_one():
         assert (t.task, t.scale) == ("restore", 1)
     with pytest.raises(ValueError, match="depth >= 2"):
         TRANSFORMS.build({"name": "dncnn", "depth": 1})
+
+
+@pytest.mark.parametrize("name", ["johnson_style", "johnson_style_fast", "johnson_style_lite"])
+def test_style_nets_take_a_linear_output_random_init_plumbing(name):
+    """``output: linear`` (pytorch/examples' choice) returns the last convolution unbounded;
+    the default tanh stays within [0, 1]. Randomly initialised weights: plumbing only."""
+    torch.manual_seed(0)
+    tanh = TRANSFORMS.build({"name": name})
+    linear = TRANSFORMS.build({"name": name, "output": "linear"})
+    linear.load_state_dict(tanh.state_dict())
+    for p in linear.parameters():
+        p.data.mul_(4)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert tanh(x).min() >= 0 and tanh(x).max() <= 1
+        y = linear(x)
+    assert y.min() < 0 or y.max() > 1

@@ -123,16 +123,18 @@ class JohnsonStyle(nn.Module):
 
 
 @TRANSFORMS.register("johnson_style_fast")
-def johnson_style_fast(norm: Norm = "instance", upsample: Upsample = "resize_conv") -> JohnsonStyle:
+def johnson_style_fast(norm: Norm = "instance", upsample: Upsample = "resize_conv",
+                       output: Output = "tanh") -> JohnsonStyle:
     """A lighter style net (32/64/64 channels, 5 residual blocks) for real-time CPU use."""
-    return JohnsonStyle(norm=norm, upsample=upsample, channels=(32, 64, 64))
+    return JohnsonStyle(norm=norm, upsample=upsample, channels=(32, 64, 64), output=output)
 
 
 @TRANSFORMS.register("johnson_style_lite")
-def johnson_style_lite(norm: Norm = "instance", upsample: Upsample = "resize_conv") -> JohnsonStyle:
+def johnson_style_lite(norm: Norm = "instance", upsample: Upsample = "resize_conv",
+                       output: Output = "tanh") -> JohnsonStyle:
     """A small style net (16/32/32 channels, decoder 16/8; ~8 GFLOP at 512²) for fast CPU use."""
     return JohnsonStyle(norm=norm, upsample=upsample, channels=(16, 32, 32),
-                        decoder_channels=(16, 8))
+                        decoder_channels=(16, 8), output=output)
 
 
 @TRANSFORMS.register("johnson_sr", aliases=("sr_net",))
