@@ -96,29 +96,30 @@ def _stylised(names: tuple[str, ...], photos: tuple[str, ...]
     return contents, outs
 
 
-def style_table(image: bool = False) -> str:
-    """blobs (vs the content photo) and grid (period 4) of the style models on BSD100 photos."""
+def style_table(image: bool = False, names: tuple[str, ...] = STYLES) -> str:
+    """blobs (vs the content photo) and grid (period 4) of the style models (zoo names or
+    checkpoint files) on BSD100 photos."""
     from percepkit.metrics import Blobs, Grid
 
     grid, blobs = Grid(period=4), Blobs()
-    contents, outs = _stylised(STYLES, STYLE_PHOTOS)
+    contents, outs = _stylised(names, STYLE_PHOTOS)
     lines = ["| model | blobs (%, mean) | blobs (%, min–max) | photos with blobs > 0.1 % | "
              "grid (levels, min–max) |", "| --- | --- | --- | --- | --- |"]
     g = [float(grid(x[None], x[None])[0]) for x in contents.values()]
     lines.append(f"| the photos (calibration) | — | — | — | {_span(g, '.2f')} |")
-    for name in STYLES:
+    for name in names:
         b = [float(blobs(outs[(name, p)][None], contents[p][None])[0]) for p in STYLE_PHOTOS]
         g = [float(grid(outs[(name, p)][None], contents[p][None])[0]) for p in STYLE_PHOTOS]
         over = sum(v > 0.1 for v in b)
         lines.append(f"| `{name}` | {sum(b) / len(b):.2f} | {_span(b, '.2f')} | "
                      f"{over} of {len(b)} | {_span(g, '.2f')} |")
     if image:
-        blob_image({k: v for k, v in contents.items() if k in IMAGE_PHOTOS}, outs)
+        blob_image({k: v for k, v in contents.items() if k in IMAGE_PHOTOS}, outs, names)
     return "\n".join(lines)
 
 
 def blob_image(contents: dict[str, torch.Tensor], outs: dict[tuple[str, str], torch.Tensor],
-               height: int = 160) -> Path:
+               names: tuple[str, ...] = STYLES, height: int = 160) -> Path:
     """content | every style model, the detected blobs outlined in magenta, one row a photo."""
     import torch.nn.functional as F
 
@@ -131,18 +132,20 @@ def blob_image(contents: dict[str, torch.Tensor], outs: dict[tuple[str, str], to
     rows = []
     for p, x in contents.items():
         tiles, labels = [x], [f"BSD100 {p}"]
-        for name in STYLES:
+        for name in names:
             out = outs[(name, p)]
             mask = blob_mask(out[None], x[None], metric.level, metric.reference_margin,
                              metric.min_size, metric.thickness).to(torch.float32)[:, None]
             ring = (F.max_pool2d(mask, 7, stride=1, padding=3) - mask)[0] > 0  # a 3 px outline
             tiles.append(torch.where(ring, magenta, out))
             share = float(mask.mean()) * 100
-            labels.append(f"{name} {share:.1f}%")
+            labels.append(f"{Path(name).stem} {share:.1f}%")
         small = [F.interpolate(t[None], size=(height, round(t.shape[-1] * height / t.shape[-2])),
                                mode="area")[0] for t in tiles]
         rows.append(image_grid(small, labels=labels))
-    path = write_image(IMAGES / "blobs_styles.jpg", stack_rows(rows))
+    file = "blobs_styles.jpg" if names == STYLES else "blobs_" + "_".join(
+        Path(n).stem for n in names) + ".jpg"
+    path = write_image(IMAGES / file, stack_rows(rows))
     print(f"wrote {path.relative_to(REPO)} ({path.stat().st_size // 1024} KB)")
     return path
 
@@ -152,12 +155,14 @@ def main() -> None:
     parser.add_argument("what", nargs="?", choices=["all", "sr", "style"], default="all")
     parser.add_argument("--image", action="store_true",
                         help="also write docs/images/zoo/blobs_styles.jpg")
+    parser.add_argument("--models", nargs="+", default=list(STYLES),
+                        help="style models to score: zoo names or checkpoint files")
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     if args.what in ("all", "sr"):
         print(sr_table(), end="\n\n")
     if args.what in ("all", "style"):
-        print(style_table(args.image))
+        print(style_table(args.image, tuple(args.models)))
 
 
 if __name__ == "__main__":
