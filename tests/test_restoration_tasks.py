@@ -202,3 +202,26 @@ def test_restoration_transforms_build_for_eval():
     assert TRANSFORMS.build({"name": "identity", "scale": 1}).scale == 1
     with pytest.raises(ValueError, match="scale must be 1"):
         TRANSFORMS.build({"name": "dncnn", "scale": 2})
+
+
+def test_eval_task_with_given_input_files_scores_those_files(clean_folder, tmp_path):
+    """--lr-dir inputs are scored as given, not degraded again by the protocol."""
+    from percepkit.data.degradations import jpeg_roundtrip
+    from percepkit.data.images import read_image
+    from percepkit.metrics import psnr
+
+    given = tmp_path / "given"
+    expected = []
+    for path in sorted(clean_folder.glob("*.png")):
+        clean = read_image(path)
+        degraded = jpeg_roundtrip(clean, 10)
+        write_image(given / path.name, degraded)
+        expected.append(float(psnr(channel="rgb")(read_image(given / path.name)[None],
+                                                  clean[None])))
+    out = tmp_path / "g.json"
+    assert _eval(["--task", "denoise", "--hr-dir", str(clean_folder), "--lr-dir", str(given),
+                  "--scale", "1", "--metrics", "psnr", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    got = [r["psnr_rgb"] for r in d["sets"][0]["per_image"]]
+    assert got == pytest.approx(expected, abs=1e-9)
+    assert "inputs = the given files (--lr-dir" in d["convention"]["data"]

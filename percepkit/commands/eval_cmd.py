@@ -350,6 +350,10 @@ def command(task_name: str, use_set5: bool, use_set14: bool, use_bsd100: bool, u
     result.model_info = model_info
     result.task, result.protocol = task_cls.name, task_cls.protocol or ""
     result.data_note = task_cls.eval_data_convention(scale) or ""
+    given = [s.name for s in result.sets if s.given_lr]
+    if result.data_note and given:  # a protocol's statement, but these inputs were files
+        result.data_note += (f"; except {', '.join(given)}: inputs = the given files (--lr-dir, "
+                             f"paired with the targets by name), 8-bit as read")
     _render(console, result, per_image)
     _footer(console, result, notes, total, verbose)
     if json_path is not None:

@@ -305,7 +305,8 @@ def evaluate(
     """Score ``transform`` on ``datasets``; unreadable/unusable images are skipped with a reason.
 
     ``make_input(sample, set_name)`` makes the model's input of one benchmark image (a task's
-    :meth:`~percepkit.train.tasks.Task.eval_input`); default ``sample.lr``.
+    :meth:`~percepkit.train.tasks.Task.eval_input`); default, and for sets with given input
+    files (``--lr-dir``), ``sample.lr``.
     ``on_image(set_name, image_name)`` is called after each image (for progress bars).
     ``save_images``: a folder; each set gets ``<set>/<image>.png`` comparison grids and
     ``<set>/sr/<image>.png``, the 8-bit output exactly as it was scored (``percepkit score``
@@ -332,7 +333,8 @@ def evaluate(
                 try:
                     with threads(1):  # reading, mod-crop, LR, input: small ops (see threads)
                         sample = ds.sample(i)
-                        given = sample.lr if make_input is None else make_input(sample, ds.name)
+                        given = sample.lr if make_input is None or res.given_lr else \
+                            make_input(sample, ds.name)  # given input files stay as given
                     sr = run_transform(transform, given, device)
                     if sr.shape != sample.hr.shape:
                         raise PercepkitError(
