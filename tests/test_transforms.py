@@ -34,6 +34,15 @@ CASES = [
     ({"name": "srcnn", "scale": 4}, (1, 3, 24, 20), (1, 3, 96, 80), 20_099),
     ({"name": "srcnn", "scale": 3}, (1, 3, 10, 10), (1, 3, 30, 30), 20_099),
     ({"name": "bicubic", "scale": 4}, (1, 3, 24, 20), (1, 3, 96, 80), 0),
+    # dncnn: 3*64*9 + 64 (first conv, bias) = 1792; 15 x (64*64*9 + 128 BN) = 554880;
+    # 64*3*9 (last conv) = 1728; total 558400
+    ({"name": "dncnn"}, (1, 3, 20, 24), (1, 3, 20, 24), 558_400),
+    # depth 10, 32 filters: 896 + 8 x (9216 + 64) + 864 = 76000
+    ({"name": "dncnn", "depth": 10, "channels": 32}, (1, 3, 17, 13), (1, 3, 17, 13), 76_000),
+    # norm none: biases on every conv: 896 + 8 x 9248 + 867 = 75747
+    ({"name": "dncnn", "depth": 10, "channels": 32, "norm": "none"}, (1, 3, 8, 8), (1, 3, 8, 8),
+     75_747),
+    ({"name": "identity"}, (1, 3, 5, 7), (1, 3, 5, 7), 0),
 ]
 
 
@@ -74,6 +83,25 @@ def test_task_and_scale_attributes():
 def test_non_power_of_two_scale_is_rejected():
     with pytest.raises(ValueError, match="power-of-two"):
         TRANSFORMS.build({"name": "johnson_sr", "scale": 3})
+
+
+def test_restoration_nets_are_residual_and_scale_one():
+    """Random init (plumbing only): dncnn returns its input minus the net's output, and its
+    last conv starts at zero, so the untrained net is the identity; both restoration
+    transforms are task 'restore', scale 1."""
+    x = torch.rand(1, 3, 9, 9) * 1.4 - 0.2  # noisy inputs leave [0, 1]
+    for norm in ("batch", "none"):
+        net = TRANSFORMS.build({"name": "dncnn", "depth": 3, "channels": 8, "norm": norm}).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), x)
+        torch.nn.init.normal_(net.net[-1].weight)
+        with torch.no_grad():
+            assert not torch.allclose(net(x), x)
+    for name in ("dncnn", "identity"):
+        t = TRANSFORMS.build(name)
+        assert (t.task, t.scale) == ("restore", 1)
+    with pytest.raises(ValueError, match="depth >= 2"):
+        TRANSFORMS.build({"name": "dncnn", "depth": 1})
 
 
 @pytest.mark.parametrize("name", ["johnson_style", "johnson_style_fast", "johnson_style_lite"])

@@ -204,6 +204,18 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
 @click.option("--bsd100", "use_bsd100", is_flag=True, help="BSD100 (--data-dir, PERCEPKIT_DATA "
               "or downloaded).")
 @click.option("--all", "use_all", is_flag=True, help="Set5, Set14 and BSD100.")
+@click.option("--cbsd68", "use_cbsd68", is_flag=True, help="CBSD68, the colour-denoising set "
+              "(--data-dir, PERCEPKIT_DATA or downloaded).")
+@click.option("--set12", "use_set12", is_flag=True, help="Set12, the grey-denoising set "
+              "(--data-dir, PERCEPKIT_DATA or downloaded).")
+@click.option("--sigma", type=float, default=None,
+              help="--task denoise: the noise sigma on 0-255 (15, 25, 50; default 25); "
+                   "--task deblur: the blur's sigma in px (default 1.6).")
+@click.option("--quality", type=int, default=None,
+              help="--task jpeg: the JPEG quality (10, 20, 30, 40; default 20).")
+@click.option("--kernel", default=None,
+              help="--task deblur: levin09:N blurs with the N-th (1-8) motion kernel of Levin et "
+                   "al. 2009 instead of the Gaussian.")
 @click.option("--hr-dir", type=click.Path(path_type=Path), default=None,
               help="Any folder of HR images (LR made by MATLAB bicubic).")
 @click.option("--lr-dir", type=click.Path(path_type=Path), default=None,
@@ -241,6 +253,8 @@ def _footer(console: Any, result: Any, notes: list[str], n_images: int, verbose:
                           "published values; bf16 (or auto, bf16 where the device has it) is "
                           "faster where the device runs bf16 natively. PSNR/SSIM stay float64.")
 def command(task_name: str, use_set5: bool, use_set14: bool, use_bsd100: bool, use_all: bool,
+            use_cbsd68: bool, use_set12: bool, sigma: float | None, quality: int | None,
+            kernel: str | None,
             hr_dir: Path | None, lr_dir: Path | None, data_dir: Path | None, scale: int | None,
             model: str | None, checkpoint: str | None, match_histogram: bool, metrics: str,
             channel: str, lpips_net: str, crop_lpips: bool, device: str, threads: int | None,
@@ -262,7 +276,7 @@ def command(task_name: str, use_set5: bool, use_set14: bool, use_bsd100: bool, u
     from ..evaluation.evaluate import build_metrics, evaluate, write_csv, write_json
     from ..runtime.console import user_console
 
-    task_cls = _task(task_name)
+    task_cls = _task(task_name).with_level(sigma=sigma, quality=quality, kernel=kernel)
     metrics, channel = _task_defaults(task_cls, metrics, channel)
     use_cpu_threads(threads)
     for flag, path in (("--json", json_path), ("--csv", csv_path)):
@@ -281,7 +295,8 @@ def command(task_name: str, use_set5: bool, use_set14: bool, use_bsd100: bool, u
         transform, name = _with_histogram_matching(transform, dev), f"{name}+histmatch"
 
     sets = [k for k, on in (("set5", use_set5 or use_all), ("set14", use_set14 or use_all),
-                            ("bsd100", use_bsd100 or use_all)) if on]
+                            ("bsd100", use_bsd100 or use_all), ("cbsd68", use_cbsd68),
+                            ("set12", use_set12)) if on]
     if not sets and hr_dir is None and lr_dir is None:
         sets = ["set5"]
     datasets = _datasets(sets, scale, data_dir, hr_dir, lr_dir, download=not no_download,
@@ -304,6 +319,10 @@ def command(task_name: str, use_set5: bool, use_set14: bool, use_bsd100: bool, u
     result.model_info = model_info
     result.task, result.protocol = task_cls.name, task_cls.protocol or ""
     result.data_note = task_cls.eval_data_convention(scale) or ""
+    given = [s.name for s in result.sets if s.given_lr]
+    if result.data_note and given:  # a protocol's statement, but these inputs were files
+        result.data_note += (f"; except {', '.join(given)}: inputs = the given files (--lr-dir, "
+                             f"paired with the targets by name), 8-bit as read")
     _render(console, result, per_image)
     _footer(console, result, notes, total, verbose)
     if json_path is not None:

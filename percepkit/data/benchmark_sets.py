@@ -1,4 +1,5 @@
-"""Super-resolution evaluation datasets: Set5, Set14, BSD100, any HR folder, paired LR/HR folders.
+"""Evaluation datasets: Set5, Set14, BSD100 (SR), CBSD68 and Set12 (denoising), any HR folder,
+paired LR/HR folders.
 
 Every dataset yields :class:`Sample` objects with the HR image mod-cropped to a multiple of the
 scale and the LR input made from it by MATLAB-compatible bicubic downsampling
@@ -9,7 +10,8 @@ computed on raw gray values, as MATLAB scripts do).
 Where the data comes from:
 
 * ``set5`` ships inside the package (``percepkit/assets/Set5``, checksums verified at load);
-* ``set14`` / ``bsd100``: ``root=`` (``--data-dir``), else ``$PERCEPKIT_DATA/<Set14|BSD100>``,
+* ``set14`` / ``bsd100`` / ``cbsd68`` / ``set12``: ``root=`` (``--data-dir``), else
+  ``$PERCEPKIT_DATA/<Set14|BSD100|CBSD68|Set12>``,
   else the cache ``$PERCEPKIT_CACHE/datasets`` (default ``~/.cache/percepkit/datasets``),
   where they are downloaded file by file from pinned GitHub commits and checked against
   SHA-256 sums;
@@ -36,7 +38,7 @@ from .imresize import imresize, mod_crop
 
 __all__ = [
     "SRBenchmark", "Sample", "cache_dir", "download_benchmark", "hr_folder", "locate_benchmark",
-    "make_lr", "paired_folder", "quantize", "set5", "set14", "bsd100",
+    "make_lr", "paired_folder", "quantize", "set5", "set14", "bsd100", "cbsd68", "set12",
 ]
 
 
@@ -185,11 +187,15 @@ BENCHMARKS = {
     "set5": "Set5",
     "set14": "Set14",
     "bsd100": "BSD100",
+    "cbsd68": "CBSD68",
+    "set12": "Set12",
 }
 _FOLDER_NAMES = {
     "Set5": ("Set5", "set5"),
     "Set14": ("Set14", "set14"),
     "BSD100": ("BSD100", "bsd100", "B100", "b100"),
+    "CBSD68": ("CBSD68", "cbsd68"),
+    "Set12": ("Set12", "set12"),
 }
 
 # Exact byte copies of the reference files, pinned to commits (see each set's PROVENANCE.md).
@@ -197,6 +203,9 @@ _SET14_URL = ("https://raw.githubusercontent.com/majedelhelou/denoising_datasets
               "58234876fef6f1b56306705c78dfd40cdb837b86/CSet14/{name}")
 _BSD100_URL = ("https://raw.githubusercontent.com/jiny2001/dcscn-super-resolution/"
                "d382bc30d41c94ac72f8cb148d61cc4864b3b380/data/bsd100/img_{index:03d}.png")
+# the denoising sets of DnCNN/FFDNet/DRUNet tables, as cszn/IRCNN's testsets/ holds them
+_IRCNN_URL = ("https://raw.githubusercontent.com/cszn/IRCNN/"
+              "d9dcd537bdac3ae5b753296cd675db8a303c8f72/testsets/{set_name}/{name}")
 
 
 def cache_dir() -> Path:
@@ -217,8 +226,9 @@ def _set_folder(parent: Path, set_name: str) -> Path | None:
 
 
 def download_benchmark(set_name: str, dest: Path) -> Path:
-    """Download Set14 or BSD100 file by file into ``dest`` (:func:`percepkit.models.hub.fetch`:
-    files already there and intact are kept), verifying each SHA-256; returns dest."""
+    """Download Set14, BSD100, CBSD68 or Set12 file by file into ``dest``
+    (:func:`percepkit.models.hub.fetch`: files already there and intact are kept), verifying each
+    SHA-256; returns dest."""
     if hub.offline():
         raise hub.DownloadError(set_name, hub.OFFLINE_REASON)
     sums = reference_sums(set_name)
@@ -226,8 +236,12 @@ def download_benchmark(set_name: str, dest: Path) -> Path:
     names = sorted(sums)  # BSD100 source files are img_NNN in lexicographic order of the ids
     print(f"downloading {set_name} ({len(names)} files) to {dest}", file=sys.stderr)
     for index, name in enumerate(names, start=1):
-        url = _SET14_URL.format(name=name) if set_name == "Set14" else \
-            _BSD100_URL.format(index=index)
+        if set_name == "Set14":
+            url = _SET14_URL.format(name=name)
+        elif set_name == "BSD100":
+            url = _BSD100_URL.format(index=index)
+        else:
+            url = _IRCNN_URL.format(set_name=set_name, name=name)
         hub.fetch(url, dest / name, sha256=sums[name], announce=False)
     return dest
 
@@ -309,6 +323,22 @@ def bsd100(scale: int = 4, root: str | None = None, download: bool = True,
            quantize_lr: bool = True, mod: int | None = None) -> SRBenchmark:
     """BSD100 (BSDS300 test set) from --data-dir, PERCEPKIT_DATA, or a checked download."""
     return _named_benchmark("bsd100", scale, root, download, quantize_lr, mod)
+
+
+@DATASETS.register("cbsd68")
+def cbsd68(scale: int = 1, root: str | None = None, download: bool = True,
+           quantize_lr: bool = True, mod: int | None = None) -> SRBenchmark:
+    """CBSD68 (the 68 BSD68 test images in colour, full size), the colour-denoising benchmark
+    of CBM3D/CDnCNN/FFDNet tables; --data-dir, PERCEPKIT_DATA, or a checked download."""
+    return _named_benchmark("cbsd68", scale, root, download, quantize_lr, mod)
+
+
+@DATASETS.register("set12")
+def set12(scale: int = 1, root: str | None = None, download: bool = True,
+          quantize_lr: bool = True, mod: int | None = None) -> SRBenchmark:
+    """Set12 (12 grey images), the grey-denoising benchmark of DnCNN/FFDNet tables;
+    --data-dir, PERCEPKIT_DATA, or a checked download."""
+    return _named_benchmark("set12", scale, root, download, quantize_lr, mod)
 
 
 def _require_folder(folder: Path, what: str) -> None:

@@ -163,8 +163,8 @@ def _pipeline(dataset: str, specs: DegradationList | None, patch_size: int, scal
 
 def _make_lr(hr: torch.Tensor, pipeline: Any, gen: torch.Generator, scale: int,
              blur_sigma: float, quantize: bool) -> torch.Tensor:
-    """The LR input of ``hr``: ``pipeline(hr, gen)`` (rounded to 8 bits if ``quantize``), or the
-    built-in blur + bicubic when there is no pipeline."""
+    """The LR input of ``hr``: ``pipeline(hr, gen)`` (rounded to 8 bits if ``quantize``, else
+    as the steps leave it), or the built-in blur + bicubic when there is no pipeline."""
     if pipeline is None:
         return degrade(hr, scale, blur_sigma, quantize)
     lr = pipeline(hr, gen)
@@ -173,7 +173,9 @@ def _make_lr(hr: torch.Tensor, pipeline: Any, gen: torch.Generator, scale: int,
         raise PercepkitError(f"degradations: made a {lr.shape[-1]}x{lr.shape[-2]} input for a "
                              f"{hr.shape[-1]}x{hr.shape[-2]} target; scale {scale} needs "
                              f"{want[1]}x{want[0]}")
-    return quantize_8bit(lr) if quantize else lr.clamp(0, 1)
+    # without rounding, the steps' own range is kept: each clips to [0, 1] unless told not to
+    # (gaussian_noise clip: false, the denoise protocol's unclipped noise)
+    return quantize_8bit(lr) if quantize else lr
 
 
 def _crop(img: torch.Tensor, size: int, random: bool, gen: torch.Generator | None

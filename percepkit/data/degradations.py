@@ -15,6 +15,7 @@ rounding to 8 bits is the dataset's business (``quantize``).
 * ``bicubic``: MATLAB bicubic downscaling by ``scale`` (:func:`percepkit.data.imresize.imresize`).
 * ``gaussian_blur``: isotropic or anisotropic Gaussian kernels (also the generalised and plateau
   shapes of Real-ESRGAN), sigma and kernel-size ranges, a random rotation.
+* ``kernel_blur``: a kernel from a set (the Levin et al. 2009 motion kernels, or a file).
 * ``gaussian_noise`` / ``poisson_noise``: a fixed level or a range, colour or grey.
 * ``jpeg``: a real JPEG encode/decode with Pillow at a quality drawn from a range.
 * ``resize``: a random scale and a random mode among area, bilinear and bicubic.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -36,7 +38,7 @@ from ..errors import PercepkitError, RecipeError
 from ..registry import DEGRADATIONS
 
 __all__ = [
-    "Bicubic", "Degradation", "GaussianBlur", "GaussianNoise", "Jpeg", "Pipeline",
+    "Bicubic", "Degradation", "GaussianBlur", "GaussianNoise", "Jpeg", "KernelBlur", "Pipeline",
     "PoissonNoise", "RealESRGAN", "Resize", "Sinc", "build_pipeline", "check_pipeline",
 ]
 
@@ -276,6 +278,92 @@ class GaussianBlur(Degradation):
         return filter2d(image, kernel).clamp(0, 1) if apply else image
 
 
+#: kernel sets shipped with percepkit, by name (``percepkit/assets/kernels``)
+KERNEL_SETS = {"levin09": "levin09_kernels.npz"}
+
+
+def load_kernels(kernels: str) -> list[torch.Tensor]:
+    """The float64 kernels of a set: ``levin09`` (the 8 motion-blur kernels of Levin, Weiss,
+    Durand & Freeman 2009, shipped, SHA-256 checked) or a ``.npz`` file of 2-D arrays (in the
+    order of its keys). Each must be square with an odd side, non-negative, with a positive
+    sum; it is normalised to sum 1."""
+    import numpy as np
+
+    from ..runtime.files import sha256_file
+
+    if kernels in KERNEL_SETS:
+        from importlib import resources
+
+        folder = Path(str(resources.files("percepkit").joinpath("assets", "kernels")))
+        path = folder / KERNEL_SETS[kernels]
+        want = (folder / "SHA256SUMS").read_text().split()[0]
+        if not path.is_file() or sha256_file(path) != want:
+            raise PercepkitError(f"kernel_blur: the shipped kernel file {path} is missing or "
+                                 f"damaged (SHA-256 check failed); reinstall percepkit")
+    else:
+        path = Path(kernels).expanduser()
+        if path.suffix != ".npz" or not path.is_file():
+            raise PercepkitError(f"kernel_blur: kernels must be one of "
+                                 f"{', '.join(KERNEL_SETS)} or an existing .npz file of 2-D "
+                                 f"arrays, got {kernels!r}")
+    try:
+        with np.load(path) as data:
+            arrays = [(k, np.asarray(data[k], dtype=np.float64)) for k in data.files]
+    except Exception as e:  # not a readable npz
+        raise PercepkitError(f"kernel_blur: cannot read {path} as .npz ({e})") from None
+    out = []
+    for key, k in arrays:
+        if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] % 2 == 0 \
+                or not np.isfinite(k).all() or k.min() < 0 or k.sum() <= 0:
+            raise PercepkitError(f"kernel_blur: {path.name}[{key}] must be a square 2-D array "
+                                 f"with an odd side, non-negative with a positive sum; got shape "
+                                 f"{k.shape}")
+        out.append(torch.from_numpy(k / k.sum()))
+    if not out:
+        raise PercepkitError(f"kernel_blur: {path} holds no kernels")
+    return out
+
+
+@DEGRADATIONS.register("kernel_blur")
+class KernelBlur(Degradation):
+    """Blur with a kernel from a set: ``levin09`` (the 8 motion-blur kernels of Levin et al.
+    2009, 13-27 px, the kernels of non-blind deblurring tables) or a ``.npz`` file of kernels.
+
+    ``index`` picks the kernels (1-based, as k1..k8): a number, or ``[low, high]`` drawn
+    uniformly per sample (default: all). Reflect padding, clipped to [0, 1]; ``prob`` is the
+    chance the step is applied.
+    """
+
+    name = "kernel_blur"
+
+    def __init__(self, kernels: str = "levin09", index: int | tuple[int, int] | None = None,
+                 prob: float = 1.0) -> None:
+        self.kernels = kernels
+        self._bank = load_kernels(kernels)
+        n = len(self._bank)
+        lo, hi = _check_range(self.name, "index", (1, n) if index is None else index, 1, n)
+        if lo != int(lo) or hi != int(hi):
+            raise PercepkitError(f"{self.name}: index must be an integer or a [low, high] pair "
+                                 f"of them (1..{n}), got {index!r}")
+        self.index = (int(lo), int(hi))
+        self.prob = _check_prob(self.name, "prob", prob)
+
+    def draw_kernel(self, rng: torch.Generator) -> torch.Tensor:
+        """The kernel of one sample."""
+        lo, hi = self.index
+        i = lo + min(int(uniform(rng, 0, hi - lo + 1)), hi - lo)
+        return self._bank[i - 1]
+
+    def __call__(self, image: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+        _check_image(self.name, image)
+        apply = chance(rng, self.prob)
+        kernel = self.draw_kernel(rng)
+        return filter2d(image, kernel).clamp(0, 1) if apply else image
+
+    def __repr__(self) -> str:
+        return f"kernel_blur(kernels={self.kernels!r}, index={self.index})"
+
+
 def sinc_kernel(size: int, cutoff: float) -> torch.Tensor:
     """A normalised ``size x size`` float64 circular low-pass (2-D sinc) kernel of angular
     ``cutoff`` (radians per pixel): ``cutoff·J1(cutoff·r) / (2π r)`` (BasicSR's
@@ -329,16 +417,18 @@ class GaussianNoise(Degradation):
 
     With probability ``gray_prob`` the noise is grey (one noise plane for all channels), else
     independent per channel ("colour"). ``prob`` is the chance the step is applied. Clipped to
-    [0, 1], not rounded (BasicSR's ``random_add_gaussian_noise_pt``).
+    [0, 1], not rounded (BasicSR's ``random_add_gaussian_noise_pt``); ``clip: false`` keeps the
+    values outside [0, 1], as the DnCNN/FFDNet test protocol does (the ``denoise`` task's).
     """
 
     name = "gaussian_noise"
 
     def __init__(self, sigma: Range = (1.0, 30.0), gray_prob: float = 0.0,
-                 prob: float = 1.0) -> None:
+                 prob: float = 1.0, clip: bool = True) -> None:
         self.sigma = _check_range(self.name, "sigma", sigma, 0.0, 255.0)
         self.gray_prob = _check_prob(self.name, "gray_prob", gray_prob)
         self.prob = _check_prob(self.name, "prob", prob)
+        self.clip = bool(clip)
 
     def __call__(self, image: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
         _check_image(self.name, image)
@@ -349,7 +439,8 @@ class GaussianNoise(Degradation):
         noise = torch.randn((1 if gray else c, h, w), generator=rng, dtype=torch.float32)
         if not apply:
             return image
-        return (image + noise.to(image.dtype) * sigma).clamp(0, 1)
+        out = image + noise.to(image.dtype) * sigma
+        return out.clamp(0, 1) if self.clip else out
 
 
 def _gray(image: torch.Tensor) -> torch.Tensor:

@@ -305,7 +305,8 @@ def evaluate(
     """Score ``transform`` on ``datasets``; unreadable/unusable images are skipped with a reason.
 
     ``make_input(sample, set_name)`` makes the model's input of one benchmark image (a task's
-    :meth:`~percepkit.train.tasks.Task.eval_input`); default ``sample.lr``.
+    :meth:`~percepkit.train.tasks.Task.eval_input`); default, and for sets with given input
+    files (``--lr-dir``), ``sample.lr``.
     ``on_image(set_name, image_name)`` is called after each image (for progress bars).
     ``save_images``: a folder; each set gets ``<set>/<image>.png`` comparison grids and
     ``<set>/sr/<image>.png``, the 8-bit output exactly as it was scored (``percepkit score``
@@ -332,7 +333,8 @@ def evaluate(
                 try:
                     with threads(1):  # reading, mod-crop, LR, input: small ops (see threads)
                         sample = ds.sample(i)
-                        given = sample.lr if make_input is None else make_input(sample, ds.name)
+                        given = sample.lr if make_input is None or res.given_lr else \
+                            make_input(sample, ds.name)  # given input files stay as given
                     sr = run_transform(transform, given, device)
                     if sr.shape != sample.hr.shape:
                         raise PercepkitError(
@@ -348,7 +350,8 @@ def evaluate(
                     res.rows.append(ImageRow(sample.name, values, sample.notes))
                     if save_images is not None:
                         folder = Path(save_images) / _safe_name(ds.name)
-                        _save_grid(folder, sample, sr, model_name, ds.scale)
+                        _save_grid(folder, dataclasses.replace(sample, lr=given), sr,
+                                   model_name, ds.scale)
                         write_image(folder / "sr" / f"{_file_stem(sample.name)}.png", sr)
                 if on_image is not None:
                     on_image(ds.name, path.name)
@@ -359,13 +362,17 @@ def evaluate(
 
 
 def _save_grid(folder: Path, sample: Any, sr: torch.Tensor, model_name: str, scale: int) -> None:
-    bicubic = quantize(imresize(sample.lr.double(), scale=scale).float())
-    if bicubic.shape != sample.hr.shape:  # paired LR files of another size convention
-        bicubic = quantize(imresize(sample.lr.double(), size=tuple(sample.hr.shape[-2:])).float())
-    if model_name == "bicubic":
-        tiles, labels = [bicubic, sample.hr], ["bicubic", "HR"]
+    if scale == 1:  # a same-size task: the degraded input as it is (8-bit for display)
+        first, label = quantize(sample.lr.clamp(0, 1).float()), "input"
     else:
-        tiles, labels = [bicubic, sr, sample.hr], ["bicubic", model_name, "HR"]
+        first, label = quantize(imresize(sample.lr.double(), scale=scale).float()), "bicubic"
+        if first.shape != sample.hr.shape:  # paired LR files of another size convention
+            first = quantize(imresize(sample.lr.double(),
+                                      size=tuple(sample.hr.shape[-2:])).float())
+    if model_name in ("bicubic", "identity"):
+        tiles, labels = [first, sample.hr], [label, "HR"]
+    else:
+        tiles, labels = [first, sr, sample.hr], [label, model_name, "HR"]
     write_image(folder / f"{_safe_name(sample.name)}.png", comparison_grid(tiles, labels))
 
 

@@ -1,8 +1,9 @@
-"""Image transformation networks: the paper's style and SR nets, SRCNN and the bicubic baseline.
+"""Image transformation networks: the paper's style and SR nets, SRCNN and the bicubic baseline;
+DnCNN and the identity for restoration at scale 1 (denoise, deblur, jpeg).
 
 All transforms map float images in [0, 1] shaped (B, 3, H, W) to images in [0, 1]. SR
 transforms take the low-resolution image and return it ``scale`` times larger; the attribute
-``task`` is ``"sr"`` or ``"style"``.
+``task`` is ``"sr"``, ``"style"`` or ``"restore"`` (same-size restoration: denoise, deblur, jpeg).
 
 Layouts follow the paper's supplementary material (Johnson et al. 2016, Tables 1 and 2). Where
 we differ: every 3x3/9x9 convolution pads its input by reflection (the paper pads the style net's
@@ -218,3 +219,64 @@ class Bicubic(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return imresize(x, scale=self.scale)
+
+
+@TRANSFORMS.register("dncnn")
+class DnCNN(nn.Module):
+    """DnCNN (Zhang et al. 2017): Conv+ReLU, ``depth - 2`` x (Conv+BN+ReLU), Conv, all 3x3 with
+    ``channels`` filters and zero padding; it predicts the residual (the noise or artefact), so
+    the output is the input minus the network's output.
+
+    ``depth=17, channels=64, norm=batch`` is the paper's depth and width (with biases on the
+    first convolution only, the batch norms carrying the others' offsets: 558,400 parameters);
+    smaller settings train on a CPU. ``norm: none`` gives every convolution a bias instead.
+    Same size in and out (``scale`` 1); inputs need not lie in [0, 1] (the denoise protocol's
+    noisy images do not). The last convolution starts at zero, so the untrained net is the
+    identity (not in the paper: short CPU trainings start from the degraded input).
+    """
+
+    task = "restore"
+
+    def __init__(self, depth: int = 17, channels: int = 64,
+                 norm: Literal["batch", "none"] = "batch", scale: int = 1) -> None:
+        super().__init__()
+        self.scale = _same_size("dncnn", scale)
+        if depth < 2 or channels < 1:
+            raise ValueError(f"dncnn needs depth >= 2 and channels >= 1, got depth {depth}, "
+                             f"channels {channels}")
+        bias = norm == "none"
+        layers: list[nn.Module] = [nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=bias),
+                       _norm(norm, channels), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(channels, 3, 3, padding=1, bias=bias))
+        self.net = nn.Sequential(*layers)
+        nn.init.zeros_(self.net[-1].weight)  # starts as the identity (not in the paper)
+        if self.net[-1].bias is not None:
+            nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.net(x)
+
+
+@TRANSFORMS.register("identity")
+class Identity(nn.Module):
+    """The degraded input itself: the baseline row of the restoration tasks (as bicubic is
+    SR's). No parameters."""
+
+    task = "restore"
+
+    def __init__(self, scale: int = 1) -> None:
+        super().__init__()
+        self.scale = _same_size("identity", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _same_size(name: str, scale: int) -> int:
+    """``scale`` of a same-size restoration net: 1 (the argument exists so that code building
+    any transform at a scale, such as ``percepkit eval``, builds these too)."""
+    if scale != 1:
+        raise ValueError(f"{name} restores at the input's size: scale must be 1, got {scale}")
+    return 1

@@ -123,10 +123,14 @@ class ValSettings:
 
     ``metrics``: registered metrics (``percepkit list metrics``) computed on ``data.val`` at
     every validation, one ``val.csv`` column each, as ``percepkit eval`` computes them (None:
-    the task's default, SR: psnr, ssim, grid, blobs).
+    the task's default, SR: psnr, ssim, grid, blobs). ``protocol``: the level of the task's
+    benchmark protocol that makes the validation inputs of the restoration tasks (denoise:
+    ``{sigma: 25}``, jpeg: ``{quality: 20}``, deblur: ``{sigma, kernel_size, noise}``; None:
+    the task's default).
     """
 
     metrics: list[str] | None = None
+    protocol: dict[str, Any] | None = None
 
 
 @dataclass

@@ -181,7 +181,13 @@ def recipe_schema() -> dict[str, Any]:
                 "properties": {"metrics": {
                     "type": ["array", "null"], "items": {"type": "string"},
                     "description": "registered metrics (percepkit list metrics) or values the "
-                                   "task computes itself (style: loss); default: the task's"}}},
+                                   "task computes itself (style: loss); default: the task's"},
+                    "protocol": {
+                        "type": ["object", "null"],
+                        "description": "the level of a restoration task's benchmark protocol "
+                                       "for validation inputs (denoise: {sigma: 25}, jpeg: "
+                                       "{quality: 20}, deblur: {sigma, kernel_size, noise}); "
+                                       "default: the task's"}}},
     }
     properties["train"]["properties"]["best"] = {
         "description": "the validation metric that picks best.safetensors",

@@ -327,7 +327,7 @@ MODELS = Registry("model", ["percepkit.models.zoo"])
 DISCRIMINATORS = Registry("discriminator", ["percepkit.nets.discriminators"])
 #: restoration problems (``task:`` in recipes, ``percepkit eval --task``): classes derived from
 #: :class:`percepkit.train.tasks.Task`
-TASKS = Registry("task", ["percepkit.train.tasks"])
+TASKS = Registry("task", ["percepkit.train.tasks", "percepkit.train.restoration_tasks"])
 
 REGISTRIES: dict[str, Registry] = {
     "transforms": TRANSFORMS,

@@ -244,6 +244,16 @@ class Task(ABC):
         return sample.lr
 
     @classmethod
+    def with_level(cls, **level: Any) -> type[Task]:
+        """The task at a level of its protocol (``percepkit eval --sigma 25``, ``--quality
+        20``; None values: not given); tasks without levels refuse any."""
+        given = [k for k, v in level.items() if v is not None]
+        if given:
+            raise PercepkitError(f"--{given[0]} does not apply to the {cls.name} task (it sets "
+                                 f"the level of the denoise/deblur/jpeg protocols)")
+        return cls
+
+    @classmethod
     def optimize_check(cls, *, style: Any, scale: int | None, target: Any, inputs: int) -> None:
         """Raise :class:`PercepkitError` when ``percepkit optimize``'s options do not fit."""
         raise PercepkitError(f"the {cls.name} task has no optimisation baseline "
