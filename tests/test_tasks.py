@@ -253,7 +253,7 @@ def plugin_task(tmp_path, monkeypatch):
     yield "pk_test_rgb_sr"
     for name in [m for m in sys.modules if m.startswith("percepkit_plugins")]:
         del sys.modules[name]
-    TASKS._remove(TASKS.entry("pk_test_rgb_sr"))
+    TASKS.remove("pk_test_rgb_sr")
     reg.reset_plugins_for_tests()
 
 
@@ -303,4 +303,4 @@ def test_the_plugin_guide_task_works(tmp_path):
         assert data["protocol"] == "example_rgb" and data["model"] == "bicubic"
         assert [m["name"] for m in data["metrics"]] == ["psnr_rgb"]
     finally:
-        TASKS._remove(TASKS.entry("example_rgb_sr"))
+        TASKS.remove("example_rgb_sr")
