@@ -8,6 +8,7 @@ import torch
 from cli_runner import run_cli
 
 from percepkit.errors import PercepkitError
+from percepkit.inference.geometry import min_side
 from percepkit.inference.tiles import pad_for_net
 from percepkit.models.checkpoint import save_model
 from percepkit.models.export import export
@@ -132,7 +133,7 @@ def test_random_init_torchscript_export_takes_any_size(tmp_path):
         warnings.simplefilter("ignore")
         loaded = torch.jit.load(str(tmp_path / "m.pt"))
     x = torch.rand(1, 3, 23, 41)
-    padded, h, w = pad_for_net(x, 4)
+    padded, h, w = pad_for_net(x, 4, min_side(model))
     with torch.inference_mode():
         want = model(padded)[..., :h, :w]
         assert (loaded(x) - want).abs().max() < 1e-5

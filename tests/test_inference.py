@@ -208,7 +208,7 @@ def test_image_too_big_for_the_budget_gets_exact_statistics(fast):
 
 
 @pytest.mark.parametrize("bottleneck_fits", [True, False])
-def test_staged_exact_tiling_of_the_style_net(monkeypatch, bottleneck_fits):
+def test_staged_exact_tiling_of_the_style_net(bottleneck_fits):
     """Fast nets tile in stages: down to the bottleneck, the residual blocks on the whole
     1/4-resolution tensor (or tile by tile when even that does not fit), back up."""
     torch.manual_seed(0)
@@ -219,12 +219,13 @@ def test_staged_exact_tiling_of_the_style_net(monkeypatch, bottleneck_fits):
     # bottleneck: 32 channels at 1/4 resolution, 8 bytes per input pixel, held if 5x that fits
     small.memory_budget = (50 if bottleneck_fits else 30) * 264 * 280
     assert not small.fits(264, 280)
-    stages = []
-    original = Predictor._run_stage
-    monkeypatch.setattr(Predictor, "_run_stage",
-                        lambda self, *a, **k: stages.append(1) or original(self, *a, **k))
-    out = small(x)
-    assert len(stages) == (2 if bottleneck_fits else 3)
+    plans = small.stage_plans(264, 280)
+    assert [plan is None for plan in plans] == [False, bottleneck_fits, False]
+    assert all(len(plan.tiles) > 1 for plan in plans if plan is not None)
+    steps = []
+    out = small(x, progress=lambda done, total: steps.append(total))
+    # the progress total counts each tiled stage's statistics passes and its output pass
+    assert steps[-1] == sum(len(p.tiles) * (len(p.norms) + 1) for p in plans if p is not None)
     assert (out - ref).abs().max() < 1e-5
 
 
@@ -237,7 +238,7 @@ def test_approximate_statistics_are_shared_by_all_tiles_so_there_are_no_seams():
     small = Predictor(model, "cpu", norm_stats="approx")
     small.memory_budget = int(80**2 * small.info.bytes_per_pixel)
     out = small(x)
-    stats = small._stats(x[None])
+    stats = small.approximate_norm_stats(x[None])
     assert len(stats) == 10  # 1 + 2 x 4 residual + 1 up
     with frozen_norm_stats(small.model, stats):
         consistent = small.forward(x[None])[0]

@@ -67,9 +67,20 @@ def test_a_model_name_wins_over_a_transform_name_random_init(tmp_path, monkeypat
     assert resolve("johnson_style").kind == TRANSFORM
 
 
+@pytest.mark.parametrize("size", [(1, 1), (5, 7), (3, 40), (15, 15)])
+def test_a_small_image_is_not_padded_for_a_net_of_local_layers(size):
+    """Bicubic (and the SR nets) have no stride or instance norm: a tiny image is run as it
+    is, so its edges are MATLAB's bicubic in percepkit.load and in the CLI's Predictor."""
+    x = torch.rand(1, 3, *size)
+    net = percepkit.load("bicubic", scale=4)
+    assert torch.allclose(net(x), imresize(x, scale=4), atol=1e-6)
+    predictor = percepkit.Predictor(net, "cpu", precision="fp32")
+    assert torch.allclose(predictor(x), imresize(x, scale=4), atol=1e-6)
+
+
 def test_a_transform_name_is_built_with_the_scale():
     net = percepkit.load("bicubic", scale=3)
-    x = torch.rand(1, 3, 17, 19)  # at least 16 pixels: not padded (tiles.net_min_side)
+    x = torch.rand(1, 3, 17, 19)
     assert net.scale == 3 and net(x).shape == (1, 3, 51, 57)
     assert torch.allclose(net(x), imresize(x, scale=3))
     assert percepkit.load("bicubic").scale == 4  # the default scale

@@ -18,9 +18,7 @@ from percepkit.registry import arguments as argspec
 
 @pytest.fixture
 def toy() -> Registry:
-    r = Registry("toy")
-    reg._ALL.remove(r)  # keep the global plugin loader away from this throwaway registry
-    r._builtins_loaded = True
+    r = Registry("toy", plugins=False)  # a throwaway registry the plugin loader never sees
 
     @r.register("alpha", aliases=("a",))
     class Alpha:

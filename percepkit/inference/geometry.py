@@ -18,20 +18,23 @@ from torch import nn
 
 from ..errors import PercepkitError
 from .normstats import is_global_norm
+from .tiles import net_min_side
 
 
 @dataclass
 class NetInfo:
     """Geometry of a transform: output ``scale``, total stride ``align`` (inputs and tile
     offsets must be multiples of it), ``margin`` (context pixels a tile needs on each side, at
-    least the receptive-field radius), activation ``bytes_per_pixel`` of input at peak, and
-    whether it has globally normalised layers (instance norm)."""
+    least the receptive-field radius), activation ``bytes_per_pixel`` of input at peak,
+    whether it has globally normalised layers (instance norm), and the ``min_side`` inputs are
+    padded to (:func:`min_side`)."""
 
     scale: int
     align: int
     margin: int
     bytes_per_pixel: float
     global_norm: bool
+    min_side: int = 1
 
 
 def _pair(v: int | tuple[int, ...]) -> int:
@@ -74,6 +77,15 @@ def stride(model: nn.Module) -> int:
     """What input sizes must be multiples of: the total stride of the layers, or the multiple
     the network declares (``size_multiple``), whichever is larger."""
     return max(geometry(model)[0], int(getattr(model, "size_multiple", 1)))
+
+
+def min_side(model: nn.Module) -> int:
+    """The smallest side ``model`` is run on (inputs are padded up to it): the side the network
+    declares (``min_side``; bicubic declares 1, so that a tiny image's edges stay MATLAB's),
+    else :func:`~percepkit.inference.tiles.net_min_side` of its stride (room for reflection
+    padding, and for a bottleneck and its instance-norm statistics)."""
+    declared = getattr(model, "min_side", None)
+    return int(declared) if declared is not None else net_min_side(stride(model))
 
 
 def analyze(model: nn.Module, device: torch.device, dtype_bytes: int = 4) -> NetInfo:
@@ -119,4 +131,4 @@ def analyze(model: nn.Module, device: torch.device, dtype_bytes: int = 4) -> Net
     biggest = max(sizes, default=0)
     peak = 1.25 * (1.5 * biggest + y.numel()) * dtype_bytes
     global_norm = any(is_global_norm(m) for m in model.modules())
-    return NetInfo(scale, align, margin, peak / (side * side), global_norm)
+    return NetInfo(scale, align, margin, peak / (side * side), global_norm, min_side(model))

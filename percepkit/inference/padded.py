@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .geometry import stride
-from .tiles import net_min_side, pad_for_net, pad_to_multiple_traced
+from .geometry import min_side, stride
+from .tiles import pad_for_net, pad_to_multiple_traced
 
 
 class PaddedNet(nn.Module):
@@ -29,6 +29,7 @@ class PaddedNet(nn.Module):
         super().__init__()
         self.net = net
         self.stride = stride(net)
+        self.min_side = min_side(net)
         self.task: str | None = getattr(net, "task", None)
         self.scale = int(getattr(net, "scale", 1))
 
@@ -44,9 +45,9 @@ class PaddedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_tracing():  # an export: the graph must pad every size, not this one
-            padded, h, w = pad_to_multiple_traced(x, self.stride, net_min_side(self.stride))
+            padded, h, w = pad_to_multiple_traced(x, self.stride, self.min_side)
         else:
-            padded, h, w = pad_for_net(x, self.stride)
+            padded, h, w = pad_for_net(x, self.stride, self.min_side)
         y = self.net(padded)
         s = y.shape[-1] // padded.shape[-1]
         return y[..., : h * s, : w * s]

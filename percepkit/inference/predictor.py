@@ -216,7 +216,7 @@ class Predictor:
         if batch.dim() != 4 or batch.shape[1] != 3:
             raise PercepkitError(f"expected an RGB image (3, H, W) or a batch (B, 3, H, W), got "
                                  f"shape {tuple(image.shape)}")
-        padded, h, w = pad_for_net(batch, self.info.align)
+        padded, h, w = pad_for_net(batch, self.info.align, self.info.min_side)
         hs, ws = padded.shape[-2] * self.scale, padded.shape[-1] * self.scale
         # the whole output is held on the CPU (float32, plus its 8-bit copy when written)
         require_memory(padded.shape[0] * 3 * hs * ws * 5, torch.device("cpu"),
@@ -237,7 +237,7 @@ class Predictor:
         out = out[..., : h * self.scale, : w * self.scale]
         return out[0] if single else out
 
-    def _stats(self, x: torch.Tensor) -> NormStats:
+    def approximate_norm_stats(self, x: torch.Tensor) -> NormStats:
         """Instance-norm statistics of one pass over the whole image, downscaled to fit the
         budget if needed (exact when it fits)."""
         h, w = x.shape[-2:]
@@ -309,7 +309,7 @@ class Predictor:
         elif exact_passes:
             stats = self._exact_stats(x, rows, cols, advance)
         else:
-            stats = self._stats(x)
+            stats = self.approximate_norm_stats(x)
         _warn_other_global_norms(self.model)
         ramps_y, sum_y = ramps(rows, s)
         ramps_x, sum_x = ramps(cols, s)
@@ -340,20 +340,7 @@ class Predictor:
         """
         fast = self.model
         assert isinstance(fast, FastTransform)
-        factors = fast.factors()
-        h, w = x.shape[-2:]
-        plans: list[_StagePlan | None] = []
-        f_in = 1.0
-        for start, end in fast.stages():
-            f_out = factors[end - 1]
-            hs, ws = round(h / f_in), round(w / f_in)
-            bottleneck = start > 0 and end < len(fast.layers) and f_out == f_in
-            held = BOTTLENECK_LIVE_TENSORS * x.shape[0] * fast.in_channels(start) * 4
-            if bottleneck and fits(hs, ws, held, self.memory_budget):
-                plans.append(None)  # the whole tensor at once
-            else:
-                plans.append(self._plan_stage(hs, ws, start, end, f_in, f_out))
-            f_in = f_out
+        plans = self.stage_plans(*x.shape[-2:], batch=x.shape[0])
         total = sum(len(p.tiles) * (len(p.norms) + 1) for p in plans if p is not None)
         advance = _counter(total, progress)
 
@@ -366,8 +353,31 @@ class Predictor:
                 x = self._run_stage(x, plan, stats, advance)
         return x.cpu()
 
+    def stage_plans(self, h: int, w: int, batch: int = 1) -> list[StagePlan | None]:
+        """How an ``h x w`` image (aligned, as padded for the net) that does not fit the budget
+        runs through a fast net in exact stages: one :class:`StagePlan` (tiles) per stage, or
+        ``None`` for a bottleneck stage that runs on its whole tensor at once."""
+        fast = self.model
+        if not isinstance(fast, FastTransform):
+            raise PercepkitError("stage_plans: only fast nets (fast=True, an instance-normalised "
+                                 "percepkit net) run in stages.")
+        factors = fast.factors()
+        plans: list[StagePlan | None] = []
+        f_in = 1.0
+        for start, end in fast.stages():
+            f_out = factors[end - 1]
+            hs, ws = round(h / f_in), round(w / f_in)
+            bottleneck = start > 0 and end < len(fast.layers) and f_out == f_in
+            held = BOTTLENECK_LIVE_TENSORS * batch * fast.in_channels(start) * 4
+            if bottleneck and fits(hs, ws, held, self.memory_budget):
+                plans.append(None)  # the whole tensor at once
+            else:
+                plans.append(self._plan_stage(hs, ws, start, end, f_in, f_out))
+            f_in = f_out
+        return plans
+
     def _plan_stage(self, hs: int, ws: int, start: int, end: int, f_in: float, f_out: float
-                    ) -> _StagePlan:
+                    ) -> StagePlan:
         """Tiles of layers ``start:end`` over an ``hs x ws`` input (``f_in`` network-input
         pixels per pixel) within the memory budget."""
         fast = self.model
@@ -377,10 +387,10 @@ class Predictor:
         core = max(a, tile_side(self.memory_budget, self.info.bytes_per_pixel * f_in ** 2, m, a))
         rows, cols = plan_axis(hs, core, a, a), plan_axis(ws, core, a, a)
         norms = [c for c in fast.convs(start, end) if c.global_norm]
-        return _StagePlan(start, end, f_in / f_out, disjoint_tiles(rows, cols, m, hs, ws, a),
+        return StagePlan(start, end, f_in / f_out, disjoint_tiles(rows, cols, m, hs, ws, a),
                           norms)
 
-    def _run_stage(self, src: torch.Tensor, plan: _StagePlan, stats: NormStats,
+    def _run_stage(self, src: torch.Tensor, plan: StagePlan, stats: NormStats,
                    advance: Callable[[], None]) -> torch.Tensor:
         """Run a planned stage tile by tile: exact statistics of its norm layers (added to
         ``stats``), then its output, assembled from the tiles' disjoint pieces."""
@@ -413,8 +423,8 @@ class Predictor:
 
 
 @dataclass
-class _StagePlan:
-    """Tiles of one stage of :meth:`Predictor._staged`: layers ``start:end``, output pixels per
+class StagePlan:
+    """Tiles of one stage of :meth:`Predictor.stage_plans`: layers ``start:end``, output pixels per
     input pixel ``up``, its tiles, its norm layers."""
 
     start: int

@@ -88,11 +88,11 @@ def net_min_side(align: int) -> int:
     return max(16, 4 * align)
 
 
-def pad_for_net(x: torch.Tensor, align: int) -> tuple[torch.Tensor, int, int]:
+def pad_for_net(x: torch.Tensor, align: int, min_side: int) -> tuple[torch.Tensor, int, int]:
     """``x`` padded as every run of a network pads it (:func:`pad_to_multiple` to its stride
-    ``align`` and :func:`net_min_side`), and its original height and width, to crop the output
-    back to (times the scale)."""
-    return pad_to_multiple(x, align, net_min_side(align))
+    ``align`` and its :func:`~percepkit.inference.geometry.min_side`), and its original height
+    and width, to crop the output back to (times the scale)."""
+    return pad_to_multiple(x, align, min_side)
 
 
 def pad_to_multiple(x: torch.Tensor, align: int, min_side: int = 1

@@ -212,6 +212,7 @@ class Bicubic(nn.Module):
     """MATLAB-compatible bicubic upsampling: the baseline of every SR table. No parameters."""
 
     task = "sr"
+    min_side = 1  # any size as it is (inference.geometry.min_side): MATLAB's edges on tiny images
 
     def __init__(self, scale: int = 4) -> None:
         super().__init__()

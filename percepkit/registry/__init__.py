@@ -67,15 +67,18 @@ class Registry:
     """A named collection of parts of one kind (transforms, losses, ...).
 
     ``modules`` are the built-in modules that register into it; they are imported on first use.
+    ``plugins=False`` makes a private registry that plugins never see (an application's own
+    parts, a test's throwaway registry).
     """
 
-    def __init__(self, kind: str, modules: Sequence[str] = ()) -> None:
+    def __init__(self, kind: str, modules: Sequence[str] = (), *, plugins: bool = True) -> None:
         self.kind = kind
         self.modules = tuple(modules)
         self._entries: dict[str, Entry] = {}
         self._aliases: dict[str, str] = {}
         self._builtins_loaded = False
-        _ALL.append(self)
+        if plugins:
+            _ALL.append(self)
 
     # -- registration -------------------------------------------------------------------------
     def register(
