@@ -85,7 +85,8 @@ def test_random_init_recipes_train_two_steps_on_tiny_data(recipe, clean_folder, 
 
 @pytest.mark.parametrize("recipe", [f"{r}_feat" for r in RECIPES])
 def test_random_init_feat_recipes_train_and_select_by_lpips(recipe, clean_folder, tmp_path,
-                                                             real_weights_dir):
+                                                             real_weights_dir, monkeypatch):
+    monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(real_weights_dir))
     trainer, _ = _train(recipe, tmp_path / "run", f"data.train.root={clean_folder}")
     assert trainer.task.metric == "lpips" and not trainer.task.higher_is_better
     assert "lpips" in (tmp_path / "run" / "val.csv").read_text().splitlines()[0]

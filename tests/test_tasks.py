@@ -305,3 +305,21 @@ def test_the_plugin_guide_task_works(tmp_path):
         assert [m["name"] for m in data["metrics"]] == ["psnr_rgb"]
     finally:
         TASKS.remove("example_rgb_sr")
+
+
+def test_network_problem_judges_built_networks_and_declared_tasks_of_unbuilt_parts():
+    """A registered factory is not a built network: only a ``task`` it declares is judged
+    before it is built (its build errors, and its scale, come once it is built)."""
+    sr, denoise = TASKS.get("sr"), TASKS.get("denoise")
+
+    def factory() -> torch.nn.Module:
+        return torch.nn.Identity()
+
+    assert sr.network_problem(factory) is None
+    assert "no scale" in sr.network_problem(torch.nn.Conv2d(3, 3, 1))
+    factory.task = "style"  # type: ignore[attr-defined]
+    assert "a 'style' network" in sr.network_problem(factory)
+    upscaler = torch.nn.Conv2d(3, 3, 1)
+    upscaler.task, upscaler.scale = "sr", 4
+    assert sr.network_problem(upscaler) is None
+    assert "x4 super-resolution network" in denoise.network_problem(upscaler)

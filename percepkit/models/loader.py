@@ -126,9 +126,7 @@ def build_transform(name: str, scale: int | None = None, task: str | None = None
     a transform that does not fit ``task`` is refused before anything is built."""
     obj = TRANSFORMS.get(name)
     cls = _task(task)
-    # a class says what it is before it is built; a factory (spandrel's, johnson_style_fast) is
-    # built first and checked by load_network, so that its own build errors come through
-    problem = cls.network_problem(obj) if cls is not None and isinstance(obj, type) else None
+    problem = cls.network_problem(obj) if cls is not None else None
     if problem:
         fits = [e.name for e in TRANSFORMS.entries() if not cls.network_problem(e.obj)]
         raise PercepkitError(f"{name}: {problem}" + (f"; {hint}" if hint else "")

@@ -96,7 +96,7 @@ class RestorationTask(Task):
     @classmethod
     def network_problem(cls, net: Any) -> str | None:
         task = getattr(net, "task", None)
-        if task == "sr" and not isinstance(net, type) and getattr(net, "scale", 1) != 1:
+        if task == "sr" and isinstance(net, nn.Module) and getattr(net, "scale", 1) != 1:
             return (f"an x{net.scale} super-resolution network; the {cls.name} task needs a "
                     f"same-size one (dncnn, or an SR network built with scale: 1)")
         return super().network_problem(net)

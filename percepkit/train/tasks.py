@@ -160,8 +160,10 @@ class Task(ABC):
 
     @classmethod
     def network_problem(cls, net: Any) -> str | None:
-        """Why ``net`` (a transform, or a transform class) cannot be trained or scored for
-        this task, or None."""
+        """Why ``net`` cannot be trained or scored for this task, or None. ``net`` is a built
+        network (an ``nn.Module``), or a registered class or factory not built yet: those are
+        judged only by a ``task`` they declare (what a built one has, its scale, is checked once
+        it is built)."""
         task = getattr(net, "task", None)
         if task is None or not cls.network_tasks or task in cls.network_tasks:
             return None
@@ -367,7 +369,7 @@ class SRTask(Task):
     @classmethod
     def network_problem(cls, net: Any) -> str | None:
         problem = super().network_problem(net)
-        if problem is None and not isinstance(net, type) and getattr(net, "scale", None) is None:
+        if problem is None and isinstance(net, nn.Module) and getattr(net, "scale", None) is None:
             problem = "not a super-resolution network (it has no scale)"
         return problem
 
