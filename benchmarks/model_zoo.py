@@ -104,10 +104,11 @@ def _loss_of(name: str) -> tuple[Any, torch.Tensor | None]:
     from percepkit.models.loader import resolve
     from percepkit.recipes.recipe import parse_yaml, recipe_from_mapping
     from percepkit.train import load_style_image
+    from percepkit.train.tasks import task_class
 
     recipe = recipe_from_mapping(parse_yaml(read_metadata(resolve(name).path)["recipe"]), name)
     loss = recipe.build_loss()
-    if recipe.task != "style":
+    if "style_image" not in task_class(recipe.task).required_data:
         return loss, None
     style = load_style_image(recipe.data.style_image, recipe.data.style_size)
     loss.set_style(style)
@@ -119,7 +120,9 @@ def package(name: str, run: Path) -> None:
     from percepkit.models.checkpoint import Checkpoint, read_metadata
     from percepkit.models.zoo import ZooModel
     from percepkit.models.zoo import package as write_model
+    from percepkit.recipes.recipe import parse_yaml
     from percepkit.registry import MODELS
+    from percepkit.train.tasks import task_class
 
     ckpt = _checkpoint(run)
     meta = read_metadata(ckpt)
@@ -137,7 +140,8 @@ def package(name: str, run: Path) -> None:
         "reproduce": f"OMP_NUM_THREADS=1 percepkit train {recipe_file} --out runs/{name}",
     }
     recipe = meta["recipe"]
-    if task == "style":
+    cls = task_class(task)
+    if "style_image" in cls.required_data:
         style = next(line.split(":", 1)[1].strip() for line in recipe.splitlines()
                      if line.strip().startswith("style_image:"))
         source = next(v for k, v in STYLE_SOURCES.items() if f"/{k}/" in style)
@@ -145,13 +149,16 @@ def package(name: str, run: Path) -> None:
                     data="random 128x128 crops of the 200 BSDS300 training photos")
         summary = f"'{Path(style).stem}' style ({net}, {size})"
     else:
-        card.update(data="random 96x96 crops of the 200 BSDS300 training photos, LR = MATLAB "
-                         "bicubic /4 rounded to 8 bits", license="MIT (weights trained by us)")
+        patch = parse_yaml(recipe)["data"]["train"].get("patch_size", 96)
+        card.update(data=f"random {patch}x{patch} crops of the 200 BSDS300 training photos; "
+                         f"input as the {task} protocol makes it ({cls.protocol_summary})",
+                    license="MIT (weights trained by us)")
         loss = "l_pixel (MSE)"
         if "feature" in recipe:
             loss = "l_feat (VGG16 relu2_2) + " + ("l1 pixel + TV" if "pixel" in recipe else "TV")
-        variant = "johnson_sr skip variant" if net == "johnson_sr" else f"{net}, {size}"
-        summary = f"x{meta['transform']['scale']} SR, {loss}; {variant}"
+        what = f"x{meta['transform']['scale']} SR" if cls.uses_scale else cls.title
+        variant = f"{net} skip variant" if net == "johnson_sr" else f"{net}, {size}"
+        summary = f"{what}, {loss}; {variant}"
 
     out = MODELS_DIR / f"{name}.safetensors"
     manifest_path = MODELS_DIR / "manifest.json"
@@ -163,13 +170,15 @@ def package(name: str, run: Path) -> None:
         MODELS.add(ZooModel(name, out.name, sha, task, summary), name, override=True)
 
     register(write_model(ckpt, out, card))  # first without metrics, so eval finds it by name
-    if task == "sr":
-        card["metrics"] = _eval_json(name, [])
+    if cls.protocol is not None:  # a benchmark protocol: eval --all
+        card["metrics"] = _eval_json(name, ["--task", task])
         s5 = card["metrics"]["set5"]
-        card["headline"] = (f"Set5 x4: PSNR {s5['psnr']:.2f} dB, SSIM {s5['ssim']:.4f}, "
+        level = f"x{meta['transform']['scale']}" if cls.uses_scale else task
+        card["headline"] = (f"Set5 {level}: PSNR {s5['psnr']:.2f} dB, SSIM {s5['ssim']:.4f}, "
                             f"LPIPS {s5.get('lpips', float('nan')):.4f}")
         if "feature" in recipe:
-            card["metrics_histogram_matched"] = _eval_json(name, ["--match-histogram"])
+            card["metrics_histogram_matched"] = _eval_json(name, ["--task", task,
+                                                                  "--match-histogram"])
     else:
         card["objective_512px"] = _style_objective(name)
         o = card["objective_512px"]

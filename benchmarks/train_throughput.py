@@ -35,6 +35,7 @@ is the fairest comparison on a machine shared with other jobs.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -48,6 +49,7 @@ from torch.utils.data import DataLoader
 from percepkit.bench.speed_table import PeakMemory
 from percepkit.nets.lossnets import IMAGENET_MEAN, IMAGENET_STD
 from percepkit.runtime.precision import resolve_precision
+from percepkit.train.tasks import task_class
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPES = [REPO / "recipes" / "style_johnson2016.yaml",
@@ -68,14 +70,17 @@ def overrides(recipe_path: Path, args: argparse.Namespace) -> list[str]:
         out.append("loss_network.weights=random")
     if args.batch:
         out.append(f"train.batch_size={args.batch}")
-    if rec.task == "sr":
-        scale = int(rec.raw["transform"].get("scale", 4))
-        patch = args.size or int(rec.raw["data"]["train"].get("patch_size", 288))
-        out += [f"data.train={{name: synthetic, count: 64, size: {patch}, scale: {scale}}}"]
-    else:
-        size = args.size or int(rec.raw["data"]["train"].get("size", 256))
-        out += [f"data.train={{name: synthetic, count: 64, size: {size}}}",
-                "data.style_image=synthetic:1", f"data.style_size={size}"]
+    task = task_class(rec.task)
+    train = rec.raw["data"]["train"]
+    size = args.size or int(train.get("patch_size", train.get("size", 256)))
+    synthetic: dict = {"name": "synthetic", "count": 64, "size": size}
+    if task.input_key != task.target_key:  # (input, target) pairs: the recipe's scale and steps
+        synthetic["scale"] = int(train.get("scale", rec.raw["transform"].get("scale", 4)))
+        if train.get("degradations"):
+            synthetic["degradations"] = train["degradations"]
+    out.append(f"data.train={json.dumps(synthetic)}")
+    if "style_image" in task.required_data:
+        out += ["data.style_image=synthetic:1", f"data.style_size={size}"]
     return out
 
 
@@ -162,17 +167,13 @@ def _batches(recipe, device: torch.device, fmt: torch.memory_format):
     """(input, target) batches of the recipe's training data, forever."""
     from percepkit.registry import DATASETS
 
-    s = recipe.train
+    s, task = recipe.train, task_class(recipe.task)
     loader = DataLoader(DATASETS.build(recipe.data.train), batch_size=s.batch_size, shuffle=True,
                         drop_last=True, num_workers=s.workers, pin_memory=device.type == "cuda")
     while True:
         for batch in loader:
-            if recipe.task == "sr":
-                yield (batch["lr"].to(device, non_blocking=True, memory_format=fmt),
-                       batch["hr"].to(device, non_blocking=True, memory_format=fmt))
-            else:
-                x = batch["image"].to(device, non_blocking=True, memory_format=fmt)
-                yield x, x
+            yield tuple(batch[k].to(device, non_blocking=True, memory_format=fmt)
+                        for k in (task.input_key, task.target_key))
 
 
 def time_plain(recipe, examples: bool) -> float:
@@ -196,7 +197,7 @@ def time_plain(recipe, examples: bool) -> float:
     if fmt == torch.channels_last:
         model.to(memory_format=fmt)
         loss.to(memory_format=fmt)
-    if recipe.task == "style":
+    if "style_image" in task_class(recipe.task).required_data:  # the loss's style targets
         loss.set_style(load_style_image(recipe.data.style_image, recipe.data.style_size)
                        .to(device))
     opt = recipe.build_optimizer(model.parameters())
@@ -228,7 +229,7 @@ def check_same_objective(recipe, plain: PlainLoss, ours, model: nn.Module,
     flat = nn.Sequential(*[m for piece in plain.vgg.slices for m in piece])
     n = len(ours.loss_network.features)
     ours.loss_network.features.load_state_dict(flat[:n].state_dict())
-    if recipe.task == "style":
+    if "style_image" in task_class(recipe.task).required_data:
         style = load_style_image(recipe.data.style_image, recipe.data.style_size).to(device)
         plain.set_style(style)
         ours.set_style(style)
