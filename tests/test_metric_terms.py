@@ -169,3 +169,46 @@ def test_dists_loss_equals_metric_with_finite_gradients(real_weights_dir, monkey
     assert half.dtype == torch.float32 and torch.isfinite(grad16).all()
     assert half.item() == pytest.approx(value.item(), abs=2e-2)
     assert abs(term(LossInputs(hr, hr)).item()) < 1e-6
+
+
+# -- grid --------------------------------------------------------------------------------------
+def _with_grid(x: torch.Tensor, amplitude: float) -> torch.Tensor:
+    """``x`` plus a fixed period-4 dot pattern of ``amplitude`` (0..1 scale)."""
+    tile = torch.zeros(1, 1, 4, 4)
+    tile[..., 1, 2] = amplitude
+    return x + tile.repeat(1, 1, x.shape[-2] // 4, x.shape[-1] // 4)
+
+
+def test_grid_term_is_the_grid_metric_above_its_margin_and_needs_no_target():
+    from percepkit.api import create_metric
+
+    torch.manual_seed(0)
+    x = _with_grid(torch.rand(2, 3, 48, 64) * 0.2 + 0.4, 0.03)
+    metric = create_metric("grid", period=4)(x, x)
+    term = LOSSES.build({"name": "grid", "period": 4})
+    assert float(term(LossInputs(x, None))) == pytest.approx(float(metric.mean()), rel=1e-5)
+    margin = float(metric.min()) + 0.5 * float(metric.max() - metric.min())
+    hinge = LOSSES.build({"name": "grid", "margin": margin})(LossInputs(x, None))
+    assert float(hinge) == pytest.approx(float((metric - margin).clamp(min=0).mean()), rel=1e-5)
+    assert float(LOSSES.build({"name": "grid", "margin": 255})(LossInputs(x, None))) == 0
+    flat = torch.full((1, 3, 16, 16), 0.5, requires_grad=True)  # no pattern: finite gradient
+    term(LossInputs(flat, None)).backward()
+    assert torch.isfinite(flat.grad).all()
+    with pytest.raises(PercepkitError, match="grid loss got 6x6"):
+        term(LossInputs(torch.rand(1, 3, 6, 6), None))
+
+
+def test_descending_the_grid_term_removes_an_injected_pattern():
+    torch.manual_seed(0)
+    clean = torch.rand(1, 3, 64, 64) * 0.2 + 0.4
+    x = _with_grid(clean, 0.05).requires_grad_(True)
+    term = LOSSES.build({"name": "grid"})
+    start = float(term(LossInputs(x, None)))
+    opt = torch.optim.SGD([x], lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        term(LossInputs(x, None)).backward()
+        opt.step()
+    assert float(term(LossInputs(x, None)).detach()) < 0.1 * start
+    # the pattern's own mean |change| is 0.05 / 16 = 0.003: the image itself barely moved
+    assert float((x.detach() - clean).abs().mean()) < 0.005
