@@ -32,8 +32,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import restoration_baselines as rb  # noqa: E402  (the baselines' restorers and tuned values)
 
-from percepkit.data.benchmark_sets import quantize  # noqa: E402
-from percepkit.data.images import image_grid, read_image, stack_rows, write_image  # noqa: E402
+from percepkit.data.images import (  # noqa: E402
+    image_grid,
+    quantize,
+    read_image,
+    stack_rows,
+    write_image,
+)
 from percepkit.evaluation.protocols import make_protocol  # noqa: E402
 from percepkit.registry import DATASETS  # noqa: E402
 
@@ -101,7 +106,7 @@ def grid(task: str, level: dict[str, Any], set_name: str, nets: dict[str, torch.
         outputs = [rb.to_tensor(restore(rb.to_numpy(degraded), baseline[1]))]
         with torch.inference_mode():
             for net in nets.values():
-                outputs.append(quantize(net(degraded[None])[0].clamp(0, 1)))
+                outputs.append(quantize(net(degraded[None])[0]))
         h, w = clean.shape[-2:]
         top, left = (h - crop) // 2, (w - crop) // 2
         tiles = [t[..., top:top + crop, left:left + crop].clamp(0, 1)

@@ -34,7 +34,7 @@ class NetInfo:
     margin: int
     bytes_per_pixel: float
     global_norm: bool
-    min_side: int = 1
+    min_side: int
 
 
 def _pair(v: int | tuple[int, ...]) -> int:
