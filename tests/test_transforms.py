@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from percepkit.errors import RecipeError
 from percepkit.registry import TRANSFORMS
 
 
@@ -119,3 +120,23 @@ def test_style_nets_take_a_linear_output_random_init_plumbing(name):
         assert tanh(x).min() >= 0 and tanh(x).max() <= 1
         y = linear(x)
     assert y.min() < 0 or y.max() > 1
+
+
+def test_clamp_output_stays_in_range_and_passes_the_gradient_where_saturated_random_init():
+    """``output: clamp``: 0.5 + the last convolution, clamped to [0, 1]; a saturated pixel
+    still gets the loss's gradient (a tanh's is ~0 there: why the tanh nets keep their white
+    blobs, docs/zoo.md). Randomly initialised weights: plumbing only."""
+    torch.manual_seed(0)
+    net = TRANSFORMS.build({"name": "johnson_style_lite", "output": "clamp"})
+    net.net[-1].weight.data.mul_(50)
+    x = torch.rand(1, 3, 32, 32)
+    y = net(x)
+    assert y.min() == 0 and y.max() == 1
+    saturated = (y.detach() == 1)
+    assert saturated.any()
+    (y * saturated).sum().backward()
+    assert net.net[-1].bias.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert torch.equal(net(x), y.detach())
+    with pytest.raises(RecipeError, match="'clamp', got 'sigmoid'"):
+        TRANSFORMS.build({"name": "johnson_style_lite", "output": "sigmoid"})

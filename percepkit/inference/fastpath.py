@@ -31,7 +31,8 @@ class FastTransform(nn.Module):
                  ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
-        # "sigmoid2" ((tanh(z) + 1) / 2 = sigmoid(2z)), "bicubic_skip" or "linear"
+        # "sigmoid2" ((tanh(z) + 1) / 2 = sigmoid(2z)), "bicubic_skip", "linear" or "clamp"
+        # (0.5 + z, clamped to [0, 1])
         self.output = output
         self.scale = scale
         self.task = task
@@ -62,6 +63,8 @@ class FastTransform(nn.Module):
 
             assert start == 0, "the bicubic skip needs the network's input"
             return h.add_(imresize(x, scale=self.scale))
+        if self.output == "clamp":
+            return h.add_(0.5).clamp_(0, 1)
         return h if self.output == "linear" else h.sigmoid_()
 
     def convs(self, start: int = 0, end: int | None = None) -> Iterator[FusedConv]:
@@ -166,7 +169,7 @@ def _fuse(block: nn.Module) -> FusedConv:
                      instance_norm=instance, relu=relu)
 
 
-def _fused_layers(model: nn.Module, skip: bool, linear: bool) -> list[nn.Module]:
+def _fused_layers(model: nn.Module, skip: bool, tanh: bool) -> list[nn.Module]:
     """The fused layers of a JohnsonStyle / JohnsonSR ``model.net``, or :class:`_NotFusable`
     naming the first block that does not parse."""
     from ..nets.transforms import ResidualBlock
@@ -186,7 +189,7 @@ def _fused_layers(model: nn.Module, skip: bool, linear: bool) -> list[nn.Module]
         raise _NotFusable(f"net ends in {type(pad).__name__}, {type(last).__name__}, not "
                           f"reflection padding and a convolution")
     weight, bias = last.weight.detach(), last.bias.detach()
-    if not skip and not linear:  # (tanh(z) + 1) / 2 == sigmoid(2 z)
+    if not skip and tanh:  # (tanh(z) + 1) / 2 == sigmoid(2 z)
         weight, bias = 2 * weight, 2 * bias
     layers.append(FusedConv("conv", weight, bias, in_pad=int(pad.padding[0])))
     return layers
@@ -206,14 +209,14 @@ def fast_model(model: nn.Module) -> nn.Module:
     if type(model) not in (JohnsonStyle, JohnsonSR) or model.training:
         return model
     skip = isinstance(model, JohnsonSR) and model.skip
-    linear = getattr(model, "output", "tanh") == "linear"
+    head = getattr(model, "output", "tanh")
     try:
-        layers = _fused_layers(model, skip, linear)
+        layers = _fused_layers(model, skip, tanh=head == "tanh")
     except _NotFusable as e:
         warnings.warn(f"{type(model).__name__} runs without the fast path (slower, same output):"
                       f" {e}", FastPathWarning, stacklevel=2)
         return model
-    output = "bicubic_skip" if skip else "linear" if linear else "sigmoid2"
+    output = "bicubic_skip" if skip else "sigmoid2" if head == "tanh" else head
     fast = FastTransform(layers, output, int(getattr(model, "scale", 1)),
                          getattr(model, "task", None))
     return fast.to(next(model.parameters()).device)

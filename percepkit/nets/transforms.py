@@ -24,7 +24,7 @@ from ..registry import TRANSFORMS
 
 Norm = Literal["batch", "instance", "none"]
 Upsample = Literal["deconv", "resize_conv"]
-Output = Literal["tanh", "linear"]
+Output = Literal["tanh", "linear", "clamp"]
 
 
 def _norm(kind: Norm, channels: int) -> nn.Module:
@@ -78,12 +78,21 @@ def _to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return (torch.tanh(x) + 1) * 0.5
 
 
+def _clamp_straight_through(x: torch.Tensor) -> torch.Tensor:
+    """``0.5 + x`` clamped to [0, 1], with the gradient of ``0.5 + x`` (straight-through):
+    a saturated pixel still passes the loss's gradient back, unlike a saturated tanh."""
+    y = x + 0.5
+    return y + (y.clamp(0, 1) - y).detach() if y.requires_grad else y.clamp(0, 1)
+
+
 @TRANSFORMS.register("johnson_style", aliases=("style_net",))
 class JohnsonStyle(nn.Module):
     """The paper's style-transfer network: c9s1-32, d64, d128, 5xR128, u64, u32, c9s1-3.
 
     ``output="tanh"`` is the paper's scaled tanh; ``"linear"`` returns the last convolution as
-    it is (pytorch/examples' ``TransformerNet``, whose images are clamped when saved).
+    it is (pytorch/examples' ``TransformerNet``, whose images are clamped when saved);
+    ``"clamp"`` returns ``0.5 + conv`` clamped to [0, 1] with a straight-through gradient (in
+    range like tanh, but a saturated pixel is not exempt from the loss's gradient).
     ``decoder_channels`` sets the widths of the two upsampling layers (default: the encoder's
     mirrored, ``(channels[1], channels[0])``).
     """
@@ -101,8 +110,8 @@ class JohnsonStyle(nn.Module):
         decoder_channels: tuple[int, int] | list[int] | None = None,
     ) -> None:
         super().__init__()
-        if output not in ("tanh", "linear"):
-            raise ValueError(f"output must be 'tanh' or 'linear', got {output!r}")
+        if output not in ("tanh", "linear", "clamp"):
+            raise ValueError(f"output must be 'tanh', 'linear' or 'clamp', got {output!r}")
         self.output = output
         c1, c2, c3 = channels
         d2, d1 = decoder_channels if decoder_channels is not None else (c2, c1)
@@ -119,7 +128,9 @@ class JohnsonStyle(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net(x)
-        return _to_unit_range(y) if self.output == "tanh" else y
+        if self.output == "tanh":
+            return _to_unit_range(y)
+        return _clamp_straight_through(y) if self.output == "clamp" else y
 
 
 @TRANSFORMS.register("johnson_style_fast")
