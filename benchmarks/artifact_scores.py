@@ -4,7 +4,7 @@ Run from the repository root with the benchmark images of ../shared/data::
 
     export PERCEPKIT_DATA=../shared/data/benchmarks
     python benchmarks/artifact_scores.py                  # both tables (Markdown, stdout)
-    python benchmarks/artifact_scores.py sr               # SR models on Set5 and Set14
+    python benchmarks/artifact_scores.py sr               # SR models on Set5, Set14, BSD100
     python benchmarks/artifact_scores.py style --image    # style models on BSD100 photos, and
                                                           # docs/images/zoo/blobs_styles.jpg
 
@@ -31,7 +31,7 @@ BENCH = Path(os.environ.get("PERCEPKIT_DATA", REPO.parent / "shared" / "data" / 
 #: held-out BSD100 photos (never trained on) with flat regions: sky, walls, tarmac
 STYLE_PHOTOS = ("3096", "14037", "21077", "37073", "42049", "69020", "86000", "210088")
 STYLES = ("candy", "mosaic", "starry_night", "udnie", "the_scream", "candy_lite")
-SR_MODELS = ("bicubic", "sr_x4_pixel", "sr_x4_feat")
+SR_MODELS = ("bicubic", "sr_x4_pixel", "sr_x4_feat", "sr_x4_gan")
 #: the photos of the blob illustration
 IMAGE_PHOTOS = ("3096", "42049")
 
@@ -43,7 +43,7 @@ def _span(values: list[float], fmt: str) -> str:
 
 
 def sr_table() -> str:
-    """grid (period 4) and blobs of bicubic and the SR models on Set5 and Set14 (x4)."""
+    """grid (period 4) and blobs of bicubic and the SR models on Set5, Set14 and BSD100 (x4)."""
     import percepkit
     from percepkit.evaluation.evaluate import run_transform
     from percepkit.metrics import Blobs, Grid
@@ -56,7 +56,7 @@ def sr_table() -> str:
               for name in SR_MODELS}
     lines = ["| model | set | grid (levels, min–max) | grid mean | blobs (%, max) |",
              "| --- | --- | --- | --- | --- |"]
-    for key in ("set5", "set14"):
+    for key in ("set5", "set14", "bsd100"):
         spec = {"name": key, "scale": 4} if key == "set5" else \
             {"name": key, "scale": 4, "root": str(BENCH), "download": False}
         ds = DATASETS.build(spec)
@@ -72,7 +72,7 @@ def sr_table() -> str:
                     g.append(float(grid(out[None], s.hr[None])[0]))
                     b.append(float(blobs(out[None], s.hr[None])[0]))
             rows[name] = (g, b)
-        label = {"set5": "Set5", "set14": "Set14"}[key]
+        label = {"set5": "Set5", "set14": "Set14", "bsd100": "BSD100"}[key]
         for name, (g, b) in rows.items():
             blob = "—" if name.startswith("HR") else format(max(b), ".3f")
             lines.append(f"| {name} | {label} | {_span(g, '.2f')} | "

@@ -69,7 +69,7 @@ def _checkpoint(run: Path) -> Path:
 
 def _eval_json(name: str, extra: list[str]) -> dict[str, Any]:
     out = REPO / ".zoo-eval.json"
-    cmd = ["percepkit", "eval", "--all", "--model", name, "--metrics", "psnr,ssim,lpips",
+    cmd = ["percepkit", "eval", "--all", "--model", name, "--metrics", "psnr,ssim,lpips,dists",
            "--json", str(out), *extra]
     out.unlink(missing_ok=True)
     subprocess.run(cmd, check=True, cwd=REPO)
@@ -153,9 +153,8 @@ def package(name: str, run: Path) -> None:
         card.update(data=f"random {patch}x{patch} crops of the 200 BSDS300 training photos; "
                          f"input as the {task} protocol makes it ({cls.protocol_summary})",
                     license="MIT (weights trained by us)")
-        loss = "l_pixel (MSE)"
-        if "feature" in recipe:
-            loss = "l_feat (VGG16 relu2_2) + " + ("l1 pixel + TV" if "pixel" in recipe else "TV")
+        loss = " + ".join(f"{term['name']}×{term.get('weight', 1.0):g}"
+                          for term in parse_yaml(recipe)["losses"])
         what = f"x{meta['transform']['scale']} SR" if cls.uses_scale else cls.title
         variant = f"{net} skip variant" if net == "johnson_sr" else f"{net}, {size}"
         summary = f"{what}, {loss}; {variant}"
@@ -208,22 +207,26 @@ def _card_text(name: str, summary: str, card: dict[str, Any], sha: str, recipe: 
 
 
 def sr_table() -> None:
-    """The x4 table of docs/zoo.md: bicubic (measured now) and every SR model (its card, which
-    ``package`` measured with the same ``percepkit eval --all``) on Set5/Set14/BSD100 (Y)."""
+    """The x4 table of docs/zoo.md: bicubic (measured now) and every SR model on
+    Set5/Set14/BSD100 (Y): its card's metrics, which ``package`` measured with the same
+    ``percepkit eval --all``, or measured now where the card predates a metric (DISTS)."""
     from percepkit.registry import MODELS
 
     rows = [("bicubic", _eval_json("bicubic", []))]
     for entry in MODELS.entries():
         if entry.obj.task == "sr":
             card = entry.obj.card()
-            rows.append((entry.name, card["metrics"]))
+            complete = all("dists" in m for m in card["metrics"].values())
+            rows.append((entry.name, card["metrics"] if complete else _eval_json(entry.name, [])))
             if "metrics_histogram_matched" in card:
                 rows.append((f"{entry.name} + histogram matching",
                              card["metrics_histogram_matched"]))
-    print("| model | " + " | ".join(f"{s} PSNR / SSIM / LPIPS" for s in rows[0][1]) + " |")
+    print("| model | " + " | ".join(f"{s} PSNR / SSIM / LPIPS / DISTS" for s in rows[0][1])
+          + " |")
     print("| --- |" + " --- |" * len(rows[0][1]))
     for label, sets in rows:
-        cells = [f"{m['psnr']:.2f} / {m['ssim']:.4f} / {m['lpips']:.4f}" for m in sets.values()]
+        cells = [f"{m['psnr']:.2f} / {m['ssim']:.4f} / {m['lpips']:.4f} / "
+                 + (f"{m['dists']:.4f}" if "dists" in m else "–") for m in sets.values()]
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
@@ -263,7 +266,7 @@ def style_grids(size: int = 512, names: list[str] | None = None) -> None:
 
 
 def sr_crops(crop: int = 96) -> None:
-    """bicubic | l_pixel | l_feat | HR crops (x4) of textured Set14/BSD100 images."""
+    """bicubic | l_pixel | l_feat | l_feat + GAN | HR crops (x4) of textured Set14/BSD100 images."""
     from percepkit.data.benchmark_sets import quantize
     from percepkit.data.images import image_grid, read_image, stack_rows, write_image
     from percepkit.data.imresize import imresize, mod_crop
@@ -273,7 +276,8 @@ def sr_crops(crop: int = 96) -> None:
     bench = SHARED / "data" / "benchmarks"
     names = [bench / "Set14" / "baboon.png", bench / "Set14" / "zebra.png",
              *[bench / "BSD100" / n for n in HELD_OUT_BSD100]]
-    nets = {"l_pixel": load("sr_x4_pixel"), "l_feat": load("sr_x4_feat")}
+    nets = {"l_pixel": load("sr_x4_pixel"), "l_feat": load("sr_x4_feat"),
+            "l_feat + GAN": load("sr_x4_gan")}
     rows = []
     with torch.inference_mode():
         for path in names:
