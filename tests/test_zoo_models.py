@@ -23,8 +23,8 @@ SR = sorted(n for n, m in MANIFEST.items() if m["task"] == "sr")
 STYLE = sorted(n for n, m in MANIFEST.items() if m["task"] == "style")
 
 
-def test_the_zoo_ships_the_papers_comparison_and_four_styles():
-    assert {"sr_x4_pixel", "sr_x4_feat"} <= set(SR)
+def test_the_zoo_ships_the_papers_comparison_a_gan_model_and_four_styles():
+    assert {"sr_x4_pixel", "sr_x4_feat", "sr_x4_gan"} <= set(SR)
     assert len(STYLE) >= 4
 
 
