@@ -31,7 +31,6 @@ BENCH = Path(os.environ.get("PERCEPKIT_DATA", REPO.parent / "shared" / "data" / 
 #: held-out BSD100 photos (never trained on) with flat regions: sky, walls, tarmac
 STYLE_PHOTOS = ("3096", "14037", "21077", "37073", "42049", "69020", "86000", "210088")
 STYLES = ("candy", "mosaic", "starry_night", "udnie", "the_scream", "candy_lite")
-SR_MODELS = ("bicubic", "sr_x4_pixel", "sr_x4_feat", "sr_x4_gan")
 #: the photos of the blob illustration
 IMAGE_PHOTOS = ("3096", "42049")
 
@@ -43,17 +42,18 @@ def _span(values: list[float], fmt: str) -> str:
 
 
 def sr_table() -> str:
-    """grid (period 4) and blobs of bicubic and the SR models on Set5, Set14 and BSD100 (x4)."""
+    """grid (period 4) and blobs of bicubic and every SR zoo model on Set5, Set14 and BSD100
+    (x4)."""
     import percepkit
     from percepkit.evaluation.evaluate import run_transform
     from percepkit.metrics import Blobs, Grid
     from percepkit.nets.transforms import Bicubic
-    from percepkit.registry import DATASETS
+    from percepkit.registry import DATASETS, MODELS
 
     grid, blobs = Grid(period=4), Blobs()
     cpu = torch.device("cpu")
-    models = {name: Bicubic(4) if name == "bicubic" else percepkit.load(name)
-              for name in SR_MODELS}
+    models = {"bicubic": Bicubic(4), **{e.name: percepkit.load(e.name) for e in MODELS.entries()
+                                        if e.obj.task == "sr"}}
     lines = ["| model | set | grid (levels, min–max) | grid mean | blobs (%, max) |",
              "| --- | --- | --- | --- | --- |"]
     for key in ("set5", "set14", "bsd100"):

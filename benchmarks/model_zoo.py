@@ -120,7 +120,7 @@ def package(name: str, run: Path) -> None:
     from percepkit.models.checkpoint import Checkpoint, read_metadata
     from percepkit.models.zoo import ZooModel
     from percepkit.models.zoo import package as write_model
-    from percepkit.recipes.recipe import parse_yaml
+    from percepkit.recipes.recipe import parse_yaml, recipe_from_mapping
     from percepkit.registry import MODELS
     from percepkit.train.tasks import task_class
 
@@ -153,8 +153,7 @@ def package(name: str, run: Path) -> None:
         card.update(data=f"random {patch}x{patch} crops of the 200 BSDS300 training photos; "
                          f"input as the {task} protocol makes it ({cls.protocol_summary})",
                     license="MIT (weights trained by us)")
-        loss = " + ".join(f"{term['name']}×{term.get('weight', 1.0):g}"
-                          for term in parse_yaml(recipe)["losses"])
+        loss = " + ".join(recipe_from_mapping(parse_yaml(recipe), name).loss_terms)
         what = f"x{meta['transform']['scale']} SR" if cls.uses_scale else cls.title
         variant = f"{net} skip variant" if net == "johnson_sr" else f"{net}, {size}"
         summary = f"{what}, {loss}; {variant}"

@@ -41,7 +41,7 @@ def check(files: tuple[Path, ...], overrides: tuple[str, ...], skip_data: bool) 
         except (RecipeError, MissingExtraError) as e:
             errors.append(str(e))
             continue
-        terms = ", ".join(f"{s['name']}×{s.get('weight', 1.0):g}" for s in recipe.raw["losses"])
+        terms = ", ".join(recipe.loss_terms)
         _, best, higher = task_class(recipe.task).selection(recipe.raw)
         console.print(f"[green]ok[/] {escape(str(path))}: {recipe.task} · "
                       f"{recipe.raw['transform']['name']} · {terms} · best: "

@@ -319,6 +319,11 @@ class Recipe:
         return self.raw.get("task", "sr")
 
     @property
+    def loss_terms(self) -> list[str]:
+        """The loss terms as ``name×weight`` (``feature×1``), in recipe order."""
+        return [f"{s['name']}×{s.get('weight', 1.0):g}" for s in self.raw["losses"]]
+
+    @property
     def train(self) -> TrainSettings:
         return TrainSettings(**self.raw.get("train", {}))
 
