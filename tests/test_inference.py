@@ -59,6 +59,7 @@ NETS = {  # the paper's layouts; some narrower than the paper's to keep the test
     "style_lite": lambda: johnson_style_lite(),  # a decoder narrower than the encoder
     "style_linear": lambda: johnson_style_lite(output="linear"),
     "style_clamp": lambda: johnson_style_lite(output="clamp"),  # ~15 % of outputs clamped
+    "style_tanh_wide": lambda: johnson_style_lite(output="tanh_wide"),
     "sr_x4": lambda: JohnsonSR(scale=4, channels=16),
     "sr_x2_instance_resize": lambda: JohnsonSR(scale=2, norm="instance", upsample="resize_conv",
                                                channels=16),

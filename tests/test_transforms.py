@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from percepkit.errors import RecipeError
+from percepkit.nets.transforms import JohnsonStyle, _wide_tanh
 from percepkit.registry import TRANSFORMS
 
 
@@ -140,3 +141,24 @@ def test_clamp_output_stays_in_range_and_passes_the_gradient_where_saturated_ran
         assert torch.equal(net(x), y.detach())
     with pytest.raises(RecipeError, match="'clamp', got 'sigmoid'"):
         TRANSFORMS.build({"name": "johnson_style_lite", "output": "sigmoid"})
+
+
+def test_wide_tanh_output_reaches_white_at_a_finite_input_and_is_clamped_outside_training():
+    """``output: tanh_wide`` (fast-neural-style's ``150 * tanh``): in training the output
+    overshoots [0, 1] (the loss sees it) and the gradient at white is alive; in eval it is
+    clamped to [0, 1]. The paper's ``tanh`` head reaches white only at +inf."""
+    x = torch.linspace(-4, 4, 81, requires_grad=True)
+    wide = JohnsonStyle(output="tanh_wide", channels=(8, 8, 8), residual_blocks=0)
+    y = _wide_tanh(x, training=True)
+    assert y.min() < -0.08 and y.max() > 1.08
+    first_white = int((y.detach() >= 1).nonzero()[0])
+    assert 1.0 < x[first_white] < 2.0  # atanh(127.5 / 150) = 1.26
+    y.sum().backward()
+    assert x.grad[first_white] > 0.1  # at white the gradient is alive
+    torch.manual_seed(0)
+    wide.net[-1].weight.data.mul_(50)
+    img = torch.rand(1, 3, 32, 32)
+    wide.train()
+    assert wide(img).max() > 1 and wide(img).min() < 0
+    wide.eval()
+    assert wide(img).max() == 1 and wide(img).min() == 0

@@ -31,8 +31,8 @@ class FastTransform(nn.Module):
                  ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(layers)
-        # "sigmoid2" ((tanh(z) + 1) / 2 = sigmoid(2z)), "bicubic_skip", "linear" or "clamp"
-        # (0.5 + z, clamped to [0, 1])
+        # "sigmoid2" ((tanh(z) + 1) / 2 = sigmoid(2z)), "bicubic_skip", "linear", "clamp"
+        # (0.5 + z, clamped to [0, 1]) or "tanh_wide" (0.5 + (150/255) tanh(z), clamped)
         self.output = output
         self.scale = scale
         self.task = task
@@ -65,6 +65,10 @@ class FastTransform(nn.Module):
             return h.add_(imresize(x, scale=self.scale))
         if self.output == "clamp":
             return h.add_(0.5).clamp_(0, 1)
+        if self.output == "tanh_wide":
+            from ..nets.transforms import WIDE_TANH_HALF_RANGE
+
+            return h.tanh_().mul_(WIDE_TANH_HALF_RANGE).add_(0.5).clamp_(0, 1)
         return h if self.output == "linear" else h.sigmoid_()
 
     def convs(self, start: int = 0, end: int | None = None) -> Iterator[FusedConv]:

@@ -24,7 +24,7 @@ from ..registry import TRANSFORMS
 
 Norm = Literal["batch", "instance", "none"]
 Upsample = Literal["deconv", "resize_conv"]
-Output = Literal["tanh", "linear", "clamp"]
+Output = Literal["tanh", "tanh_wide", "linear", "clamp"]
 
 
 def _norm(kind: Norm, channels: int) -> nn.Module:
@@ -85,11 +85,25 @@ def _clamp_straight_through(x: torch.Tensor) -> torch.Tensor:
     return y + (y.clamp(0, 1) - y).detach() if y.requires_grad else y.clamp(0, 1)
 
 
+WIDE_TANH_HALF_RANGE = 150 / 255
+"""Half-range of ``output: tanh_wide``: fast-neural-style's ``150 * tanh`` in 0-255 units."""
+
+
+def _wide_tanh(x: torch.Tensor, training: bool) -> torch.Tensor:
+    """``0.5 + (150/255) tanh(x)`` (fast-neural-style's head, range -0.09 to 1.09): white is
+    reached at a finite input, where the gradient is alive; clamped to [0, 1] outside training
+    (training sees the overshoot, so the loss pushes it back)."""
+    y = 0.5 + WIDE_TANH_HALF_RANGE * torch.tanh(x)
+    return y if training else y.clamp(0, 1)
+
+
 @TRANSFORMS.register("johnson_style", aliases=("style_net",))
 class JohnsonStyle(nn.Module):
     """The paper's style-transfer network: c9s1-32, d64, d128, 5xR128, u64, u32, c9s1-3.
 
-    ``output="tanh"`` is the paper's scaled tanh; ``"linear"`` returns the last convolution as
+    ``output="tanh"`` is the paper's scaled tanh, mapped exactly onto [0, 1]; ``"tanh_wide"``
+    is the paper's code's (``150 * tanh``: range -0.09 to 1.09, clamped outside training);
+    ``"linear"`` returns the last convolution as
     it is (pytorch/examples' ``TransformerNet``, whose images are clamped when saved);
     ``"clamp"`` returns ``0.5 + conv`` clamped to [0, 1] with a straight-through gradient (in
     range like tanh, but a saturated pixel is not exempt from the loss's gradient).
@@ -110,8 +124,9 @@ class JohnsonStyle(nn.Module):
         decoder_channels: tuple[int, int] | list[int] | None = None,
     ) -> None:
         super().__init__()
-        if output not in ("tanh", "linear", "clamp"):
-            raise ValueError(f"output must be 'tanh', 'linear' or 'clamp', got {output!r}")
+        if output not in ("tanh", "tanh_wide", "linear", "clamp"):
+            raise ValueError("output must be 'tanh', 'tanh_wide', 'linear' or 'clamp', got "
+                             f"{output!r}")
         self.output = output
         c1, c2, c3 = channels
         d2, d1 = decoder_channels if decoder_channels is not None else (c2, c1)
@@ -130,6 +145,8 @@ class JohnsonStyle(nn.Module):
         y = self.net(x)
         if self.output == "tanh":
             return _to_unit_range(y)
+        if self.output == "tanh_wide":
+            return _wide_tanh(y, self.training)
         return _clamp_straight_through(y) if self.output == "clamp" else y
 
 
