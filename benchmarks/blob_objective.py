@@ -5,8 +5,10 @@ the model's training objective (its recipe's loss, style targets set) on the ima
 (Adam, lr 0.01, clamped to [0, 1]) at the photo's size; print the objective and the ``blobs``
 share every 20 steps. If the blobs vanish while the objective falls, the objective does not
 want them and the network makes them anyway (an architecture / optimisation effect of the
-network, not a property of the loss). Writes docs/images/zoo/blob_descent_<model>.jpg: the
-output and the descended image, one row per photo.
+network, not a property of the loss). Look at the image too: ``blobs`` counts saturated
+pixels only, so a blob that descent merely dims below saturation reads 0 while it is still
+there (udnie's do: docs/zoo.md). Writes docs/images/zoo/blob_descent_<model>.jpg: the output
+and the descended image, one row per photo.
 
     python benchmarks/blob_objective.py --models udnie --steps 60
 """

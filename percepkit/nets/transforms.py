@@ -14,7 +14,7 @@ input by 40 px once and uses unpadded residual convs); the output activation is
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -103,8 +103,8 @@ class JohnsonStyle(nn.Module):
 
     ``output="tanh"`` is the paper's scaled tanh, mapped exactly onto [0, 1]; ``"tanh_wide"``
     is the paper's code's (``150 * tanh``: range -0.09 to 1.09, clamped outside training);
-    ``"linear"`` returns the last convolution as
-    it is (pytorch/examples' ``TransformerNet``, whose images are clamped when saved);
+    ``"linear"`` returns the last convolution as it is (pytorch/examples' ``TransformerNet``,
+    whose images are clamped when saved);
     ``"clamp"`` returns ``0.5 + conv`` clamped to [0, 1] with a straight-through gradient (in
     range like tanh, but a saturated pixel is not exempt from the loss's gradient).
     ``decoder_channels`` sets the widths of the two upsampling layers (default: the encoder's
@@ -124,9 +124,9 @@ class JohnsonStyle(nn.Module):
         decoder_channels: tuple[int, int] | list[int] | None = None,
     ) -> None:
         super().__init__()
-        if output not in ("tanh", "tanh_wide", "linear", "clamp"):
-            raise ValueError("output must be 'tanh', 'tanh_wide', 'linear' or 'clamp', got "
-                             f"{output!r}")
+        if output not in get_args(Output):
+            *first, last = (repr(o) for o in get_args(Output))
+            raise ValueError(f"output must be {', '.join(first)} or {last}, got {output!r}")
         self.output = output
         c1, c2, c3 = channels
         d2, d1 = decoder_channels if decoder_channels is not None else (c2, c1)
