@@ -56,6 +56,7 @@ NETS = {  # the paper's layouts; some narrower than the paper's to keep the test
     "style_resize_conv": lambda: JohnsonStyle(upsample="resize_conv", channels=(8, 16, 32)),
     "style_batch_norm": lambda: JohnsonStyle(norm="batch", channels=(8, 16, 32)),
     "style_fast": lambda: johnson_style_fast(),
+    "style_fast_no_norm": lambda: johnson_style_fast(norm="none"),  # the zoo's style nets
     "style_lite": lambda: johnson_style_lite(),  # a decoder narrower than the encoder
     "style_linear": lambda: johnson_style_lite(output="linear"),
     "style_clamp": lambda: johnson_style_lite(output="clamp"),  # ~15 % of outputs clamped
@@ -155,6 +156,18 @@ def test_moments_match_var_mean_and_survive_cancellation():
     v64, m64 = torch.var_mean(x.double(), dim=(2, 3), unbiased=False)
     torch.testing.assert_close(mean.double(), m64, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(var.double(), v64, rtol=1e-3, atol=1e-9)
+
+
+def test_moments_of_bf16_are_float32_sums_of_its_values():
+    """bf16 autocast feeds bf16 activations: their moments are those of the same values in
+    float32 (the fast channels_last path, not a bf16 reduction)."""
+    x = (torch.randn(2, 8, 30, 20) * 3 + 1).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    mean, var = moments(x)
+    assert mean.dtype == var.dtype == torch.float32
+    v64, m64 = torch.var_mean(x.double(), dim=(2, 3), unbiased=False)
+    torch.testing.assert_close(mean.double(), m64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(var.double(), v64, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(("length", "core", "overlap", "align"),

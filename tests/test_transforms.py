@@ -26,6 +26,11 @@ CASES = [
     ({"name": "johnson_style", "upsample": "resize_conv"}, (1, 3, 64, 96), (1, 3, 64, 96),
      1_677_635),
     ({"name": "johnson_style_fast"}, (1, 3, 64, 64), (1, 3, 64, 64), 496_579),
+    # norm none (the zoo's style nets): a bias (C) instead of instance norm's affine (2C) on
+    # the 15 normalised convs, C summing to 32+64+64+10*64+64+32 = 896 (full net: 1600)
+    ({"name": "johnson_style_fast", "norm": "none"}, (1, 3, 64, 64), (1, 3, 64, 64), 495_683),
+    ({"name": "johnson_style", "norm": "none", "upsample": "resize_conv"}, (1, 3, 64, 64),
+     (1, 3, 64, 64), 1_676_035),
     ({"name": "johnson_sr", "scale": 4}, (2, 3, 72, 72), (2, 3, 288, 288), 401_155),
     ({"name": "johnson_sr", "scale": 8}, (1, 3, 36, 36), (1, 3, 288, 288), 438_147),
     ({"name": "johnson_sr", "scale": 2}, (1, 3, 36, 36), (1, 3, 72, 72), 364_163),
