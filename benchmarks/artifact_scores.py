@@ -30,7 +30,8 @@ IMAGES = REPO / "docs" / "images" / "zoo"
 BENCH = Path(os.environ.get("PERCEPKIT_DATA", REPO.parent / "shared" / "data" / "benchmarks"))
 #: held-out BSD100 photos (never trained on) with flat regions: sky, walls, tarmac
 STYLE_PHOTOS = ("3096", "14037", "21077", "37073", "42049", "69020", "86000", "210088")
-STYLES = ("candy", "mosaic", "starry_night", "udnie", "the_scream", "candy_lite")
+STYLES = ("candy", "mosaic", "starry_night", "udnie", "the_scream", "rain_princess", "wave",
+          "la_muse", "feathers", "composition_vii", "candy_lite")
 #: the photos of the blob illustration
 IMAGE_PHOTOS = ("3096", "42049")
 
@@ -96,23 +97,54 @@ def _stylised(names: tuple[str, ...], photos: tuple[str, ...]
     return contents, outs
 
 
+def palette_distance(image: torch.Tensor, painting: torch.Tensor, bins: int = 8) -> float:
+    """Hellinger distance (0 = same colours, 1 = none shared) between the RGB histograms
+    (``bins`` levels per channel) of two (3, H, W) images in [0, 1]."""
+    def histogram(x: torch.Tensor) -> torch.Tensor:
+        q = (x.clamp(0, 1) * (bins - 1e-6)).long().flatten(1)
+        h = torch.bincount((q[0] * bins + q[1]) * bins + q[2], minlength=bins ** 3).double()
+        return h / h.sum()
+    bc = (histogram(image) * histogram(painting)).sqrt().sum()
+    return float((1 - bc).clamp_min(0).sqrt())
+
+
+def _painting(name: str) -> torch.Tensor:
+    """The style image a style model (zoo name or checkpoint file) was trained on, at the
+    training size (its recipe's ``style_image`` and ``style_size``)."""
+    from percepkit.models.checkpoint import read_metadata
+    from percepkit.models.zoo import package_models_dir
+    from percepkit.recipes.recipe import parse_yaml
+    from percepkit.train import load_style_image
+
+    file = Path(name) if name.endswith(".safetensors") else \
+        package_models_dir() / f"{name}.safetensors"
+    data = parse_yaml(read_metadata(file)["recipe"])["data"]
+    return load_style_image(str(REPO / data["style_image"]), data.get("style_size", 512))[0]
+
+
 def style_table(image: bool = False, names: tuple[str, ...] = STYLES) -> str:
-    """blobs (vs the content photo) and grid (period 4) of the style models (zoo names or
-    checkpoint files) on BSD100 photos."""
+    """blobs (vs the content photo), grid (period 4) and the palette's distance to the painting
+    of the style models (zoo names or checkpoint files) on BSD100 photos."""
     from percepkit.metrics import Blobs, Grid
 
     grid, blobs = Grid(period=4), Blobs()
     contents, outs = _stylised(names, STYLE_PHOTOS)
     lines = ["| model | blobs (%, mean) | blobs (%, min–max) | photos with blobs > 0.1 % | "
-             "grid (levels, min–max) |", "| --- | --- | --- | --- | --- |"]
+             "grid (levels, min–max) | palette to the painting: photo → output (mean) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     g = [float(grid(x[None], x[None])[0]) for x in contents.values()]
-    lines.append(f"| the photos (calibration) | — | — | — | {_span(g, '.2f')} |")
+    lines.append(f"| the photos (calibration) | — | — | — | {_span(g, '.2f')} | — |")
     for name in names:
         b = [float(blobs(outs[(name, p)][None], contents[p][None])[0]) for p in STYLE_PHOTOS]
         g = [float(grid(outs[(name, p)][None], contents[p][None])[0]) for p in STYLE_PHOTOS]
         over = sum(v > 0.1 for v in b)
+        painting = _painting(name)
+        before = [palette_distance(contents[p], painting) for p in STYLE_PHOTOS]
+        after = [palette_distance(outs[(name, p)], painting) for p in STYLE_PHOTOS]
+        closer = sum(a < c for a, c in zip(after, before))
         lines.append(f"| `{name}` | {sum(b) / len(b):.2f} | {_span(b, '.2f')} | "
-                     f"{over} of {len(b)} | {_span(g, '.2f')} |")
+                     f"{over} of {len(b)} | {_span(g, '.2f')} | {sum(before) / len(before):.2f} "
+                     f"→ {sum(after) / len(after):.2f} (closer on {closer} of {len(after)}) |")
     if image:
         blob_image({k: v for k, v in contents.items() if k in IMAGE_PHOTOS}, outs, names)
     return "\n".join(lines)
