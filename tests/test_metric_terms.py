@@ -171,6 +171,23 @@ def test_dists_loss_equals_metric_with_finite_gradients(real_weights_dir, monkey
     assert abs(term(LossInputs(hr, hr)).item()) < 1e-6
 
 
+@pytest.mark.realweights
+@pytest.mark.parametrize("spec", ["dists", {"name": "lpips", "net": "alex"}, "ssim"])
+def test_terms_take_the_bf16_output_of_an_autocast_transform(spec, real_weights_dir,
+                                                             monkeypatch):
+    """In bf16 training the transform's output is bf16 and the composite runs the terms with
+    autocast off: the terms compute in float32 (a bf16 input once crashed `dists`' convs)."""
+    monkeypatch.setenv("PERCEPKIT_WEIGHTS", str(real_weights_dir))
+    out, hr = _pairs(64)
+    loss = build_loss([spec], None)
+    reference = loss(out.bfloat16().float(), hr)[0]
+    x = out.bfloat16().requires_grad_(True)
+    total = loss(x, hr)[0]
+    total.backward()
+    assert total.dtype == torch.float32 and torch.isfinite(x.grad.float()).all()
+    assert total.item() == pytest.approx(reference.item(), abs=1e-6)
+
+
 # -- grid --------------------------------------------------------------------------------------
 def _with_grid(x: torch.Tensor, amplitude: float) -> torch.Tensor:
     """``x`` plus a fixed period-4 dot pattern of ``amplitude`` (0..1 scale)."""

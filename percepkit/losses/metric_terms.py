@@ -46,7 +46,8 @@ __all__ = ["DISTSLoss", "GridLoss", "LPIPSLoss", "MSSSIMLoss", "SSIMLoss"]
 
 
 def _pair(inputs: LossInputs, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output and target of a term that needs both, as given (shapes checked)."""
+    """Output and target of a term that needs both, in float32 (shapes checked): under bf16/fp16
+    autocast the transform's output arrives in that dtype, and the terms run with autocast off."""
     if inputs.target is None:
         raise PercepkitError(f"the {name} loss compares the output with a target image, but "
                              f"this task gives none")
@@ -54,7 +55,7 @@ def _pair(inputs: LossInputs, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise PercepkitError(f"the {name} loss needs output and target of the same (B, 3, H, W) "
                              f"shape, got {tuple(inputs.output.shape)} and "
                              f"{tuple(inputs.target.shape)}")
-    return inputs.output, inputs.target
+    return inputs.output.float(), inputs.target.float()
 
 
 def _check_side(x: torch.Tensor, minimum: int, name: str, reason: str) -> None:
