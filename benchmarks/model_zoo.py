@@ -135,8 +135,9 @@ def package(name: str, run: Path) -> None:
     card: dict[str, Any] = {
         "recipe_file": recipe_file, "steps": meta["step"], "batch_size": meta["batch_size"],
         "train_seconds": round(seconds), "threads": 1,
-        "machine": "2-core x86_64 CPU, no GPU, one thread (OMP_NUM_THREADS=1), the cores shared "
-                   "with other trainings and development work (the time is an upper bound)",
+        "machine": f"2-core x86_64 CPU, no GPU, {meta.get('precision', 'fp32')}, one thread "
+                   "(OMP_NUM_THREADS=1), the cores shared with other trainings and development "
+                   "work (the time is an upper bound)",
         "reproduce": f"OMP_NUM_THREADS=1 percepkit train {recipe_file} --out runs/{name}",
     }
     recipe = meta["recipe"]
