@@ -167,3 +167,23 @@ def test_wide_tanh_output_reaches_white_at_a_finite_input_and_is_clamped_outside
     assert wide(img).max() > 1 and wide(img).min() < 0
     wide.eval()
     assert wide(img).max() == 1 and wide(img).min() == 0
+
+
+def test_he_init_starts_residual_blocks_as_identity_and_passes_the_signal():
+    """``init: he`` (random init, plumbing): each residual block is the identity at the start,
+    and the no-norm net's output varies with the input instead of the flat grey of torch's
+    default init (std ~0.01 before tanh on a photo-like input)."""
+    from percepkit.nets.transforms import JohnsonStyle, ResidualBlock
+
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 64)
+    he = JohnsonStyle(norm="none", upsample="resize_conv", channels=(8, 16, 32), init="he")
+    default = JohnsonStyle(norm="none", upsample="resize_conv", channels=(8, 16, 32))
+    assert _params(he) == _params(default)
+    blocks = [m for m in he.net if isinstance(m, ResidualBlock)]
+    h = torch.rand(1, 32, 8, 8)
+    with torch.no_grad():
+        assert all(torch.equal(b(h), h) for b in blocks)
+        assert he.net(x).std() > 5 * default.net(x).std()
+    with pytest.raises(ValueError, match="init must be"):
+        JohnsonStyle(init="xavier")

@@ -25,6 +25,7 @@ from ..registry import TRANSFORMS
 Norm = Literal["batch", "instance", "none"]
 Upsample = Literal["deconv", "resize_conv"]
 Output = Literal["tanh", "tanh_wide", "linear", "clamp"]
+Init = Literal["torch", "he"]
 
 
 def _norm(kind: Norm, channels: int) -> nn.Module:
@@ -109,6 +110,11 @@ class JohnsonStyle(nn.Module):
     range like tanh, but a saturated pixel is not exempt from the loss's gradient).
     ``decoder_channels`` sets the widths of the two upsampling layers (default: the encoder's
     mirrored, ``(channels[1], channels[0])``).
+    ``init="he"`` (for ``norm="none"``, where nothing rescales the activations): He-normal
+    weights and zero biases, and each residual block's second convolution zero, so every block
+    starts as the identity (torchvision's ``zero_init_residual``, Fixup); ``"torch"`` keeps
+    PyTorch's default, under which a deep net without normalisation starts with a vanishing,
+    flat grey output (the full-width net trained from it collapsed to a white image).
     """
 
     task = "style"
@@ -122,11 +128,14 @@ class JohnsonStyle(nn.Module):
         residual_blocks: int = 5,
         output: Output = "tanh",
         decoder_channels: tuple[int, int] | list[int] | None = None,
+        init: Init = "torch",
     ) -> None:
         super().__init__()
         if output not in get_args(Output):
             *first, last = (repr(o) for o in get_args(Output))
             raise ValueError(f"output must be {', '.join(first)} or {last}, got {output!r}")
+        if init not in get_args(Init):
+            raise ValueError(f"init must be 'torch' or 'he', got {init!r}")
         self.output = output
         c1, c2, c3 = channels
         d2, d1 = decoder_channels if decoder_channels is not None else (c2, c1)
@@ -140,6 +149,19 @@ class JohnsonStyle(nn.Module):
             nn.ReflectionPad2d(4),
             nn.Conv2d(d1, 3, 9),
         )
+        if init == "he":
+            self._he_init()
+
+    def _he_init(self) -> None:
+        convs = [m for m in self.net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        for conv in convs:
+            last = conv is convs[-1]
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="linear" if last else "relu")
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+        for block in self.net:
+            if isinstance(block, ResidualBlock):
+                nn.init.zeros_(block.body[1][1].weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net(x)
