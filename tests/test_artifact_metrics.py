@@ -212,17 +212,17 @@ def test_blobs_refuse_inconsistent_thresholds():
 
 # -- tiling -----------------------------------------------------------------------------------
 def test_a_tiled_run_scores_as_the_untiled_run():
-    """A zoo net with blobs and a grid (candy on Set5 'woman'): the metrics of a tiled run equal
-    the untiled run's, and the tiled output has no blob the untiled one lacks."""
+    """A zoo net with instance norm and a grid (candy_lite on Set5 'woman'; tiles must use the
+    whole image's statistics): the metrics of a tiled run equal the untiled run's, and the tiled
+    output has no blob (e.g. a bright seam) the untiled one lacks."""
     grid, blobs = Grid(period=4), Blobs()
     x = read_image(SET5 / "woman.png")
-    candy = percepkit.load("candy")
-    whole = quantize(Predictor(candy, "cpu", tile=0)(x))[None]
-    tiled = quantize(Predictor(candy, "cpu", tile=128, overlap=16)(x))[None]
-    assert float(blobs(whole, x[None])[0]) > 0.5  # candy paints blobs here
+    net = percepkit.load("candy_lite")
+    whole = quantize(Predictor(net, "cpu", tile=0)(x))[None]
+    tiled = quantize(Predictor(net, "cpu", tile=128, overlap=16)(x))[None]
     assert float(blobs(tiled, x[None])[0]) == float(blobs(whole, x[None])[0])
     assert float(blobs(tiled, whole)[0]) == 0.0
-    assert float(grid(whole, x[None])[0]) > 2.0  # candy's 4-px grid
+    assert float(grid(whole, x[None])[0]) > 0.5  # candy_lite's 4-px pattern (photos: < 0.5)
     assert float(grid(tiled, x[None])[0]) == pytest.approx(float(grid(whole, x[None])[0]),
                                                            abs=1e-3)
 

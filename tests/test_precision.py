@@ -128,7 +128,8 @@ def test_bf16_training_records_its_precision_random_init(tmp_path, fake_units):
     assert trainer.precision.name == "fp32" and not trainer.channels_last
 
 
-def test_bf16_changes_the_numbers_but_not_the_course_random_init(tmp_path):
+def test_bf16_changes_the_numbers_but_not_the_course_random_init(tmp_path, fake_units):
+    fake_units(False)  # the forced-bf16 notice of a CPU without units, on any CPU
     _, fp32 = _train(tmp_path / "a", "train.iterations=6", "train.precision=fp32")
     with pytest.warns(UserWarning, match="bf16"):
         _, bf16 = _train(tmp_path / "b", "train.iterations=6", "train.precision=bf16")
