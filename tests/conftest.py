@@ -11,6 +11,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PERCEPKIT_SHARED", REPO.parent / "shared"))
 
+# The same numbers on every CPU: `auto` precision stays fp32 here (and in the subprocesses the
+# tests start) even where the CPU has bf16 units; the bf16 tests fake or force it explicitly.
+os.environ["PERCEPKIT_CPU_BF16"] = "0"
+
 # Under pytest-xdist each worker gets one thread, so workers don't oversubscribe the cores.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 

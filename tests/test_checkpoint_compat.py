@@ -46,6 +46,8 @@ def test_a_02_run_resumes_to_the_02_runs_end(tmp_path):
     expected = load_checkpoint(FIXTURES / "tiny_sr_step4.safetensors")[0]["model"]
     got = resumed[0]["model"]
     assert got.keys() == expected.keys()
-    for key in expected:  # bit-exact with 2 threads on the machine that made them
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-6)
+    # bit-exact with 2 threads on the machine that made them; another CPU's kernels (an AVX-512
+    # Xeon with AMX) sum in another order: one weight of 2304 off by 2.5e-6 there
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-3, atol=1e-5)
     assert resumed[1]["step"] == 4 and resumed[1]["precision"] == "fp32"

@@ -33,7 +33,8 @@ def test_model_file_is_intact_small_and_registered(name):
     info = MANIFEST[name]
     path = package_models_dir() / info["file"]
     assert sha256_file(path) == info["sha256"]
-    assert path.stat().st_size < 3_000_000
+    # la_muse is on the paper's full style network (1.68M parameters): 6.7 MB; the others < 3 MB
+    assert path.stat().st_size < (7_000_000 if name == "la_muse" else 3_000_000)
     assert name in MODELS and MODELS.get(name).path() == path
     card = MODELS.get(name).card()
     assert card["steps"] > 0 and card["headline"] and card["license"]
