@@ -68,11 +68,15 @@ def test_forced_bf16_without_units_warns_that_it_is_slow(fake_units, recwarn):
     assert not [w for w in recwarn if "slower" in str(w.message)]
 
 
-def test_the_capability_check_asks_torch():
+def test_the_capability_check_asks_torch_unless_overridden(monkeypatch):
     cpu = torch.cpu
     expected = any(getattr(cpu, n, lambda: False)() for n in
                    ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    monkeypatch.delenv("PERCEPKIT_CPU_BF16")  # the suite sets 0 (conftest)
     assert P.cpu_has_bf16_units() == expected
+    for value, units in (("0", False), ("1", True)):
+        monkeypatch.setenv("PERCEPKIT_CPU_BF16", value)
+        assert P.cpu_has_bf16_units() is units
 
 
 # -- recipes -----------------------------------------------------------------------------------
