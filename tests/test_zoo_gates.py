@@ -2,7 +2,8 @@
 and a score above the one recorded in ``data/zoo_artifact_gates.json`` fails (a regression).
 
 The image: a 720x480 canvas with a smooth sky gradient and a flat wall, the flat regions where
-instance-norm style models painted their white blobs, and amber.jpg (pytorch/examples, BSD 3-Clause) at 320 px.
+instance-norm style models painted their white blobs, and amber.jpg (pytorch/examples,
+BSD 3-Clause) at 320 px.
 Style models run on it at that size; SR models get its MATLAB-bicubic /4 (8-bit) and are scored
 against it. A new or retrained model records its scores with::
 
