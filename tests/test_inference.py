@@ -160,7 +160,7 @@ def test_moments_match_var_mean_and_survive_cancellation():
 
 def test_moments_of_bf16_are_float32_sums_of_its_values():
     """bf16 autocast feeds bf16 activations: their moments are those of the same values in
-    float32 (the fast channels_last path, not a bf16 reduction)."""
+    float32 (var_mean of a float32 copy, not a bf16 reduction)."""
     x = (torch.randn(2, 8, 30, 20) * 3 + 1).to(torch.bfloat16)
     x = x.contiguous(memory_format=torch.channels_last)
     mean, var = moments(x)

@@ -28,6 +28,14 @@ Output = Literal["tanh", "tanh_wide", "linear", "clamp"]
 Init = Literal["torch", "he"]
 
 
+def _check_choice(key: str, value: object, choices: object) -> None:
+    """A ValueError naming ``key``'s allowed values (a ``Literal``'s) unless ``value`` is one."""
+    allowed = get_args(choices)
+    if value not in allowed:
+        *first, last = (repr(a) for a in allowed)
+        raise ValueError(f"{key} must be {', '.join(first)} or {last}, got {value!r}")
+
+
 def _norm(kind: Norm, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
@@ -131,11 +139,8 @@ class JohnsonStyle(nn.Module):
         init: Init = "torch",
     ) -> None:
         super().__init__()
-        if output not in get_args(Output):
-            *first, last = (repr(o) for o in get_args(Output))
-            raise ValueError(f"output must be {', '.join(first)} or {last}, got {output!r}")
-        if init not in get_args(Init):
-            raise ValueError(f"init must be 'torch' or 'he', got {init!r}")
+        _check_choice("output", output, Output)
+        _check_choice("init", init, Init)
         self.output = output
         c1, c2, c3 = channels
         d2, d1 = decoder_channels if decoder_channels is not None else (c2, c1)
