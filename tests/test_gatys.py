@@ -142,6 +142,9 @@ def test_optimize_command_with_real_weights(two_images, real_weights_dir, monkey
     assert run_cli(["optimize", str(d / "c.png"), "--scale", "2", "-o", str(d / "sr.png"),
                  "--iters", "2", "--optimizer", "adam", "-q"]) == 0
     assert Image.open(d / "sr.png").size == (60, 48)
+    assert run_cli(["optimize", str(d / "c.png"), "--style", str(d / "s.png"), "-o",
+                    str(d / "paper"), "--iters", "2", "--init", "random", "--project", "-q"]) == 0
+    assert Image.open(d / "paper" / "c.png").size == (30, 24)
 
 
 def test_optimize_command_user_errors(two_images, isolated_weights, capsys):
@@ -157,3 +160,39 @@ def test_optimize_command_user_errors(two_images, isolated_weights, capsys):
                  str(d / "o")]) == 2
     err = capsys.readouterr().err
     assert "weights" in err and "Traceback" not in err
+
+
+def test_projected_lbfgs_keeps_every_evaluated_image_in_range():
+    """``project`` (the paper's baseline): the loss is only ever evaluated on pixels in [0, 1].
+
+    A pixel loss towards 1.5 everywhere: unprojected L-BFGS walks out of range and drives the
+    loss to ~0; projected, every evaluated image is clipped, so the loss stays at or above the
+    floor (1.5 - 1)^2 = 0.25.
+    """
+    net = VGG(weights="random")
+    loss = build_loss([{"name": "pixel", "kind": "l2"}], net)
+    start, target = torch.full((1, 3, 8, 8), 0.5), torch.full((1, 3, 8, 8), 1.5)
+    free = optimize_image(loss, start, target, iterations=5)
+    projected = optimize_image(loss, start, target, iterations=5, project=True)
+    assert free.history[-1] < 0.05
+    assert min(projected.history) >= 0.25 - 1e-6 and projected.history[-1] < 0.26
+
+
+def test_random_init_starts_at_the_imagenet_mean_as_neural_style(style_loss, monkeypatch):
+    """``init="random"``: neural-style's start (ImageNet mean + noise of 0.001 levels)."""
+    import percepkit.inference.gatys as gatys
+
+    seen = []
+
+    def spy(loss, start, target, **kwargs):
+        seen.append(start)
+        return optimize_image(loss, start, target, **kwargs)
+
+    monkeypatch.setattr(gatys, "optimize_image", spy)
+    stylize(torch.rand(3, 20, 20), torch.rand(3, 20, 20), style_loss, iterations=1, init="random")
+    per_channel = seen[0][0].mean(dim=(1, 2))
+    assert torch.allclose(per_channel, torch.tensor([0.485, 0.456, 0.406]), atol=1e-5)
+    assert 0 < float(seen[0].std(dim=(2, 3)).max()) < 1e-4
+    with pytest.raises(PercepkitError, match="content, noise or random"):
+        stylize(torch.rand(3, 16, 16), torch.rand(3, 16, 16), style_loss, iterations=1,
+                init="zeros")

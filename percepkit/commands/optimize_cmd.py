@@ -46,8 +46,12 @@ def _losses(task: str, recipe: Path | None, overrides: tuple[str, ...]):
               show_default=True)
 @click.option("--lr", type=float, default=None,
               help="Learning rate (default 1 for L-BFGS, 0.02 for Adam).")
-@click.option("--init", type=click.Choice(["content", "noise"]), default="content",
-              show_default=True, help="Style transfer: start from the content image or noise.")
+@click.option("--init", type=click.Choice(["content", "noise", "random"]), default="content",
+              show_default=True, help="Style transfer: start from the content image, uniform "
+              "noise, or neural-style's 'random' (the ImageNet mean plus faint noise).")
+@click.option("--project", is_flag=True,
+              help="Clip the pixels to [0, 1] after every L-BFGS update (projected L-BFGS, "
+                   "the paper's baseline).")
 @click.option("--size", type=int, default=None,
               help="Resize each input so that its longer side is this many pixels.")
 @click.option("--style-size", type=int, default=None,
@@ -62,7 +66,8 @@ def _losses(task: str, recipe: Path | None, overrides: tuple[str, ...]):
                           "natively, else fp32), fp32, bf16, fp16 (CUDA).")
 def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scale: int | None,
             target: Path | None, recipe: Path | None, overrides: tuple[str, ...],
-            iters: int | None, method: str, lr: float | None, init: str, size: int | None,
+            iters: int | None, method: str, lr: float | None, init: str, project: bool,
+            size: int | None,
             style_size: int | None, device: str, seed: int, ext: str, overwrite: bool,
             skip_existing: bool, quiet: bool, precision: str) -> int:
     """Optimise each output image directly under the registered losses (Gatys et al. 2015).
@@ -115,7 +120,8 @@ def command(inputs: tuple[str, ...], output: Path, style_path: Path | None, scal
 
         result = task_cls.optimize_image(
             image, loss, style=style, scale=scale, target=hr, iterations=iterations,
-            method=method, lr=lr, init=init, seed=seed, callback=step, precision=reduced)
+            method=method, lr=lr, init=init, seed=seed, callback=step, precision=reduced,
+            project=project)
         return result.image
 
     prepare = (lambda im: resize_longer_side(im, size)) if size else None

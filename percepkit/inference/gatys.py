@@ -29,6 +29,7 @@ import torch
 
 from ..errors import PercepkitError
 from ..losses import CompositeLoss, build_loss
+from ..nets.lossnets import IMAGENET_MEAN
 from ..runtime.precision import Precision, autocast
 
 Task = str  # a registered task with an optimisation baseline: "style", "sr"
@@ -118,6 +119,7 @@ def optimize_image(
     max_seconds: float | None = None,
     min_iterations: int = 1,
     precision: Precision | None = None,
+    project: bool = False,
 ) -> OptimizeResult:
     """Minimise ``loss(view(ŷ), target)`` over the pixels of ``ŷ`` starting from ``init``.
 
@@ -126,7 +128,8 @@ def optimize_image(
     ``callback(iteration, loss)`` is called after every iteration. With ``max_seconds``, it
     stops after the iteration that exceeds that time (but not before ``min_iterations``).
     ``precision``: the loss network's forward passes in that autocast (the pixels, the loss
-    terms and L-BFGS stay fp32).
+    terms and L-BFGS stay fp32). ``project``: clip ŷ to [0, 1] after every L-BFGS update
+    (projected L-BFGS, the baseline of Johnson et al. 2016); Adam's updates are always clipped.
     """
     if iterations < 1:
         raise PercepkitError(f"iterations must be at least 1, got {iterations}")
@@ -157,6 +160,9 @@ def optimize_image(
     for it in range(1, iterations + 1):
         if method == "lbfgs":
             opt.step(closure)
+            if project:
+                with torch.no_grad():
+                    image.clamp_(0, 1)
         else:
             closure()
             opt.step()
@@ -185,12 +191,19 @@ def stylize(
     iterations: int = 500,
     method: Method = "lbfgs",
     lr: float | None = None,
-    init: Literal["content", "noise"] = "content",
+    init: Literal["content", "noise", "random"] = "content",
     seed: int = 0,
     callback: Callback | None = None,
     precision: Precision | None = None,
+    project: bool = False,
 ) -> OptimizeResult:
-    """Gatys et al. style transfer of ``content`` (3, H, W) towards ``style`` (3, h, w)."""
+    """Gatys et al. style transfer of ``content`` (3, H, W) towards ``style`` (3, h, w).
+
+    ``init``: start from the content image, from uniform noise in [0, 1], or as
+    jcjohnson/neural-style's ``-init random`` (the implementation behind Johnson et al.'s
+    white-noise baseline): the ImageNet mean colour plus Gaussian noise of 0.001 levels.
+    ``project``: see :func:`optimize_image`.
+    """
     device = loss_device(loss)
     _sync(device)
     t0 = time.perf_counter()
@@ -202,14 +215,18 @@ def stylize(
     if init == "noise":
         gen = torch.Generator().manual_seed(seed)
         start = torch.rand(x.shape, generator=gen).to(device)
+    elif init == "random":
+        gen = torch.Generator().manual_seed(seed)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        start = (mean + torch.randn(x.shape, generator=gen) * (0.001 / 255)).to(device)
     elif init == "content":
         start = x
     else:
-        raise PercepkitError(f"unknown init {init!r}; use content or noise")
+        raise PercepkitError(f"unknown init {init!r}; use content, noise or random")
     _sync(device)
     return optimize_image(loss, start, x, iterations=iterations, method=method, lr=lr,
                           callback=callback, setup_seconds=time.perf_counter() - t0,
-                          precision=precision)
+                          precision=precision, project=project)
 
 
 def upscale(
@@ -223,6 +240,7 @@ def upscale(
     lr: float | None = None,
     callback: Callback | None = None,
     precision: Precision | None = None,
+    project: bool = False,
 ) -> OptimizeResult:
     """Super-resolve ``image`` (3, h, w) ``scale`` times by optimisation (see module docs)."""
     from ..data.imresize import imresize
@@ -246,4 +264,4 @@ def upscale(
 
     return optimize_image(loss, start, y, iterations=iterations, method=method, lr=lr,
                           view=view, callback=callback, setup_seconds=time.perf_counter() - t0,
-                          precision=precision)
+                          precision=precision, project=project)

@@ -266,7 +266,7 @@ class Task(ABC):
         """``percepkit optimize`` of one image (3xHxW): an
         :class:`~percepkit.inference.gatys.OptimizeResult`. ``options``: ``style``, ``scale``,
         ``target``, ``iterations``, ``method``, ``lr``, ``init``, ``seed``, ``callback``,
-        ``precision`` (each task takes what it needs)."""
+        ``precision``, ``project`` (each task takes what it needs)."""
         raise PercepkitError(f"the {cls.name} task has no optimisation baseline "
                              f"(percepkit optimize)")
 
@@ -396,7 +396,8 @@ class SRTask(Task):
         o = options
         return upscale(image, o["scale"], loss, target=o.get("target"),
                        iterations=o["iterations"], method=o["method"], lr=o.get("lr"),
-                       callback=o.get("callback"), precision=o.get("precision"))
+                       callback=o.get("callback"), precision=o.get("precision"),
+                       project=o.get("project", False))
 
     def check_train_item(self, item: Item, dataset: str, module: nn.Module) -> None:
         if not {"lr", "hr"} <= set(item):
@@ -483,7 +484,8 @@ class StyleTask(Task):
         o = options
         return stylize(image, o["style"], loss, iterations=o["iterations"], method=o["method"],
                        lr=o.get("lr"), init=o.get("init", "content"), seed=o.get("seed", 0),
-                       callback=o.get("callback"), precision=o.get("precision"))
+                       callback=o.get("callback"), precision=o.get("precision"),
+                       project=o.get("project", False))
 
     def check_train_item(self, item: Item, dataset: str, module: nn.Module) -> None:
         if "image" not in item:
