@@ -346,7 +346,7 @@ def _plot_fig5(results: list[dict[str, Any]], name: str, size: int, stem: str) -
     draw = ImageDraw.Draw(img)
     curves = [r["lbfgs"] for r in results]
     n = max(len(c) for c in curves)
-    top = max(max(c[min(5, len(c) - 1):]) for c in curves) * 1.1
+    top = max(c[0] for c in curves) * 1.1  # L-BFGS's overshoots (no line search) run off the top
     low = min(min(min(c) for c in curves), min(r["feed_forward"] for r in results)) * 0.9
 
     def xy(i: float, v: float) -> tuple[float, float]:
@@ -360,6 +360,8 @@ def _plot_fig5(results: list[dict[str, Any]], name: str, size: int, stem: str) -
         y = xy(0, r["feed_forward"])[1]
         for x0 in range(pad, width - pad, 12):
             draw.line([(x0, y), (x0 + 6, y)], fill=color, width=2)
+    draw.rectangle([width - pad - 178, pad + 104, width - pad - 2, pad + 116 + 14 * len(results)],
+                   fill="white", outline="#999999")
     for k, (r, color) in enumerate(zip(results, colors)):  # legend
         y = pad + 110 + 14 * k
         draw.line([(width - pad - 170, y + 6), (width - pad - 150, y + 6)], fill=color, width=3)
