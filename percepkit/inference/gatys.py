@@ -212,11 +212,10 @@ def stylize(
         raise PercepkitError("the losses have no style term; add {name: style, ...}")
     with autocast(precision):
         loss.set_style(_as_batch(style, device))
+    gen = torch.Generator().manual_seed(seed)
     if init == "noise":
-        gen = torch.Generator().manual_seed(seed)
         start = torch.rand(x.shape, generator=gen).to(device)
     elif init == "random":
-        gen = torch.Generator().manual_seed(seed)
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         start = (mean + torch.randn(x.shape, generator=gen) * (0.001 / 255)).to(device)
     elif init == "content":
