@@ -301,8 +301,8 @@ def fig5(name: str, iterations: int, size: int, init: str = "random", project: b
     The paper's baseline (the defaults): L-BFGS "initialized with white noise" as its author's
     neural-style does it (the ImageNet mean plus faint noise), the pixels clipped to [0, 1]
     after every update ("projected L-BFGS"). ``init="content", project=False`` starts from the
-    photo instead, unclipped: a much shorter way to the same objective (``_content`` in the
-    file names).
+    photo instead, unclipped: a much shorter way to the same objective. The file names say
+    which: ``fig5_<name>_<size>[_<init> unless random][_unprojected]``.
     """
     from percepkit.data.images import read_image, resize_longer_side
     from percepkit.inference.gatys import stylize
@@ -329,7 +329,8 @@ def fig5(name: str, iterations: int, size: int, init: str = "random", project: b
               f"{res.history[0]:.1f} -> {res.history[-1]:.3f} after {len(res.history)} "
               f"iterations ({res.seconds:.0f} s); reaches the feed-forward loss at "
               f"{reached or f'> {iterations}'}")
-    stem = f"fig5_{name}_{size}" + ("" if (init, project) == ("random", True) else f"_{init}")
+    stem = (f"fig5_{name}_{size}" + ("" if init == "random" else f"_{init}")
+            + ("" if project else "_unprojected"))
     out = REPO / "docs" / "data" / f"{stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
