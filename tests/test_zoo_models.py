@@ -50,7 +50,9 @@ def test_model_runs_offline_on_an_odd_sized_rgba_image(name, tmp_path, monkeypat
     task = MANIFEST[name]["task"]
     out = tmp_path / "out.png"
     command = "stylize" if task == "style" else "upscale"
-    assert run_cli([command, name, str(tmp_path / "odd.png"), "-o", str(out), "-q"]) == 0
+    styles = getattr(percepkit.load(name), "style_names", [])
+    mix = ["--style", ",".join(f"{s}:1" for s in styles)] if styles else []  # an even blend
+    assert run_cli([command, name, str(tmp_path / "odd.png"), "-o", str(out), "-q", *mix]) == 0
     with Image.open(out) as im:
         factor = 1 if task == "style" else 4
         assert im.size == (37 * factor, 29 * factor) and im.mode == "RGB"
@@ -88,8 +90,15 @@ def test_style_model_keeps_the_content_structure(name):
     from percepkit.data.images import read_image
 
     x = read_image(resources.files("percepkit") / "assets" / "Set5" / "butterfly.png")[None]
+    net = percepkit.load(name)
+    for style in getattr(net, "style_names", []):  # a multi-style model: each of its styles
+        _assert_edges_follow(x, net.blend(style))
+    _assert_edges_follow(x, net)
+
+
+def _assert_edges_follow(x: torch.Tensor, net: torch.nn.Module) -> None:
     with torch.inference_mode():
-        y = percepkit.load(name)(x)
+        y = net(x)
 
     def edges(im: torch.Tensor) -> torch.Tensor:
         g = torch.nn.functional.avg_pool2d(im.mean(1, keepdim=True), 4)[:, 0]

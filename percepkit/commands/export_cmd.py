@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import PercepkitError
+from . import style_option
 
 
 def _size(text: str | None) -> tuple[int, int] | None:
@@ -33,8 +34,9 @@ def _size(text: str | None) -> tuple[int, int] | None:
 @click.option("--atol", type=float, default=1e-4, show_default=True,
               help="Largest allowed difference from PyTorch (images in [0, 1]).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@style_option
 def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, opset: int,
-            atol: float, overwrite: bool) -> None:
+            atol: float, overwrite: bool, style_mix: str | None) -> None:
     """Export a model's (percepkit list models) or a checkpoint file's network to ONNX or
     TorchScript and check it against PyTorch, or its weights alone to safetensors.
 
@@ -50,6 +52,7 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     from ..models.checkpoint import Checkpoint, is_checkpoint
     from ..models.export import export
     from ..models.loader import FILE, read_network, resolve
+    from ..nets.conditional import one_style
     from ..runtime.console import user_console
     from ..runtime.files import check_output
 
@@ -63,13 +66,14 @@ def command(checkpoint: str, fmt: str, output: Path | None, size: str | None, op
     check_output("-o", out, overwrite)  # a folder, a file in the way, no permission: say so now
     if out.resolve() == path.resolve():
         raise PercepkitError("the output would replace the checkpoint; choose another -o")
-    model = read_network(path)
+    model = one_style(read_network(path), checkpoint, style_mix)
     ckpt = Checkpoint.read(path, tensors=False) if is_checkpoint(path) else None
     transform = ckpt.transform if ckpt else \
         getattr(model, "architecture", type(model).__name__)
     step = ckpt.step if ckpt else None
     extra = {"transform": str(transform), "checkpoint": path.name,
-             "step": "" if step is None else str(step)}
+             "step": "" if step is None else str(step), **({"style": style_mix} if style_mix
+                                                           else {})}
     console = user_console()
     if fmt == "safetensors":
         _export_weights(model, out, extra, console)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import PercepkitError
+from . import style_option
 from ._batch import inference_options, run_predictor
 
 
@@ -32,9 +33,10 @@ def _style_post(preserve: bool, strength: float):
                    "2016, luminance-only transfer).")
 @click.option("--strength", type=click.FloatRange(0.0, 1.0), default=1.0, show_default=True,
               help="Blend with the content: 1 is the network's output, 0 the content image.")
+@style_option
 @inference_options
 def command(checkpoint: str, inputs: tuple[str, ...], size: int | None, preserve_color: bool,
-            strength: float, **options) -> int:
+            strength: float, style_mix: str | None, **options) -> int:
     """Stylize images (files or folders) with a style MODEL name (see percepkit list models), a
     trained style checkpoint file or a pytorch/examples fast_neural_style .pth file.
 
@@ -43,12 +45,14 @@ def command(checkpoint: str, inputs: tuple[str, ...], size: int | None, preserve
     code is 1 if any failed.
     """
     from ..models.loader import load_network
+    from ..nets.conditional import one_style
 
     if size is not None and size < 16:
         raise PercepkitError(f"--size must be at least 16 pixels, got {size}")
     model = load_network(checkpoint, task="style", transforms=False,
                          hint="stylize runs style models; super-resolution models run with "
                               "percepkit upscale").net
+    model = one_style(model, checkpoint, style_mix)
     return run_predictor(inputs, model, options,
                          prepare=(lambda im: _resize(im, size)) if size else None,
                          what="stylized images", post=_style_post(preserve_color, strength))

@@ -131,8 +131,19 @@ class CompositeLoss(nn.Module):
     @torch.no_grad()
     def set_style(self, style: torch.Tensor) -> None:
         """Compute the style targets (Gram matrices) once from a style image (1, 3, H, W)."""
-        feats = self.features(style, self.style_layers)
-        with full_precision(style.device):
+        self.set_style_features(self.style_features(style))
+
+    @torch.no_grad()
+    def style_features(self, style: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss-network features of a style image that :meth:`set_style_features` takes
+        (kept per style by a multi-style training, which switches styles every step)."""
+        return self.features(style, self.style_layers)
+
+    @torch.no_grad()
+    def set_style_features(self, feats: Mapping[str, torch.Tensor]) -> None:
+        """Give the style terms the targets of features from :meth:`style_features`."""
+        device = next(iter(feats.values())).device if feats else torch.device("cpu")
+        with full_precision(device):
             for term in self.terms.values():
                 if term.style_layers:
                     term.set_style(feats)

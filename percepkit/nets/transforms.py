@@ -14,13 +14,16 @@ input by 40 px once and uses unpadded residual convs); the output activation is
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 from ..data.imresize import imresize
+from ..errors import PercepkitError
 from ..registry import TRANSFORMS
+from .conditional import blend, conditional_norm, select_style, style_weights
 
 Norm = Literal["batch", "instance", "none"]
 Upsample = Literal["deconv", "resize_conv"]
@@ -36,7 +39,9 @@ def _check_choice(key: str, value: object, choices: object) -> None:
         raise ValueError(f"{key} must be {', '.join(first)} or {last}, got {value!r}")
 
 
-def _norm(kind: Norm, channels: int) -> nn.Module:
+def _norm(kind: Norm, channels: int, styles: int = 0) -> nn.Module:
+    if styles:
+        return conditional_norm(kind, channels, styles)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "instance":
@@ -45,38 +50,40 @@ def _norm(kind: Norm, channels: int) -> nn.Module:
 
 
 def conv_block(c_in: int, c_out: int, kernel: int, stride: int = 1, norm: Norm = "batch",
-               relu: bool = True) -> nn.Sequential:
-    """Reflection-padded convolution, normalisation, ReLU."""
+               relu: bool = True, styles: int = 0) -> nn.Sequential:
+    """Reflection-padded convolution, normalisation (per style when ``styles``), ReLU."""
     layers: list[nn.Module] = [
         nn.ReflectionPad2d(kernel // 2),
         nn.Conv2d(c_in, c_out, kernel, stride=stride, bias=norm == "none"),
-        _norm(norm, c_out),
+        _norm(norm, c_out, styles),
     ]
     if relu:
         layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)
 
 
-def upsample_block(c_in: int, c_out: int, mode: Upsample, norm: Norm) -> nn.Sequential:
+def upsample_block(c_in: int, c_out: int, mode: Upsample, norm: Norm, styles: int = 0
+                   ) -> nn.Sequential:
     """x2 upsampling: a 3x3 conv of stride 1/2 (``deconv``) or nearest x2 then a 3x3 conv."""
     if mode == "deconv":
         return nn.Sequential(
             nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1,
                                bias=norm == "none"),
-            _norm(norm, c_out),
+            _norm(norm, c_out, styles),
             nn.ReLU(inplace=True),
         )
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
-                         *conv_block(c_in, c_out, 3, norm=norm))
+                         *conv_block(c_in, c_out, 3, norm=norm, styles=styles))
 
 
 class ResidualBlock(nn.Module):
     """Two 3x3 convolutions with normalisation; ReLU after the first only (paper, Fig. 1)."""
 
-    def __init__(self, channels: int, norm: Norm) -> None:
+    def __init__(self, channels: int, norm: Norm, styles: int = 0) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv_block(channels, channels, 3, norm=norm),
-                                  conv_block(channels, channels, 3, norm=norm, relu=False))
+        self.body = nn.Sequential(conv_block(channels, channels, 3, norm=norm, styles=styles),
+                                  conv_block(channels, channels, 3, norm=norm, relu=False,
+                                             styles=styles))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -123,6 +130,9 @@ class JohnsonStyle(nn.Module):
     starts as the identity (torchvision's ``zero_init_residual``, Fixup); ``"torch"`` keeps
     PyTorch's default, under which a deep net without normalisation starts with a vanishing,
     flat grey output (the full-width net trained from it collapsed to a white image).
+    ``styles`` (names, two or more) makes one network for several styles: each normalisation
+    layer keeps a scale and shift per style (conditional instance norm, Dumoulin et al. 2017;
+    :mod:`percepkit.nets.conditional`), :meth:`blend` gives a single-style net for any mix.
     """
 
     task = "style"
@@ -137,20 +147,25 @@ class JohnsonStyle(nn.Module):
         output: Output = "tanh",
         decoder_channels: tuple[int, int] | list[int] | None = None,
         init: Init = "torch",
+        styles: tuple[str, ...] | list[str] | None = None,
     ) -> None:
         super().__init__()
         _check_choice("output", output, Output)
         _check_choice("init", init, Init)
+        self.style_names = [str(s) for s in styles or ()]
+        if len(self.style_names) == 1 or len(set(self.style_names)) != len(self.style_names):
+            raise ValueError(f"styles must name two or more different styles, got {styles}")
         self.output = output
         c1, c2, c3 = channels
         d2, d1 = decoder_channels if decoder_channels is not None else (c2, c1)
+        n = len(self.style_names)
         self.net = nn.Sequential(
-            conv_block(3, c1, 9, norm=norm),
-            conv_block(c1, c2, 3, stride=2, norm=norm),
-            conv_block(c2, c3, 3, stride=2, norm=norm),
-            *[ResidualBlock(c3, norm) for _ in range(residual_blocks)],
-            upsample_block(c3, d2, upsample, norm),
-            upsample_block(d2, d1, upsample, norm),
+            conv_block(3, c1, 9, norm=norm, styles=n),
+            conv_block(c1, c2, 3, stride=2, norm=norm, styles=n),
+            conv_block(c2, c3, 3, stride=2, norm=norm, styles=n),
+            *[ResidualBlock(c3, norm, n) for _ in range(residual_blocks)],
+            upsample_block(c3, d2, upsample, norm, n),
+            upsample_block(d2, d1, upsample, norm, n),
             nn.ReflectionPad2d(4),
             nn.Conv2d(d1, 3, 9),
         )
@@ -168,6 +183,17 @@ class JohnsonStyle(nn.Module):
             if isinstance(block, ResidualBlock):
                 nn.init.zeros_(block.body[1][1].weight)
 
+    def select_style(self, weights: torch.Tensor) -> None:
+        """Run the blend ``weights`` (one per style, summing to 1) from now on (in place)."""
+        select_style(self, weights)
+
+    def blend(self, spec: str | Mapping[str, float]) -> JohnsonStyle:
+        """A single-style copy for the mix ``spec`` (``"candy:0.5,mosaic:0.5"``)."""
+        if not self.style_names:
+            raise PercepkitError("this model has one style; --style blends the styles of a "
+                                 "multi-style model (percepkit list models)")
+        return blend(self, style_weights(self.style_names, spec))  # type: ignore[return-value]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.net(x)
         if self.output == "tanh":
@@ -179,9 +205,11 @@ class JohnsonStyle(nn.Module):
 
 @TRANSFORMS.register("johnson_style_fast")
 def johnson_style_fast(norm: Norm = "instance", upsample: Upsample = "resize_conv",
-                       output: Output = "tanh") -> JohnsonStyle:
+                       output: Output = "tanh", styles: list[str] | None = None
+                       ) -> JohnsonStyle:
     """A lighter style net (32/64/64 channels, 5 residual blocks) for real-time CPU use."""
-    return JohnsonStyle(norm=norm, upsample=upsample, channels=(32, 64, 64), output=output)
+    return JohnsonStyle(norm=norm, upsample=upsample, channels=(32, 64, 64), output=output,
+                        styles=styles)
 
 
 @TRANSFORMS.register("johnson_style_lite")

@@ -73,10 +73,11 @@ def missing_files(raw: Mapping[str, Any]) -> list[str]:
             if is_path and isinstance(value, str) and not expand_path(value).exists():
                 problems.append(f"data.{split}.{key}: {value}: no such folder, image or list "
                                 f"file ({where})")
-    style = data.get("style_image")
-    if isinstance(style, str) and style and not style.startswith("synthetic") \
-            and not expand_path(style).is_file():
-        problems.append(f"data.style_image: {style}: no such image file ({where})")
+    styles = data.get("style_image")
+    for style in styles if isinstance(styles, list) else [styles]:
+        if isinstance(style, str) and style and not style.startswith("synthetic") \
+                and not expand_path(style).is_file():
+            problems.append(f"data.style_image: {style}: no such image file ({where})")
     return problems
 
 

@@ -156,7 +156,7 @@ class DataSettings:
 
     train: dict[str, Any] = field(default_factory=dict)
     val: dict[str, Any] | None = None
-    style_image: str | None = None
+    style_image: str | list[str] | None = None  # a list: one per style of a multi-style net
     style_size: int | None = 256
 
 

@@ -158,9 +158,12 @@ def recipe_schema() -> dict[str, Any]:
         "properties": {
             "train": {"anyOf": [{"$ref": "#/definitions/dataset"}, empty]},
             "val": {"anyOf": [{"$ref": "#/definitions/dataset"}, empty, {"type": "null"}]},
-            "style_image": {"type": ["string", "null"],
+            "style_image": {"anyOf": [{"type": ["string", "null"]},
+                                      {"type": "array", "items": {"type": "string"},
+                                       "minItems": 2}],
                             "description": "an image file, or synthetic[:N] (a procedural "
-                                           "texture)"},
+                                           "texture); a list for a multi-style net (one per "
+                                           "name in transform.styles)"},
             "style_size": {"type": ["integer", "null"], "default": 256,
                            **({"minimum": data_ranges["style_size"][0]}
                               if "style_size" in data_ranges else {})},

@@ -370,6 +370,7 @@ class Trainer:
     def _train_step(self, it: Any) -> list[float]:
         """One optimisation step; returns [total, *terms] averaged over processes."""
         x, y = self._batch(it)
+        self.task.before_step(self.step)
         if self.adversary is not None:
             self.adversary.prepare(self.step)
         with self._autocast():

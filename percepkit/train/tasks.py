@@ -280,6 +280,9 @@ class Task(ABC):
         """Prepare what validation and the loss need before the first step (subclasses call
         :meth:`build_val_metrics`)."""
 
+    def before_step(self, step: int) -> None:  # noqa: B027 (a hook: most tasks need nothing)
+        """Called before training step ``step`` (a multi-style net switches style here)."""
+
     def unpack(self, batch: Item) -> tuple[torch.Tensor, torch.Tensor]:
         """``(input, target)`` of a training batch (the same object when they are one)."""
         return batch[self.input_key], batch[self.target_key]
@@ -447,6 +450,9 @@ class StyleTask(Task):
     """Style transfer: the content image is input and content target; validated by the loss.
 
     A sample is ``{"image"}`` (``image_folder``); ``data.style_image`` gives the style targets.
+    A multi-style net (``transform.styles``: names) takes a list of style images, one per name,
+    and trains style ``step % n`` at step ``step`` (every batch one style, as Dumoulin et al.
+    2017; deterministic, so a resumed run continues exactly); validation averages the styles.
     Validation reports the loss and its terms on the validation (or preview) images, and the
     artifact metrics of the 8-bit outputs against the content (``grid`` at period 4, ``blobs``);
     best.safetensors is the lowest loss unless ``train.best`` says otherwise. There is no
@@ -493,12 +499,35 @@ class StyleTask(Task):
                               f"image_folder), but {dataset} yields {sorted(item)}")
 
     def setup(self, module: nn.Module, loss: nn.Module) -> None:
-        """Load the style image and give the loss its style targets."""
+        """Load the style image(s) and give the loss its style targets."""
         data = self.recipe.data
-        style = load_style_image(data.style_image, data.style_size)
-        loss.set_style(style.to(self.device))
-        self.loss, self.style_image = loss, style[0]
+        paths = data.style_image if isinstance(data.style_image, list) else [data.style_image]
+        self.style_names: list[str] = list(getattr(module, "style_names", []))
+        if len(paths) != max(1, len(self.style_names)):
+            raise RecipeError(
+                f"data.style_image: {len(paths)} image(s), but the transform has "
+                + (f"{len(self.style_names)} styles ({', '.join(self.style_names)}): give one "
+                   "image per style, in that order" if self.style_names else
+                   "one style: give it `styles: [name, ...]` (one name per image) to train "
+                   "several styles in one net"))
+        images = [load_style_image(p, data.style_size) for p in paths]
+        self.style_targets = [loss.style_features(im.to(self.device)) for im in images]
+        self.module, self.loss, self.style_images = module, loss, [im[0] for im in images]
+        self.use_style(0, module)
         self.build_val_metrics()
+
+    def use_style(self, index: int, model: nn.Module) -> None:
+        """Train or validate style ``index``: its targets in the loss, its blend in ``model``."""
+        self.loss.set_style_features(self.style_targets[index])
+        if self.style_names:
+            from ..nets.conditional import select_style
+
+            select_style(model, torch.nn.functional.one_hot(
+                torch.tensor(index), len(self.style_names)).float())
+
+    def before_step(self, step: int) -> None:
+        if self.style_names:
+            self.use_style(step % len(self.style_names), self.module)
 
     def metric_arguments(self) -> tuple[int, dict[str, dict[str, Any]]]:
         """``grid`` at period 4 (the style net's upsampling stride)."""
@@ -515,32 +544,37 @@ class StyleTask(Task):
         from ..evaluation.evaluate import score_pair
 
         rows: list[list[float]] = []
-        for item in items:
-            x = item["image"][None].to(self.device)
-            y = model(x)
-            total, parts = self.loss(y, x)
-            out, content = quantize(y.float().cpu())[0], x.float().cpu()[0]
-            scores = score_pair(self.metrics, self.infos, out, content)
-            rows.append([float(total), *(float(v) for v in parts.values()),
-                         *(math.nan if scores[k] is None else scores[k]
-                           for k in self.val_metrics)])
+        for index in range(len(self.style_targets)):
+            self.use_style(index, model)
+            for item in items:
+                x = item["image"][None].to(self.device)
+                y = model(x)
+                total, parts = self.loss(y, x)
+                out, content = quantize(y.float().cpu())[0], x.float().cpu()[0]
+                scores = score_pair(self.metrics, self.infos, out, content)
+                rows.append([float(total), *(float(v) for v in parts.values()),
+                             *(math.nan if scores[k] is None else scores[k]
+                               for k in self.val_metrics)])
         mean = np.mean(np.array(rows), axis=0).tolist()
         names = ["loss", *self.loss.terms.keys(), *self.val_metrics]
         return dict(zip(names, mean))
 
     def preview(self, model: nn.Module, previews: Sequence[Item], val_items: Sequence[Item],
                 step: int) -> torch.Tensor:
-        """Contents and the style image above the stylised contents."""
+        """Contents above the stylised contents, each row ending with its style image."""
         from ..data.images import image_grid
 
         items = val_items or previews
-        outs = [model(it["image"][None].to(self.device)).float().cpu().clamp(0, 1)[0]
-                for it in items]
         h = items[0]["image"].shape[-2]
-        return stack_rows([
-            image_grid([it["image"] for it in items] + [self.style_image],
-                       ["content"] * len(items) + ["style"], height=h),
-            image_grid(outs, [f"step {step}"] * len(outs), height=h)])
+        rows = [image_grid([it["image"] for it in items], ["content"] * len(items), height=h)]
+        for index, style in enumerate(self.style_images):
+            self.use_style(index, model)
+            outs = [model(it["image"][None].to(self.device)).float().cpu().clamp(0, 1)[0]
+                    for it in items]
+            name = self.style_names[index] if self.style_names else "style"
+            rows.append(image_grid([*outs, style], [f"step {step}"] * len(outs) + [name],
+                                   height=h))
+        return stack_rows(rows)
 
 
 def task_class(name: str, where: str = "task") -> type[Task]:
