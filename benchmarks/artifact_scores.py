@@ -31,7 +31,9 @@ BENCH = Path(os.environ.get("PERCEPKIT_DATA", REPO.parent / "shared" / "data" / 
 #: held-out BSD100 photos (never trained on) with flat regions: sky, walls, tarmac
 STYLE_PHOTOS = ("3096", "14037", "21077", "37073", "42049", "69020", "86000", "210088")
 STYLES = ("candy", "mosaic", "starry_night", "udnie", "the_scream", "rain_princess", "wave",
-          "la_muse", "feathers", "composition_vii", "candy_lite")
+          "la_muse", "feathers", "composition_vii", "candy_lite", "multi@candy",
+          "multi@candy:0.5,mosaic:0.5", "multi@mosaic")
+"""Zoo names or checkpoint files; ``NAME@MIX`` is a multi-style model at a ``--style`` mix."""
 #: the photos of the blob illustration
 IMAGE_PHOTOS = ("3096", "42049")
 
@@ -81,17 +83,29 @@ def sr_table() -> str:
     return "\n".join(lines)
 
 
+def _network(name: str) -> torch.nn.Module:
+    """The network of ``name`` (a zoo name or checkpoint file, ``@MIX`` for a style mix)."""
+    import percepkit
+
+    base, _, mix = name.partition("@")
+    net = percepkit.load(base)
+    return net.blend(mix) if mix else net
+
+
+def _label(name: str) -> str:
+    return name if "@" in name else Path(name).stem
+
+
 def _stylised(names: tuple[str, ...], photos: tuple[str, ...]
               ) -> tuple[dict[str, torch.Tensor], dict[tuple[str, str], torch.Tensor]]:
     """The content photos and every model's 8-bit output of each."""
-    import percepkit
     from percepkit.data.images import quantize, read_image
     from percepkit.inference.predictor import Predictor
 
     contents = {p: read_image(BENCH / "BSD100" / f"{p}.png") for p in photos}
     outs = {}
     for name in names:
-        predictor = Predictor(percepkit.load(name), "cpu")
+        predictor = Predictor(_network(name), "cpu")
         for p, x in contents.items():
             outs[(name, p)] = quantize(predictor(x))
     return contents, outs
@@ -110,16 +124,22 @@ def palette_distance(image: torch.Tensor, painting: torch.Tensor, bins: int = 8)
 
 def _painting(name: str) -> torch.Tensor:
     """The style image a style model (zoo name or checkpoint file) was trained on, at the
-    training size (its recipe's ``style_image`` and ``style_size``)."""
+    training size (its recipe's ``style_image`` and ``style_size``); for a mix of a multi-style
+    model, that of the style with the largest weight."""
     from percepkit.models.checkpoint import read_metadata
     from percepkit.models.zoo import package_models_dir
+    from percepkit.nets.conditional import style_weights
     from percepkit.recipes.recipe import parse_yaml
     from percepkit.train import load_style_image
 
-    file = Path(name) if name.endswith(".safetensors") else \
-        package_models_dir() / f"{name}.safetensors"
+    base, _, mix = name.partition("@")
+    file = Path(base) if base.endswith(".safetensors") else \
+        package_models_dir() / f"{base}.safetensors"
     data = parse_yaml(read_metadata(file)["recipe"])["data"]
-    return load_style_image(str(REPO / data["style_image"]), data.get("style_size", 512))[0]
+    style = data["style_image"]
+    if isinstance(style, list):
+        style = style[int(style_weights(_network(base).style_names, mix).argmax())]
+    return load_style_image(str(REPO / style), data.get("style_size", 512))[0]
 
 
 def style_table(image: bool = False, names: tuple[str, ...] = STYLES) -> str:
@@ -142,7 +162,7 @@ def style_table(image: bool = False, names: tuple[str, ...] = STYLES) -> str:
         before = [palette_distance(contents[p], painting) for p in STYLE_PHOTOS]
         after = [palette_distance(outs[(name, p)], painting) for p in STYLE_PHOTOS]
         closer = sum(a < c for a, c in zip(after, before))
-        lines.append(f"| `{name}` | {sum(b) / len(b):.2f} | {_span(b, '.2f')} | "
+        lines.append(f"| `{_label(name)}` | {sum(b) / len(b):.2f} | {_span(b, '.2f')} | "
                      f"{over} of {len(b)} | {_span(g, '.2f')} | {sum(before) / len(before):.2f} "
                      f"→ {sum(after) / len(after):.2f} (closer on {closer} of {len(after)}) |")
     if image:
@@ -171,12 +191,12 @@ def blob_image(contents: dict[str, torch.Tensor], outs: dict[tuple[str, str], to
             ring = (F.max_pool2d(mask, 7, stride=1, padding=3) - mask)[0] > 0  # a 3 px outline
             tiles.append(torch.where(ring, magenta, out))
             share = float(mask.mean()) * 100
-            labels.append(f"{Path(name).stem} {share:.1f}%")
+            labels.append(f"{_label(name)} {share:.1f}%")
         small = [F.interpolate(t[None], size=(height, round(t.shape[-1] * height / t.shape[-2])),
                                mode="area")[0] for t in tiles]
         rows.append(image_grid(small, labels=labels))
     file = "blobs_styles.jpg" if names == STYLES else "blobs_" + "_".join(
-        Path(n).stem for n in names) + ".jpg"
+        Path(n).stem for n in names if "@" not in n) + ".jpg"
     path = write_image(IMAGES / file, stack_rows(rows))
     print(f"wrote {path.relative_to(REPO)} ({path.stat().st_size // 1024} KB)")
     return path

@@ -68,7 +68,7 @@ def _checkpoint(run: Path) -> Path:
 
 
 def _eval_json(name: str, extra: list[str]) -> dict[str, Any]:
-    out = REPO / ".zoo-eval.json"
+    out = REPO / f".zoo-eval-{name}.json"  # one per model: packages may run side by side
     cmd = ["percepkit", "eval", "--all", "--model", name, "--metrics", "psnr,ssim,lpips,dists",
            "--json", str(out), *extra]
     out.unlink(missing_ok=True)
@@ -78,19 +78,30 @@ def _eval_json(name: str, extra: list[str]) -> dict[str, Any]:
     return {s["name"]: {k: round(v, 4) for k, v in s["mean"].items()} for s in data["sets"]}
 
 
-def _style_objective(name: str, size: int = 512) -> dict[str, float]:
-    """Mean training objective (and its terms) of the model on the held-out content photos."""
+def _style_objective(name: str, size: int = 512) -> dict[str, Any]:
+    """Mean training objective (and its terms) of the model on the held-out content photos;
+    of each style for a multi-style model (``{style: {...}}``)."""
     from percepkit.data.images import list_images, read_image, resize_longer_side
     from percepkit.models.loader import load
 
-    net, (loss, _) = load(name), _loss_of(name)
-    rows = []
-    with torch.no_grad():
-        for path in list_images(CONTENT):
-            x = _mod4(resize_longer_side(read_image(path), size))[None]
-            total, parts = loss(net(x), x)
-            rows.append({"total": float(total), **{k: float(v) for k, v in parts.items()}})
-    return {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in rows[0]}
+    net, (loss, styles) = load(name), _loss_of(name)
+    photos = [_mod4(resize_longer_side(read_image(p), size))[None] for p in list_images(CONTENT)]
+
+    def objective(one: torch.nn.Module) -> dict[str, float]:
+        rows = []
+        with torch.no_grad():
+            for x in photos:
+                total, parts = loss(one(x), x)
+                rows.append({"total": float(total), **{k: float(v) for k, v in parts.items()}})
+        return {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in rows[0]}
+
+    if not getattr(net, "style_names", []):
+        return objective(net)
+    result = {}
+    for style, image in zip(net.style_names, styles):
+        loss.set_style(image[None])
+        result[style] = objective(net.blend(style))
+    return result
 
 
 def _mod4(x: torch.Tensor) -> torch.Tensor:
@@ -98,8 +109,9 @@ def _mod4(x: torch.Tensor) -> torch.Tensor:
     return x[..., : x.shape[-2] // 4 * 4, : x.shape[-1] // 4 * 4]
 
 
-def _loss_of(name: str) -> tuple[Any, torch.Tensor | None]:
-    """A zoo model's training loss (style targets set) and its style image (from its recipe)."""
+def _loss_of(name: str) -> tuple[Any, list[torch.Tensor]]:
+    """A zoo model's training loss (the first style's targets set) and its style images (from
+    its recipe; one per style of a multi-style model, none for restoration)."""
     from percepkit.models.checkpoint import read_metadata
     from percepkit.models.loader import resolve
     from percepkit.recipes.recipe import parse_yaml, recipe_from_mapping
@@ -109,14 +121,17 @@ def _loss_of(name: str) -> tuple[Any, torch.Tensor | None]:
     recipe = recipe_from_mapping(parse_yaml(read_metadata(resolve(name).path)["recipe"]), name)
     loss = recipe.build_loss()
     if "style_image" not in task_class(recipe.task).required_data:
-        return loss, None
-    style = load_style_image(recipe.data.style_image, recipe.data.style_size)
-    loss.set_style(style)
-    return loss, style[0]
+        return loss, []
+    paths = recipe.data.style_image
+    styles = [load_style_image(p, recipe.data.style_size)[0]
+              for p in (paths if isinstance(paths, list) else [paths])]
+    loss.set_style(styles[0][None])
+    return loss, styles
 
 
-def package(name: str, run: Path) -> None:
-    """Package a finished run as a zoo model, measure it, write its card and manifest entry."""
+def package(name: str, run: Path, threads: int = 1) -> None:
+    """Package a finished run as a zoo model, measure it, write its card and manifest entry
+    (``threads``: the OMP_NUM_THREADS the run was trained with, for the card)."""
     from percepkit.models.checkpoint import Checkpoint, read_metadata
     from percepkit.models.zoo import ZooModel
     from percepkit.models.zoo import package as write_model
@@ -134,21 +149,24 @@ def package(name: str, run: Path) -> None:
     recipe_file = f"recipes/zoo/{name}.yaml"
     card: dict[str, Any] = {
         "recipe_file": recipe_file, "steps": meta["step"], "batch_size": meta["batch_size"],
-        "train_seconds": round(seconds), "threads": 1,
-        "machine": f"2-core x86_64 CPU, no GPU, {meta.get('precision', 'fp32')}, one thread "
-                   "(OMP_NUM_THREADS=1), the cores shared with other trainings and development "
-                   "work (the time is an upper bound)",
-        "reproduce": f"OMP_NUM_THREADS=1 percepkit train {recipe_file} --out runs/{name}",
+        "train_seconds": round(seconds), "threads": threads,
+        "machine": f"2-core x86_64 CPU, no GPU, {meta.get('precision', 'fp32')}, "
+                   f"{'one thread' if threads == 1 else f'{threads} threads'} "
+                   f"(OMP_NUM_THREADS={threads}), the cores shared with other trainings and "
+                   "development work (the time is an upper bound)",
+        "reproduce": f"OMP_NUM_THREADS={threads} percepkit train {recipe_file} --out runs/{name}",
     }
     recipe = meta["recipe"]
     cls = task_class(task)
     if "style_image" in cls.required_data:
-        style = next(line.split(":", 1)[1].strip() for line in recipe.splitlines()
-                     if line.strip().startswith("style_image:"))
-        source = next(v for k, v in STYLE_SOURCES.items() if f"/{k}/" in style)
-        card.update(style_image=Path(style).name, style_source=source[0], license=source[1],
+        paths = parse_yaml(recipe)["data"]["style_image"]
+        paths = paths if isinstance(paths, list) else [paths]
+        source = next(v for k, v in STYLE_SOURCES.items() if f"/{k}/" in paths[0])
+        card.update(style_image=", ".join(Path(p).name for p in paths), style_source=source[0],
+                    license=source[1],
                     data="random 128x128 crops of the 200 BSDS300 training photos")
-        summary = f"'{Path(style).stem}' style ({net}, {size})"
+        quoted = " and ".join(f"'{Path(p).stem}'" for p in paths)
+        summary = f"{quoted} style{'s, blendable' if len(paths) > 1 else ''} ({net}, {size})"
     else:
         patch = parse_yaml(recipe)["data"]["train"].get("patch_size", 96)
         card.update(data=f"random {patch}x{patch} crops of the 200 BSDS300 training photos; "
@@ -180,9 +198,11 @@ def package(name: str, run: Path) -> None:
                                                                   "--match-histogram"])
     else:
         card["objective_512px"] = _style_objective(name)
-        o = card["objective_512px"]
-        card["headline"] = (f"objective on held-out photos (512 px): {o['total']:.2f} "
-                            f"(content {o['feature']:.2f}, style {o['style']:.2f})")
+        objectives = card["objective_512px"]
+        per_style = objectives if "total" not in objectives else {"": objectives}
+        card["headline"] = "objective on held-out photos (512 px): " + "; ".join(
+            f"{style + ' ' if style else ''}{o['total']:.2f} (content {o['feature']:.2f}, "
+            f"style {o['style']:.2f})" for style, o in per_style.items())
     sha = write_model(ckpt, out, card)
     register(sha)
     (MODELS_DIR / f"{name}.md").write_text(_card_text(name, summary, card, sha, recipe))
@@ -253,11 +273,19 @@ def style_grids(size: int = 512, names: list[str] | None = None) -> None:
         if entry.obj.task != "style" or (names and entry.name not in names):
             continue
         card = entry.obj.card()
-        style = next(SHARED / "data" / "styles" / k / card["style_image"] for k in STYLE_SOURCES
-                     if (SHARED / "data" / "styles" / k / card["style_image"]).is_file())
-        predictor = Predictor(entry.obj(), "cpu")
-        rows = [image_grid([p, load_style_image(str(style), p.shape[-2])[0], predictor(p)],
-                           height=p.shape[-2]) for p in photos]  # photos and outputs unscaled
+        styles = [next(SHARED / "data" / "styles" / k / f for k in STYLE_SOURCES
+                       if (SHARED / "data" / "styles" / k / f).is_file())
+                  for f in card["style_image"].split(", ")]
+        net = entry.obj()
+        names = getattr(net, "style_names", [])
+        # a multi-style model: first style, the half-and-half blend, second style
+        mixes = [names[0], f"{names[0]}:0.5,{names[1]}:0.5", names[1]] if names else [None]
+        predictors = [Predictor(net.blend(m) if m else net, "cpu") for m in mixes]
+        rows = []
+        for p in photos:  # photos and outputs unscaled
+            shown = [load_style_image(str(s), p.shape[-2])[0] for s in styles]
+            rows.append(image_grid([p, shown[0], *(pr(p) for pr in predictors), *shown[1:]],
+                                   height=p.shape[-2]))
         out = write_image(IMAGES / f"style_{entry.name}.jpg", stack_rows(rows))
         with Image.open(out) as im:  # quality 85 halves the files; no visible difference
             im.load()
@@ -310,7 +338,8 @@ def fig5(name: str, iterations: int, size: int, init: str = "random", project: b
 
     bench = SHARED / "data" / "benchmarks" / "BSD100"
     photos = [*sorted(CONTENT.glob("*.jpg")), *[bench / n for n in HELD_OUT_BSD100]]
-    net, (loss, style) = load(name), _loss_of(name)
+    net, (loss, styles) = load(name), _loss_of(name)
+    style = styles[0]
     results = []
     for path in photos:
         x = _mod4(resize_longer_side(read_image(path), size))
@@ -389,6 +418,7 @@ def main() -> None:
     p = sub.add_parser("package")
     p.add_argument("name")
     p.add_argument("run", type=Path)
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the run (card)")
     sub.add_parser("sr-table")
     g = sub.add_parser("style-grids")
     g.add_argument("names", nargs="*", help="only these models (default: every style model)")
@@ -404,7 +434,7 @@ def main() -> None:
                    help="do not clip the pixels to [0, 1] after every L-BFGS update")
     args = parser.parse_args()
     if args.cmd == "package":
-        package(args.name, args.run)
+        package(args.name, args.run, args.threads)
     elif args.cmd == "sr-table":
         sr_table()
     elif args.cmd == "style-grids":
