@@ -11,7 +11,8 @@ import torch
 from cli_runner import run_cli
 from rich.console import Console
 
-from percepkit.data.images import write_image
+import percepkit
+from percepkit.data.images import quantize, read_image, write_image
 from percepkit.errors import PercepkitError, RecipeError
 from percepkit.models.checkpoint import load_checkpoint, load_transform
 from percepkit.nets.conditional import StyleAffine, style_weights
@@ -110,7 +111,7 @@ def test_style_images_must_match_the_nets_styles(tmp_path):
 def test_stylize_blends_a_multi_style_checkpoint_and_explains_a_missing_style(tmp_path, capsys):
     ckpt = _run(tmp_path / "run", "train.iterations=2").last_checkpoint
     photo = tmp_path / "photo.png"
-    write_image(photo, torch.rand(3, 40, 48))
+    write_image(photo, torch.rand(3, 40, 46))  # not a multiple of the stride
     def cli(*args: str) -> tuple[int, str]:
         code = run_cli(["stylize", str(args[0]), str(photo), "-o", *args[1:]])
         captured = capsys.readouterr()
@@ -118,7 +119,12 @@ def test_stylize_blends_a_multi_style_checkpoint_and_explains_a_missing_style(tm
 
     code, out = cli(ckpt, str(tmp_path / "out"), "--style", "dots:0.5,waves:0.5")
     assert code == 0, out
-    assert (tmp_path / "out" / "photo.png").is_file()
+    written = read_image(tmp_path / "out" / "photo.png")
+    blended = percepkit.load(ckpt).blend("dots:0.5,waves:0.5")  # any size, as stylize
+    with torch.inference_mode():
+        expected = quantize(blended(read_image(photo)[None]))[0]
+    assert written.shape == (3, 40, 46)
+    assert (written - expected).abs().max() <= 1 / 255 + 1e-6
     code, out = cli(ckpt, str(tmp_path / "o2"))
     assert code != 0 and "multi-style model (dots, waves)" in out and "--style dots" in out
     code, out = cli(ckpt, str(tmp_path / "o3"), "--style", "wave")

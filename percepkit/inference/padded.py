@@ -43,6 +43,11 @@ class PaddedNet(nn.Module):
                 raise
             return getattr(net, name)
 
+    def blend(self, mix: str) -> PaddedNet:
+        """A multi-style network's style or blend (``"candy:0.5,mosaic:0.5"``), for any size as
+        this one (:meth:`~percepkit.nets.transforms.JohnsonStyle.blend`)."""
+        return PaddedNet(self.net.blend(mix))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.jit.is_tracing():  # an export: the graph must pad every size, not this one
             padded, h, w = pad_to_multiple_traced(x, self.stride, self.min_side)
