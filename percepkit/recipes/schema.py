@@ -210,7 +210,8 @@ def recipe_schema() -> dict[str, Any]:
             "if": {"required": ["task"], "properties": {"task": {"enum": [e.name, *e.aliases]}}},
             "then": {"required": ["data"], "properties": {"data": {
                 "required": list(e.obj.required_data),
-                "properties": {k: {"type": "string", "minLength": 1}
+                "properties": {k: {"anyOf": [{"type": "string", "minLength": 1},
+                                             {"type": "array", "minItems": 1}]}
                                for k in e.obj.required_data}}}},
         } for e in TASKS.entries() if getattr(e.obj, "required_data", None)],
         "definitions": defs,

@@ -462,7 +462,7 @@ class StyleTask(Task):
     name, title = "style", "style transfer"
     input_key = target_key = "image"
     network_tasks = ("style",)
-    required_data = {"style_image": "a style image path"}
+    required_data = {"style_image": "a style image path (a list: one per transform.styles)"}
     validates_on_previews = True
     default_val_metrics = ("grid", "blobs")
     own_values = {"loss": False}
