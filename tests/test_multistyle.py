@@ -65,8 +65,10 @@ def test_style_weights_parse_and_refuse_with_one_line():
         style_weights(names, "candy:half")
     with pytest.raises(PercepkitError, match="0 or more"):
         style_weights(names, "candy:-1,mosaic:2")
-    with pytest.raises(PercepkitError, match="sum to 0"):
-        style_weights(names, "candy:0")
+    with pytest.raises(PercepkitError, match="finite"):
+        style_weights(names, "candy:inf")
+    with pytest.raises(PercepkitError, match="candy:0.0: the weights sum to 0"):
+        style_weights(names, {"candy": 0.0})
     with pytest.raises(ValueError, match="two or more different"):
         JohnsonStyle(styles=["candy", "candy"])
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -59,6 +60,7 @@ def conditional_norm(kind: str, channels: int, styles: int) -> nn.Module:
 def style_weights(names: Sequence[str], spec: str | Mapping[str, float]) -> torch.Tensor:
     """The blend ``spec`` (``"candy:0.5,mosaic:0.5"``, ``"candy"`` or ``{name: weight}``) as one
     weight per style of ``names``, normalised to sum 1; a bad spec is a one-line error."""
+    text = spec if isinstance(spec, str) else ",".join(f"{k}:{v}" for k, v in spec.items())
     if isinstance(spec, str):
         parts: dict[str, float] = {}
         for item in (p.strip() for p in spec.split(",") if p.strip()):
@@ -76,11 +78,12 @@ def style_weights(names: Sequence[str], spec: str | Mapping[str, float]) -> torc
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise PercepkitError(f"--style: no style {name!r} in this model{hint}; it has "
                                  f"{', '.join(names)}")
-        if not w >= 0:
-            raise PercepkitError(f"--style: the weight of {name} must be 0 or more, got {w}")
+        if not (w >= 0 and math.isfinite(w)):
+            raise PercepkitError(f"--style {text}: the weight of {name} must be a finite "
+                                 f"number, 0 or more, got {w}")
         weights[list(names).index(name)] = w
     if float(weights.sum()) <= 0:
-        raise PercepkitError(f"--style {spec}: the weights sum to 0; give at least one style a "
+        raise PercepkitError(f"--style {text}: the weights sum to 0; give at least one style a "
                              "positive weight")
     return weights / weights.sum()
 
