@@ -320,8 +320,14 @@ class Recipe:
 
     @property
     def loss_terms(self) -> list[str]:
-        """The loss terms as ``name×weight`` (``feature×1``), in recipe order."""
-        return [f"{s['name']}×{s.get('weight', 1.0):g}" for s in self.raw["losses"]]
+        """The loss terms as ``name×weight`` (``feature×1``; ``pixel(l1)×1`` where a ``kind`` or
+        ``criterion`` is set), in recipe order."""
+        def how(s: Mapping[str, Any]) -> str:
+            chosen = s.get("kind", s.get("criterion"))
+            return f"({chosen})" if isinstance(chosen, str) else ""
+
+        return [f"{s['name']}{how(s)}×{s.get('weight', 1.0):g}" if isinstance(s, Mapping)
+                else f"{s}×1" for s in self.raw["losses"]]
 
     @property
     def train(self) -> TrainSettings:
