@@ -179,9 +179,9 @@ def package(name: str, run: Path, threads: int = 1) -> None:
 
     out = MODELS_DIR / f"{name}.safetensors"
     manifest_path = MODELS_DIR / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
 
-    def register(sha: str) -> None:
+    def register(sha: str) -> None:  # read when written: another package may have run since
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         manifest[name] = {"file": out.name, "sha256": sha, "task": task, "summary": summary}
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         MODELS.add(ZooModel(name, out.name, sha, task, summary), name, override=True)
