@@ -4,6 +4,7 @@ into a plain net, a multi-style run trains every style and resumes exactly, styl
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from rich.console import Console
 import percepkit
 from percepkit.data.images import quantize, read_image, write_image
 from percepkit.errors import PercepkitError, RecipeError
+from percepkit.inference.fastpath import FastPathWarning
 from percepkit.models.checkpoint import load_checkpoint, load_transform
 from percepkit.nets.conditional import StyleAffine, style_weights
 from percepkit.nets.transforms import JohnsonStyle
@@ -153,3 +155,14 @@ def _single_style_checkpoint(tmp_path: Path) -> Path:
                                    "train.val_every=1000", "train.sample_every=1000"])
     return Trainer(rec, out=tmp_path / "single", console=Console(file=io.StringIO()),
                    progress=False).run().last_checkpoint
+
+
+def test_bench_times_a_multi_style_checkpoint_on_the_fast_path(tmp_path, capsys, recwarn):
+    """bench folds one style in (as stylize runs it), so the fused fast path applies."""
+    ckpt = _run(tmp_path / "run", "train.iterations=1").last_checkpoint
+    code = run_cli(["bench", "--checkpoint", str(ckpt), "--sizes", "32", "--iters", "1",
+                    "--max-seconds", "0", "--repeats", "1", "--matmul-size", "64", "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert not [w for w in recwarn if issubclass(w.category, FastPathWarning)]
+    assert json.loads(captured.out)["rows"][0]["size"] == 32
