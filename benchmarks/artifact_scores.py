@@ -135,10 +135,11 @@ def _painting(name: str) -> torch.Tensor:
     base, _, mix = name.partition("@")
     file = Path(base) if base.endswith(".safetensors") else \
         package_models_dir() / f"{base}.safetensors"
-    data = parse_yaml(read_metadata(file)["recipe"])["data"]
+    recipe = parse_yaml(read_metadata(file)["recipe"])
+    data = recipe["data"]
     style = data["style_image"]
-    if isinstance(style, list):
-        style = style[int(style_weights(_network(base).style_names, mix).argmax())]
+    if isinstance(style, list):  # one per name of transform.styles
+        style = style[int(style_weights(recipe["transform"]["styles"], mix).argmax())]
     return load_style_image(str(REPO / style), data.get("style_size", 512))[0]
 
 

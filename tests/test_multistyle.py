@@ -25,8 +25,8 @@ from percepkit.train import Trainer
 REPO = Path(__file__).resolve().parents[1]
 TINY_STYLE = REPO / "recipes" / "tiny_style.yaml"
 TWO_STYLES = ["transform.styles=[dots, waves]", "data.style_image=[synthetic:3, synthetic:5]",
-              "transform.norm=none", "train.log_every=1", "train.sample_every=1000",
-              "train.val_every=1000"]
+              "transform.norm=none"]
+QUIET = ["train.log_every=1", "train.sample_every=1000", "train.val_every=1000"]
 
 
 def _random_affines(net: torch.nn.Module) -> None:
@@ -75,10 +75,15 @@ def test_style_weights_parse_and_refuse_with_one_line():
         JohnsonStyle(styles=["candy", "candy"])
 
 
-def _run(out: Path | None, *overrides: str, resume: Path | None = None):
-    rec = load_recipe(TINY_STYLE, [*TWO_STYLES, *overrides])
+def _trainer(out: Path | None, *overrides: str, resume: Path | None = None,
+             styles: list[str] = TWO_STYLES) -> Trainer:
+    rec = load_recipe(TINY_STYLE, [*QUIET, *styles, *overrides])
     return Trainer(rec, out=out, console=Console(file=io.StringIO()), progress=False,
-                   resume=resume).run()
+                   resume=resume)
+
+
+def _run(out: Path | None, *overrides: str, resume: Path | None = None):
+    return _trainer(out, *overrides, resume=resume).run()
 
 
 def test_a_multi_style_run_trains_every_style_and_resumes_exactly_random_init(tmp_path):
@@ -100,16 +105,12 @@ def test_a_multi_style_run_trains_every_style_and_resumes_exactly_random_init(tm
 
 
 def test_style_images_must_match_the_nets_styles(tmp_path):
-    rec = load_recipe(TINY_STYLE, [*TWO_STYLES, "data.style_image=[synthetic:3, synthetic:4, "
-                                               "synthetic:5]", "train.iterations=1"])
     with pytest.raises(RecipeError, match=r"3 image\(s\).*2 styles \(dots, waves\)"):
-        Trainer(rec, out=tmp_path / "a", console=Console(file=io.StringIO()),
-                progress=False).run()
-    rec = load_recipe(TINY_STYLE, ["data.style_image=[synthetic:3, synthetic:5]",
-                                   "train.iterations=1"])
+        _run(tmp_path / "a", "data.style_image=[synthetic:3, synthetic:4, synthetic:5]",
+             "train.iterations=1")
     with pytest.raises(RecipeError, match="styles: \\[name"):
-        Trainer(rec, out=tmp_path / "b", console=Console(file=io.StringIO()),
-                progress=False).run()
+        _trainer(tmp_path / "b", "data.style_image=[synthetic:3, synthetic:5]",
+                 "train.iterations=1", styles=[]).run()
 
 
 def test_stylize_blends_a_multi_style_checkpoint_and_explains_a_missing_style(tmp_path, capsys):
@@ -151,10 +152,7 @@ def test_export_of_a_multi_style_checkpoint_is_one_style_and_matches_stylize(tmp
 
 
 def _single_style_checkpoint(tmp_path: Path) -> Path:
-    rec = load_recipe(TINY_STYLE, ["train.iterations=1", "train.log_every=1",
-                                   "train.val_every=1000", "train.sample_every=1000"])
-    return Trainer(rec, out=tmp_path / "single", console=Console(file=io.StringIO()),
-                   progress=False).run().last_checkpoint
+    return _trainer(tmp_path / "single", "train.iterations=1", styles=[]).run().last_checkpoint
 
 
 def test_bench_times_a_multi_style_checkpoint_on_the_fast_path(tmp_path, capsys, recwarn):

@@ -140,4 +140,4 @@ def one_style(model: nn.Module, source: str, mix: str | None) -> nn.Module:
         raise PercepkitError(f"{source} is a multi-style model ({', '.join(names)}): choose a "
                              f"style or a blend with --style, e.g. --style {names[0]} or "
                              f"--style {names[0]}:0.5,{names[1]}:0.5")
-    return blend(model, style_weights(names, mix))
+    return model.blend(mix)
