@@ -10,6 +10,7 @@ disabled so that they are computed in float32 even under AMP (terms cast their i
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -131,22 +132,23 @@ class CompositeLoss(nn.Module):
     @torch.no_grad()
     def set_style(self, style: torch.Tensor) -> None:
         """Compute the style targets (Gram matrices) once from a style image (1, 3, H, W)."""
-        self.set_style_features(self.style_features(style))
-
-    @torch.no_grad()
-    def style_features(self, style: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The loss-network features of a style image that :meth:`set_style_features` takes
-        (kept per style by a multi-style training, which switches styles every step)."""
-        return self.features(style, self.style_layers)
-
-    @torch.no_grad()
-    def set_style_features(self, feats: Mapping[str, torch.Tensor]) -> None:
-        """Give the style terms the targets of features from :meth:`style_features`."""
-        device = next(iter(feats.values())).device if feats else torch.device("cpu")
-        with full_precision(device):
+        feats = self.features(style, self.style_layers)
+        with full_precision(style.device):
             for term in self.terms.values():
                 if term.style_layers:
                     term.set_style(feats)
+
+    def styled_terms(self, style: torch.Tensor) -> dict[str, LossTerm]:
+        """Copies of the style terms holding the targets of ``style`` (1, 3, H, W), for
+        :meth:`use_terms`: a multi-style training switches style every step without
+        recomputing the targets."""
+        self.set_style(style)
+        return {label: copy.deepcopy(t) for label, t in self.terms.items() if t.style_layers}
+
+    def use_terms(self, terms: Mapping[str, LossTerm]) -> None:
+        """Put terms from :meth:`styled_terms` in place of the ones with their labels."""
+        for label, term in terms.items():
+            self.terms[label] = term
 
     def forward(self, output: torch.Tensor, target: torch.Tensor | None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -511,14 +511,14 @@ class StyleTask(Task):
                    "one style: give it `styles: [name, ...]` (one name per image) to train "
                    "several styles in one net"))
         images = [load_style_image(p, data.style_size) for p in paths]
-        self.style_targets = [loss.style_features(im.to(self.device)) for im in images]
+        self.style_terms = [loss.styled_terms(im.to(self.device)) for im in images]
         self.module, self.loss, self.style_images = module, loss, [im[0] for im in images]
         self.use_style(0, module)
         self.build_val_metrics()
 
     def use_style(self, index: int, model: nn.Module) -> None:
         """Train or validate style ``index``: its targets in the loss, its blend in ``model``."""
-        self.loss.set_style_features(self.style_targets[index])
+        self.loss.use_terms(self.style_terms[index])
         if self.style_names:
             from ..nets.conditional import select_style
 
@@ -544,7 +544,7 @@ class StyleTask(Task):
         from ..evaluation.evaluate import score_pair
 
         rows: list[list[float]] = []
-        for index in range(len(self.style_targets)):
+        for index in range(len(self.style_terms)):
             self.use_style(index, model)
             for item in items:
                 x = item["image"][None].to(self.device)
